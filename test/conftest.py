@@ -1,0 +1,51 @@
+"""Shared fixtures: the shared data folder and isolated ROS 2 environments."""
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+# DDS must never leave this machine (the Kilted wheels ignore ROS_LOCALHOST_ONLY).
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_LOCALHOST_ONLY'] = '1'
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      str(REPO / 'test' / 'fastdds_fast_discovery.xml'))
+
+_domain_ids = itertools.count()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path of ../shared/data; skipped with a clear message only where the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get('CI'):
+            pytest.fail(f'shared data folder missing in CI: {SHARED_DATA}')
+        pytest.skip(f'shared data folder not found at {SHARED_DATA}')
+    return SHARED_DATA
+
+
+@pytest.fixture
+def ros_env():
+    """
+    Environment for one ROS test: its own domain id (parallel runs do not cross-talk).
+
+    Returns a dict for subprocesses; rclpy in this process is initialised by the test with the
+    same ``domain_id``. rclpy must be importable: in CI a missing rclpy fails, never skips.
+    """
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        if os.environ.get('CI'):
+            pytest.fail(f'rclpy is not importable in CI: {e}')
+        pytest.skip(f'rclpy not importable ({e}); run `make test` to build the environment')
+    base = int(os.environ.get('TRIANFLOW_TEST_DOMAIN_BASE', 20 + os.getpid() % 60))
+    domain_id = base + next(_domain_ids) % 40
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(domain_id)
+    env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+    env['PYTHONUNBUFFERED'] = '1'
+    return env

@@ -1,0 +1,478 @@
+"""
+One typed configuration tree for training, evaluation, the VO pipeline and the ROS node.
+
+Every field is a dataclass field with help text and, where it applies, a range or a set of
+choices. YAML files in ``config/`` override the defaults (a file may name a ``base`` file it
+extends), ``--set a.b=value`` overrides a single field, and a resolved config round-trips to YAML.
+The ROS node maps the same dotted names onto ROS parameters (``flatten`` / ``field_specs``).
+"""
+
+import dataclasses
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key and the fix."""
+
+
+def param(default: Any, help: str, *, range: Optional[Tuple[float, float]] = None,  # noqa: A002
+          choices: Optional[Iterable[Any]] = None) -> Any:
+    """
+    Declare a configuration field.
+
+    :param default: the default value (its type is the field's type).
+    :param help: one sentence for users: what it does, units.
+    :param range: inclusive (low, high) bounds for numbers.
+    :param choices: the allowed values.
+    """
+    return dataclasses.field(default=default, metadata={
+        'help': help, 'range': range, 'choices': tuple(choices) if choices else None})
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DataConfig:
+    """What the networks see: dataset, input size and frame pairing."""
+
+    dataset: str = param('kitti_odo', 'dataset reader', choices=(
+        'synthetic', 'kitti_raw', 'kitti_odo', 'nyu', 'tum', 'images'))
+    root: str = param('', 'dataset root directory (native layout)')
+    img_height: int = param(256, 'network input height in pixels', range=(32, 4096))
+    img_width: int = param(832, 'network input width in pixels', range=(32, 4096))
+    stride: int = param(1, 'frame stride of a pair (the paper tests stride 3)', range=(1, 100))
+    bgr: bool = param(True, 'feed images in BGR order like the original (released weights)')
+
+
+@dataclasses.dataclass
+class FlowNetConfig:
+    """PWC-Net optical flow and its masks."""
+
+    search_range: int = param(4, 'cost-volume search range in pixels per level', range=(1, 16))
+    num_scales: int = param(3, 'flow scales used by the losses', range=(1, 4))
+    fb_alpha: float = param(3.0, 'forward-backward consistency: absolute bound (px)',
+                            range=(0.0, 100.0))
+    fb_beta: float = param(0.05, 'forward-backward consistency: relative bound', range=(0.0, 1.0))
+    use_occlusion: bool = param(True, 'multiply the valid mask by the forward-splat visibility')
+    use_fb_check: bool = param(True, 'multiply the valid mask by the F-B consistency (NYU: off)')
+
+
+@dataclasses.dataclass
+class DepthNetConfig:
+    """ResNet-18 + DispNet depth network."""
+
+    num_layers: int = param(18, 'ResNet encoder depth', choices=(18,))
+    num_disp_scales: int = param(1, 'disparity output scales', range=(1, 4))
+    min_depth: float = param(0.1, 'depth of disparity 1 (m)', range=(1e-4, 1e3))
+    max_depth: float = param(100.0, 'depth of disparity 0 (m)', range=(1e-2, 1e5))
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Loss weights (the original's generate_loss_weights_dict) and sampling constants."""
+
+    w_ssim: float = param(0.85, 'SSIM share of the photometric loss (pixel: 1 - w_ssim)',
+                          range=(0.0, 1.0))
+    w_flow_smooth: float = param(10.0, 'second-order flow smoothness', range=(0.0, 1e4))
+    w_flow_consis: float = param(0.01, 'flow consistency (inert in the original)',
+                                 range=(0.0, 1e4))
+    w_geo: float = param(1.0, 'epipolar (geometry) loss on the flow', range=(0.0, 1e4))
+    w_pt_depth: float = param(1.0, 'triangulation depth loss L_d', range=(0.0, 1e4))
+    w_pj_depth: float = param(0.1, 'depth reprojection loss L_pd', range=(0.0, 1e4))
+    w_flow_error: float = param(0.0, 'flow vs rigid flow loss L_pf', range=(0.0, 1e4))
+    w_depth_smooth: float = param(0.001, 'edge-aware depth smoothness L_s', range=(0.0, 1e4))
+    inlier_thres: float = param(0.1, 'epipolar inlier threshold (px)', range=(0.0, 100.0))
+    rigid_thres: float = param(0.5, 'rigid mask threshold on D_e (px)', range=(0.0, 100.0))
+    depth_sample_ratio: float = param(0.2, 'top score share sampled for triangulation',
+                                      range=(0.0, 1.0))
+    depth_match_num: int = param(6000, 'correspondences triangulated per pair', range=(8, 10**6))
+    ransac_points: int = param(6000, 'correspondences given to F-RANSAC', range=(8, 10**6))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation; every value saved with each checkpoint."""
+
+    mode: str = param('flow', 'training stage or baseline', choices=(
+        'flow', 'depth', 'depth_pose', 'posenet', 'flowposenet'))
+    batch_size: int = param(8, 'pairs per step', range=(1, 1024))
+    lr: float = param(1e-4, 'Adam learning rate', range=(0.0, 1.0))
+    num_iterations: int = param(200000, 'optimisation steps of the stage', range=(1, 10**8))
+    seed: int = param(0, 'global random seed', range=(0, 2**31 - 1))
+    num_workers: int = param(4, 'data loader workers', range=(0, 256))
+    log_interval: int = param(100, 'steps between TensorBoard scalars', range=(1, 10**8))
+    val_interval: int = param(2000, 'steps between validations', range=(1, 10**8))
+    save_interval: int = param(2000, 'steps between checkpoints', range=(1, 10**8))
+    amp: bool = param(True, 'mixed precision on CUDA (ignored on CPU)')
+
+
+@dataclasses.dataclass
+class RansacConfig:
+    """Batched E/F RANSAC (geometry/ransac.py)."""
+
+    threshold_px: float = param(0.5, 'inlier threshold on the Sampson distance (px)',
+                                range=(1e-3, 100.0))
+    num_hypotheses: int = param(256, 'hypotheses per pair, evaluated at once', range=(1, 10**5))
+    lo_iters: int = param(3, 'local-optimisation refits on the inliers', range=(0, 100))
+    seed: int = param(0, 'seed of the hypothesis sampler', range=(0, 2**31 - 1))
+
+
+@dataclasses.dataclass
+class TriangulationConfig:
+    """Mid-point triangulation filters (geometry/triangulation.py)."""
+
+    min_angle_deg: float = param(0.05, 'minimum angle between the two rays (deg)',
+                                 range=(0.0, 90.0))
+    min_depth: float = param(0.01, 'points must lie this far in front of both cameras',
+                             range=(0.0, 1e3))
+
+
+@dataclasses.dataclass
+class ScaleConfig:
+    """Alignment of the depth-network scale to the triangulated structure."""
+
+    method: str = param('robust', 'scale estimator', choices=('median', 'lsq', 'robust'))
+    max_depth: float = param(50.0, 'ignore predicted depths beyond this (m)', range=(0.0, 1e5))
+    min_points: int = param(100, 'fewer valid depth pairs -> PnP fallback', range=(1, 10**6))
+
+
+@dataclasses.dataclass
+class PnPConfig:
+    """PnP-RANSAC fallback from depth + correspondences (geometry/pnp.py)."""
+
+    threshold_px: float = param(1.0, 'reprojection inlier threshold (px)', range=(1e-3, 100.0))
+    num_hypotheses: int = param(256, 'hypotheses per frame', range=(1, 10**5))
+    refine_iters: int = param(10, 'Gauss-Newton refinement steps', range=(0, 1000))
+
+
+@dataclasses.dataclass
+class DegeneracyConfig:
+    """Standstill and pure-rotation detection (geometry/degeneracy.py)."""
+
+    standstill_px: float = param(0.5, 'median flow below this (px) means standstill',
+                                 range=(0.0, 100.0))
+    sigma_px: float = param(0.5, 'assumed correspondence noise for GRIC (px)',
+                            range=(1e-3, 100.0))
+
+
+@dataclasses.dataclass
+class GeometryConfig:
+    """The geometric solver behind every pose."""
+
+    ransac: RansacConfig = dataclasses.field(default_factory=RansacConfig)
+    triangulation: TriangulationConfig = dataclasses.field(default_factory=TriangulationConfig)
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    pnp: PnPConfig = dataclasses.field(default_factory=PnPConfig)
+    degeneracy: DegeneracyConfig = dataclasses.field(default_factory=DegeneracyConfig)
+
+
+@dataclasses.dataclass
+class VOConfig:
+    """Per-frame visual odometry (vo/)."""
+
+    num_matches: int = param(5000, 'correspondences per frame pair', range=(8, 10**6))
+    top_ratio: float = param(0.3, 'share of best-scored pixels matches are drawn from',
+                             range=(0.0, 1.0))
+    min_flow_px: float = param(5.0, 'mean flow below this uses PnP instead of E (px)',
+                               range=(0.0, 1000.0))
+    device: str = param('auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N')
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole tree; ``load_config`` builds one from defaults, YAML files and overrides."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    flow_net: FlowNetConfig = dataclasses.field(default_factory=FlowNetConfig)
+    depth_net: DepthNetConfig = dataclasses.field(default_factory=DepthNetConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
+    vo: VOConfig = dataclasses.field(default_factory=VOConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Introspection
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One leaf of the tree, for help output and ROS parameter declarations."""
+
+    name: str
+    value_type: type
+    default: Any
+    description: str
+    bounds: Optional[Tuple[float, float]]
+    choices: Optional[Tuple[Any, ...]]
+
+
+def _leaf_type(f: dataclasses.Field) -> type:
+    return type(f.default)
+
+
+def field_specs(cfg: Any = None, prefix: str = '') -> List[FieldSpec]:
+    """
+    List every leaf field as a FieldSpec with its dotted name.
+
+    :param cfg: a config (section) instance; defaults to ``Config()``.
+    :param prefix: dotted prefix for the names.
+    """
+    cfg = Config() if cfg is None else cfg
+    specs = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            specs.extend(field_specs(value, name + '.'))
+        else:
+            specs.append(FieldSpec(name, _leaf_type(f), value, f.metadata.get('help', ''),
+                                   f.metadata.get('range'), f.metadata.get('choices')))
+    return specs
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """Nested plain dict of a config (section)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any) -> Dict[str, Any]:
+    """Map of dotted names to values, e.g. ``{'geometry.ransac.threshold_px': 0.5, ...}``."""
+    return {s.name: s.default for s in field_specs(cfg)}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and construction
+# --------------------------------------------------------------------------------------------
+
+def _coerce(name: str, value: Any, spec_type: type) -> Any:
+    """Convert a YAML/override value to the field's type, or raise ConfigError."""
+    if spec_type is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f'{name} must be true or false, got {value!r}')
+    if spec_type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f'{name} must be an integer, got {value!r}')
+        return value
+    if spec_type is float:
+        if isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{name} must be a number, got {value!r}')
+        if not math.isfinite(float(value)):
+            raise ConfigError(f'{name} must be finite, got {value!r}')
+        return float(value)
+    if spec_type is str:
+        if value is None:
+            return ''
+        if not isinstance(value, str):
+            raise ConfigError(f'{name} must be a string, got {value!r}')
+        return value
+    return value
+
+
+def validate(cfg: Any, prefix: str = '') -> None:
+    """
+    Check every leaf against its type, range and choices.
+
+    :raises ConfigError: naming the first offending dotted key, its value and what is allowed.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            validate(value, name + '.')
+            continue
+        expected = _leaf_type(f)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(cfg, f.name, value)
+        if type(value) is not expected:
+            raise ConfigError(f'{name} must be of type {expected.__name__}, got {value!r}')
+        rng, choices = f.metadata.get('range'), f.metadata.get('choices')
+        if rng is not None and not (rng[0] <= value <= rng[1]):
+            raise ConfigError(f'{name} = {value!r} is out of range [{rng[0]}, {rng[1]}]')
+        if choices is not None and value not in choices:
+            raise ConfigError(f'{name} = {value!r} is not one of {list(choices)}')
+
+
+def _unknown_key(name: str, candidates: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    hint = f'; did you mean {close[0]!r}?' if close else ''
+    return ConfigError(f'unknown config key {name!r}{hint}')
+
+
+def _merge(cfg: Any, data: Dict[str, Any], prefix: str = '') -> None:
+    """Apply a nested dict onto a config in place, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f'{prefix.rstrip(".") or "config"} must be a mapping, got {data!r}')
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in data.items():
+        name = prefix + str(key)
+        if key not in fields:
+            raise _unknown_key(name, [prefix + k for k in fields])
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, name + '.')
+        else:
+            setattr(cfg, key, _coerce(name, value, _leaf_type(fields[key])))
+
+
+def from_dict(data: Dict[str, Any]) -> Config:
+    """Build a validated Config from a nested dict (missing keys keep their defaults)."""
+    cfg = Config()
+    _merge(cfg, data or {})
+    validate(cfg)
+    return cfg
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """
+    Set one leaf by its dotted name, e.g. ``train.lr``.
+
+    :raises ConfigError: for unknown keys (with a suggestion) and bad values.
+    """
+    names = {s.name for s in field_specs(cfg)}
+    if dotted not in names:
+        raise _unknown_key(dotted, names)
+    *path, leaf = dotted.split('.')
+    nested: Dict[str, Any] = {leaf: value}
+    for key in reversed(path):
+        nested = {key: nested}
+    _merge(cfg, nested)
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML (``1e-4``, ``true``, ``kitti``)."""
+    if '=' not in text:
+        raise ConfigError(f'override {text!r} must look like section.key=value')
+    key, raw = text.split('=', 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ''
+    except yaml.YAMLError as e:
+        raise ConfigError(f'override {text!r}: cannot parse the value: {e}') from e
+    return key.strip(), value
+
+
+def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Read a config YAML, resolving its optional ``base`` (relative to the file) first."""
+    path = Path(path).expanduser().resolve()
+    if path in seen:
+        raise ConfigError(f'config files include each other in a loop: {path}')
+    if not path.is_file():
+        raise ConfigError(f'config file not found: {path}')
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f'config file {path} is not valid YAML: {e}') from e
+    if not isinstance(data, dict):
+        raise ConfigError(f'config file {path} must hold a mapping of sections')
+    base = data.pop('base', None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, seen + (path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: Dict[str, Any], src: Dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def load_config(path: Optional[Union[str, Path]] = None,
+                overrides: Iterable[str] = ()) -> Config:
+    """
+    Build the resolved configuration: defaults, then the YAML file, then ``a.b=value`` overrides.
+
+    :param path: a YAML file (may extend another via ``base: other.yaml``), or None.
+    :param overrides: strings ``section.key=value``.
+    :raises ConfigError: naming the file or key at fault.
+    """
+    cfg = Config()
+    if path is not None:
+        _merge(cfg, _read_yaml(Path(path)))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def dump_yaml(cfg: Any) -> str:
+    """YAML text of a config; ``load_config`` of it gives an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def save_config(cfg: Any, path: Union[str, Path], overwrite: bool = False) -> Path:
+    """
+    Write a config as YAML.
+
+    :param overwrite: refuse to replace an existing file unless True.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f'{path} exists; pass overwrite=True (or choose another path)')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_yaml(cfg))
+    return path
+
+
+def describe(cfg: Optional[Config] = None) -> str:
+    """Human-readable list of every field: name, value, range/choices and help."""
+    lines = []
+    for s in field_specs(cfg):
+        allowed = ''
+        if s.bounds is not None:
+            allowed = f' [{s.bounds[0]}, {s.bounds[1]}]'
+        elif s.choices is not None:
+            allowed = ' {' + ', '.join(map(str, s.choices)) + '}'
+        lines.append(f'{s.name} = {s.default!r}{allowed}\n    {s.description}')
+    return '\n'.join(lines)
+
+
+def add_config_arguments(parser: Any) -> None:
+    """Add ``--config FILE`` and repeatable ``--set a.b=v`` to an argparse parser."""
+    parser.add_argument('--config', default=None, help='YAML config file (see config/)')
+    parser.add_argument('--set', dest='overrides', action='append', default=[],
+                        metavar='KEY=VALUE', help='override one field, e.g. --set train.lr=3e-4')
+
+
+def config_from_args(args: Any) -> Config:
+    """Resolve the config from the argparse results of ``add_config_arguments``."""
+    return load_config(args.config, args.overrides)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``trianflow-config``: print the resolved configuration or the field reference."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='trianflow-config', description=main.__doc__)
+    add_config_arguments(parser)
+    parser.add_argument('--fields', action='store_true', help='list every field with its help')
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        parser.exit(2, f'trianflow-config: error: {e}\n')
+    print(describe(cfg) if args.fields else dump_yaml(cfg), end='' if not args.fields else '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Batched, device-agnostic two-view geometry in torch (no networks, no ROS)."""
