@@ -21,7 +21,10 @@ def pixel_grid(batch: int, height: int, width: int, device: Optional[torch.devic
     :param batch: batch size B.
     :param height: image height H.
     :param width: image width W.
-    :return: (B, 2, H, W); channel 0 is u (column), channel 1 is v (row).
+    :param device: device of the result.
+    :param dtype: dtype of the result.
+    :return: (B, 2, H, W), an expanded (non-contiguous) view; channel 0 is u (column),
+        channel 1 is v (row).
     """
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
                           torch.arange(width, device=device, dtype=dtype), indexing='ij')
