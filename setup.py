@@ -27,6 +27,7 @@ setup(
     entry_points={
         'console_scripts': [
             'trianflow-config = trianflow_ros.config:main',
+            'trianflow-eval = trianflow_ros.eval.cli:main',
         ],
     },
 )
