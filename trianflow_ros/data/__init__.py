@@ -1,0 +1,1 @@
+"""Datasets: readers of real recordings and synthetic scenes with exact ground truth."""

@@ -1,0 +1,14 @@
+"""
+Synthetic textured scenes with exact ground truth (depth, flow, occlusion, poses).
+
+``make_sequence(kind, num_frames, height, width, seed, stride)`` renders a camera sequence
+through a street (driving) or a room (hand-held); ``SyntheticSequence.pair(i, j)`` gives the
+two-view ground truth. See ``sequence`` for the shapes and ``layouts`` for the scenes.
+"""
+
+from trianflow_ros.data.synthetic.sequence import (default_intrinsics, make_sequence,
+                                                   SyntheticPair, SyntheticSequence)
+from trianflow_ros.data.synthetic.trajectories import KINDS, make_trajectory
+
+__all__ = ['default_intrinsics', 'KINDS', 'make_sequence', 'make_trajectory', 'SyntheticPair',
+           'SyntheticSequence']

@@ -1,0 +1,173 @@
+"""
+Smooth camera trajectories (camera-to-world poses ``T_wc``) drawn from a seed.
+
+World frame: x right, y down, z forward at the start (the optical frame of an upright camera
+looking along the street or into the room); the ground is at ``y = +camera height``.
+Motions are sums of sinusoids with random amplitudes, periods and phases, so the first ``n``
+frames of a trajectory do not depend on how many frames follow (a stride just subsamples).
+
+Kinds:
+
+- ``forward``: driving, about 1 m per frame (10 Hz at ~36 km/h) with gentle yaw
+  (peak ~1 deg/frame), small pitch/roll vibration and suspension bounce, like KITTI.
+- ``handheld``: 0.02-0.05 m per frame translation, 0.5-3 deg per frame rotation about all axes.
+- ``pure_rotation``: the camera centre stays fixed while it rotates like ``handheld``.
+- ``standstill``: every pose identical.
+"""
+
+import math
+from typing import Tuple
+
+import torch
+
+from trianflow_ros.geometry.se3 import so3_exp
+
+KINDS = ('forward', 'handheld', 'pure_rotation', 'standstill')
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float, size=()) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(size, generator=gen, dtype=torch.float64)
+
+
+def _sinusoids(gen: torch.Generator, frames: torch.Tensor, channels: int, count: int,
+               period: Tuple[float, float]) -> torch.Tensor:
+    """Return a sum of ``count`` unit-amplitude sinusoids per channel, shape (N, channels)."""
+    periods = _uniform(gen, period[0], period[1], (count, channels))
+    phases = _uniform(gen, 0.0, 2.0 * math.pi, (count, channels))
+    weights = _uniform(gen, 0.5, 1.0, (count, channels))
+    weights = weights / weights.sum(0, keepdim=True)
+    arg = 2.0 * math.pi * frames[:, None, None] / periods + phases              # (N, c, ch)
+    return (weights * torch.sin(arg)).sum(1)
+
+
+def _rot_y(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    o, z = torch.ones_like(c), torch.zeros_like(c)
+    return torch.stack((c, z, s, z, o, z, -s, z, c), -1).reshape(-1, 3, 3)
+
+
+def _rot_x(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    o, z = torch.ones_like(c), torch.zeros_like(c)
+    return torch.stack((o, z, z, z, c, -s, z, s, c), -1).reshape(-1, 3, 3)
+
+
+def _rot_z(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    o, z = torch.ones_like(c), torch.zeros_like(c)
+    return torch.stack((c, -s, z, s, c, z, z, z, o), -1).reshape(-1, 3, 3)
+
+
+def _pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    T = torch.eye(4, dtype=torch.float64).repeat(R.shape[0], 1, 1)
+    T[:, :3, :3] = R
+    T[:, :3, 3] = t
+    return T
+
+
+def _clip_norm(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Rescale the rows of ``x`` so that their norms lie in [lo, hi]."""
+    norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return x * norm.clamp(lo, hi) / norm
+
+
+def forward_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Driving: ~1 m/frame along a gently curving path at constant camera height.
+
+    :param num: number of frames.
+    :param gen: seeded generator.
+    :return: T_wc, shape (num, 4, 4), float64; the first pose has zero yaw at the origin.
+    """
+    k = torch.arange(num, dtype=torch.float64)
+    speed = _uniform(gen, 0.8, 1.2) * (1.0 + 0.08 * _sinusoids(gen, k, 1, 2, (30, 90))[:, 0])
+    yaw_amp = math.radians(float(_uniform(gen, 0.4, 1.0)))
+    yaw_rate = yaw_amp * _sinusoids(gen, k, 1, 3, (40, 160))[:, 0]
+    yaw = torch.cumsum(yaw_rate, 0) - yaw_rate[0]
+    vib = _sinusoids(gen, k, 3, 3, (4, 20))
+    pitch = math.radians(0.3) * vib[:, 0]
+    roll = math.radians(0.2) * vib[:, 1]
+    bounce = 0.015 * vib[:, 2]
+    heading = torch.stack((torch.sin(yaw), torch.cos(yaw)), -1) * speed[:, None]
+    xz = torch.cumsum(heading, 0) - heading[0]
+    t = torch.stack((xz[:, 0], bounce - bounce[0], xz[:, 1]), -1)
+    return _pose(_rot_y(yaw) @ _rot_x(pitch) @ _rot_z(roll), t)
+
+
+def _rotation_path(num: int, gen: torch.Generator, lo_deg: float, hi_deg: float
+                   ) -> torch.Tensor:
+    """Integrate a smooth body-frame angular velocity with norm in [lo, hi] deg/frame."""
+    k = torch.arange(num, dtype=torch.float64)
+    axis_amp = _uniform(gen, 0.6, 1.0, (3,))
+    omega = _sinusoids(gen, k, 3, 3, (25, 90)) * axis_amp
+    omega = _clip_norm(omega * math.radians(2.0), math.radians(lo_deg), math.radians(hi_deg))
+    yaw0 = _uniform(gen, -0.2, 0.2)
+    pitch0 = _uniform(gen, 0.0, 0.15)
+    R = [(_rot_y(yaw0.reshape(1)) @ _rot_x(-pitch0.reshape(1)))[0]]
+    steps = so3_exp(omega)
+    for i in range(1, num):
+        R.append(R[-1] @ steps[i - 1])
+    return torch.stack(R)
+
+
+def handheld_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Hand-held: 0.02-0.05 m/frame translation and 0.5-3 deg/frame rotation about all axes.
+
+    :return: T_wc, shape (num, 4, 4), float64, starting at the origin.
+    """
+    R = _rotation_path(num, gen, 0.5, 3.0)
+    k = torch.arange(num, dtype=torch.float64)
+    vel = _clip_norm(_sinusoids(gen, k, 3, 3, (30, 90)) * 0.04, 0.02, 0.05)
+    t = torch.cumsum(vel, 0) - vel[0]
+    return _pose(R, t)
+
+
+def pure_rotation_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Rotation about the fixed camera centre (the origin), 0.5-3 deg/frame.
+
+    :return: T_wc, shape (num, 4, 4), float64.
+    """
+    R = _rotation_path(num, gen, 0.5, 3.0)
+    return _pose(R, torch.zeros(num, 3, dtype=torch.float64))
+
+
+def standstill_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Identical poses: the origin, a slightly random heading and a small downward pitch.
+
+    :return: T_wc, shape (num, 4, 4), float64.
+    """
+    yaw = _uniform(gen, -0.1, 0.1).reshape(1)
+    pitch = _uniform(gen, 0.0, 0.05).reshape(1)
+    R = _rot_y(yaw) @ _rot_x(-pitch)
+    return _pose(R, torch.zeros(1, 3, dtype=torch.float64)).repeat(num, 1, 1)
+
+
+GENERATORS = {
+    'forward': forward_trajectory,
+    'handheld': handheld_trajectory,
+    'pure_rotation': pure_rotation_trajectory,
+    'standstill': standstill_trajectory,
+}
+
+
+def make_trajectory(kind: str, num_frames: int, gen: torch.Generator, stride: int = 1
+                    ) -> torch.Tensor:
+    """
+    Camera-to-world poses of a trajectory kind, every ``stride``-th frame.
+
+    :param kind: one of ``KINDS``.
+    :param num_frames: number of poses returned.
+    :param gen: seeded generator.
+    :param stride: frame stride (fast motion): frame i is frame ``i * stride`` of the underlying
+        trajectory.
+    :return: T_wc, shape (num_frames, 4, 4), float64.
+    """
+    if kind not in GENERATORS:
+        raise ValueError(f'unknown trajectory kind {kind!r}; choose one of {KINDS}')
+    if num_frames < 1 or stride < 1:
+        raise ValueError(f'num_frames and stride must be >= 1, got {num_frames}, {stride}')
+    full = GENERATORS[kind]((num_frames - 1) * stride + 1, gen)
+    return full[::stride].contiguous()

@@ -1,0 +1,336 @@
+"""
+TUM RGB-D in its native layout: association, intrinsics by sequence family, GT relative poses.
+
+Layout (``root`` is one sequence folder, or a folder of them)::
+
+    root/rgbd_dataset_freiburg1_xyz/rgb.txt          'timestamp rgb/<timestamp>.png' lines
+    root/rgbd_dataset_freiburg1_xyz/depth.txt        'timestamp depth/<timestamp>.png' lines
+    root/rgbd_dataset_freiburg1_xyz/groundtruth.txt  'timestamp tx ty tz qx qy qz qw' (T_world_cam)
+    root/rgbd_dataset_freiburg1_xyz/rgb/*.png, depth/*.png (16-bit, metres = value / 5000)
+
+Each RGB frame is associated with the depth frame nearest in time within ``max_dt`` (0.02 s,
+like the TUM tools; a depth frame is used once, closest pairs first); RGB frames without depth
+are dropped when depth is used. Ground-truth poses are interpolated at the RGB timestamps
+(linear in position, slerp in orientation) between the two bracketing samples; RGB frames
+outside the ground truth, or in a gap longer than ``max_gt_gap``, are dropped when the ground
+truth is used. Pairs are (k, k + stride) over the frames kept.
+
+Intrinsics (TUM documentation, 640x480) by the family in the sequence name (fr1, fr2, fr3);
+lens distortion (fr1, fr2) is ignored. Pass ``intrinsics=(fx, fy, cx, cy)`` to override.
+"""
+
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from trianflow_ros.data.sample import (DatasetError, depth_to_tensor, load_depth_png,
+                                       load_image, MissingFileError, PairDataset, parse_floats,
+                                       PathLike, prepare_image, read_lines, relative_pose,
+                                       require_path, Sample)
+
+#: fx, fy, cx, cy of the TUM RGB-D colour cameras at 640x480 (TUM documentation).
+FAMILY_INTRINSICS = {'fr1': (517.3, 516.5, 318.6, 255.3),
+                     'fr2': (520.9, 521.0, 325.1, 249.7),
+                     'fr3': (535.4, 539.2, 320.1, 247.6)}
+DEPTH_SCALE = 5000.0
+_FAMILY = re.compile(r'(?:freiburg|fr)([123])')
+
+Intrinsics = Union[Tuple[float, float, float, float], np.ndarray]
+
+
+def family_intrinsics(name: str) -> np.ndarray:
+    """
+    Return the (3, 3) intrinsics of the family named in a sequence name ('...freiburg1...').
+
+    :raise ValueError: when the name names no family (pass ``intrinsics`` then).
+    """
+    m = _FAMILY.search(name.lower())
+    if not m:
+        raise ValueError(f'cannot tell the TUM camera (fr1/fr2/fr3) from the sequence name '
+                         f'{name!r}; pass intrinsics=(fx, fy, cx, cy)')
+    return intrinsics_matrix(FAMILY_INTRINSICS[f'fr{m.group(1)}'])
+
+
+def intrinsics_matrix(values: Intrinsics) -> np.ndarray:
+    """Return K (3, 3) float64 from (fx, fy, cx, cy) or from a (3, 3) matrix."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape == (3, 3):
+        return a.copy()
+    if a.shape != (4,):
+        raise ValueError(f'intrinsics must be (fx, fy, cx, cy) or a 3x3 matrix, got {a.shape}')
+    fx, fy, cx, cy = a
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def read_file_list(path: PathLike, what: str) -> Tuple[np.ndarray, List[str]]:
+    """
+    Read a TUM ``rgb.txt`` / ``depth.txt``: 'timestamp filename' per line ('#' comments).
+
+    :return: stamps (N,) float64 sorted, and the file names relative to the sequence folder.
+    """
+    stamps, names = [], []
+    for n, line in read_lines(path, what):
+        tokens = line.split()
+        if len(tokens) != 2:
+            raise DatasetError(f'{path}, line {n}: expected "timestamp filename", '
+                               f'got {line[:80]!r}')
+        stamps.append(parse_floats(tokens[0], path, n, 1, 'timestamp')[0])
+        names.append(tokens[1])
+    order = np.argsort(stamps, kind='stable')
+    return np.asarray(stamps)[order], [names[i] for i in order]
+
+
+def read_groundtruth(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Read a TUM ``groundtruth.txt`` ('timestamp tx ty tz qx qy qz qw', T_world_cam).
+
+    :return: stamps (N,), positions (N, 3), unit quaternions (N, 4) as (x, y, z, w), sorted.
+    """
+    rows = [parse_floats(line, path, n, 8, 'values "timestamp tx ty tz qx qy qz qw"')
+            for n, line in read_lines(path, 'TUM ground truth (groundtruth.txt)')]
+    if not rows:
+        raise DatasetError(f'{path}: no ground-truth lines')
+    data = np.stack(rows)
+    data = data[np.argsort(data[:, 0], kind='stable')]
+    norms = np.linalg.norm(data[:, 4:], axis=1, keepdims=True)
+    if np.any(norms < 1e-6):
+        raise DatasetError(f'{path}: a quaternion has zero norm')
+    return data[:, 0], data[:, 1:4], data[:, 4:] / norms
+
+
+def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_dt: float) -> Dict[int, int]:
+    """
+    Match two sorted timestamp lists one-to-one: closest pairs first, each within ``max_dt``.
+
+    :return: {index in a: index in b}.
+    """
+    candidates = []
+    if stamps_b.size:
+        pos = np.searchsorted(stamps_b, stamps_a)
+        for i, p in enumerate(pos):
+            for j in (p - 1, p):
+                if 0 <= j < stamps_b.size:
+                    dt = abs(stamps_a[i] - stamps_b[j])
+                    if dt <= max_dt:
+                        candidates.append((dt, i, j))
+    candidates.sort()
+    out, used = {}, set()
+    for _, i, j in candidates:
+        if i not in out and j not in used:
+            out[i] = j
+            used.add(j)
+    return out
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) of a unit quaternion (x, y, z, w)."""
+    x, y, z, w = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    """Spherical linear interpolation of unit quaternions (shortest arc), s in [0, 1]."""
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 1.0 - 1e-12:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(min(d, 1.0))
+    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
+
+
+def interpolate_pose(t: float, stamps: np.ndarray, positions: np.ndarray,
+                     quaternions: np.ndarray, max_gap: float = np.inf) -> Optional[np.ndarray]:
+    """
+    Pose T_world_cam (4, 4) at time ``t``: linear position, slerp orientation.
+
+    :return: the pose, or None when ``t`` is outside the samples or in a gap > ``max_gap``.
+    """
+    k = int(np.searchsorted(stamps, t))
+    if k < stamps.size and stamps[k] == t:
+        i0 = i1 = k
+    elif 0 < k < stamps.size:
+        i0, i1 = k - 1, k
+    else:
+        return None
+    if stamps[i1] - stamps[i0] > max_gap:
+        return None
+    s = 0.0 if i0 == i1 else (t - stamps[i0]) / (stamps[i1] - stamps[i0])
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(slerp(quaternions[i0], quaternions[i1], s))
+    T[:3, 3] = (1 - s) * positions[i0] + s * positions[i1]
+    return T
+
+
+class TumRgbdSequence:
+    """
+    One TUM RGB-D sequence: associated RGB(-D) frames with interpolated ground truth.
+
+    :ivar name: sequence folder name.
+    :ivar K: (3, 3) float64 intrinsics at 640x480.
+    :ivar stamps: (N,) RGB timestamps of the frames kept.
+    :ivar rgb_paths: N RGB image paths.
+    :ivar depth_paths: N depth image paths (None entries when depth is not used).
+    :ivar poses: (N, 4, 4) T_world_cam at the RGB stamps, or None without ground truth.
+    """
+
+    def __init__(self, path: PathLike, intrinsics: Optional[Intrinsics] = None,
+                 max_dt: float = 0.02, use_depth: bool = True, use_gt: Optional[bool] = None,
+                 max_gt_gap: float = 0.1):
+        """
+        Read the lists of one sequence folder (not the images).
+
+        :param path: the sequence folder (with rgb.txt).
+        :param intrinsics: (fx, fy, cx, cy) or (3, 3); default by the family in the name.
+        :param max_dt: RGB-depth association tolerance in seconds.
+        :param use_depth: keep only RGB frames with a depth frame and load depth.
+        :param use_gt: use groundtruth.txt (True: required; None: if present; False: never).
+        :param max_gt_gap: longest ground-truth gap (s) to interpolate across.
+        """
+        self.dir = require_path(path, 'TUM RGB-D sequence', is_dir=True)
+        self.name = self.dir.name
+        self.K = (intrinsics_matrix(intrinsics) if intrinsics is not None
+                  else family_intrinsics(self.name))
+        stamps, names = read_file_list(self.dir / 'rgb.txt', 'TUM RGB list (rgb.txt)')
+        keep = np.arange(stamps.size)
+        depth_names: List[Optional[str]] = [None] * stamps.size
+        if use_depth:
+            d_stamps, d_names = read_file_list(self.dir / 'depth.txt',
+                                               'TUM depth list (depth.txt)')
+            match = associate(stamps, d_stamps, max_dt)
+            keep = np.array(sorted(match), dtype=np.int64)
+            depth_names = [d_names[match[i]] if i in match else None for i in range(len(names))]
+        gt_path = self.dir / 'groundtruth.txt'
+        if use_gt and not gt_path.is_file():
+            raise MissingFileError(f'TUM ground truth (groundtruth.txt): file not found: '
+                                   f'{gt_path}')
+        self.poses: Optional[np.ndarray] = None
+        poses = None
+        if use_gt or (use_gt is None and gt_path.is_file()):
+            gt = read_groundtruth(gt_path)
+            poses = [interpolate_pose(stamps[i], *gt, max_gap=max_gt_gap) for i in keep]
+            keep = np.array([i for i, T in zip(keep, poses) if T is not None], dtype=np.int64)
+            poses = [T for T in poses if T is not None]
+        self.stamps = stamps[keep] if keep.size else np.zeros(0)
+        self.rgb_paths = [self.dir / names[i] for i in keep]
+        self.depth_paths = [self.dir / depth_names[i] if depth_names[i] else None
+                            for i in keep]
+        if poses is not None:
+            self.poses = np.stack(poses) if poses else np.zeros((0, 4, 4))
+        self.use_depth = use_depth
+
+    def __len__(self) -> int:
+        """Return the number of frames kept."""
+        return len(self.rgb_paths)
+
+    def frame(self, i: int, bgr: bool = False) -> Tuple[float, np.ndarray, np.ndarray]:
+        """
+        Return the i-th frame for the VO.
+
+        :return: (stamp in seconds, image (480, 640, 3) uint8 RGB or BGR, K (3, 3) float64).
+        """
+        return float(self.stamps[i]), load_image(self.rgb_paths[i], bgr), self.K.copy()
+
+    def depth(self, i: int) -> np.ndarray:
+        """Load the i-th depth map as (H, W) float32 metres (0 = no measurement)."""
+        if self.depth_paths[i] is None:
+            raise ValueError(f'sequence {self.name} was read without depth (use_depth=False)')
+        return load_depth_png(self.depth_paths[i], DEPTH_SCALE)
+
+
+class TumRgbdDataset(PairDataset):
+    """
+    Frame pairs of TUM RGB-D sequences with depth and interpolated GT relative poses.
+
+    Samples carry ``depth1``/``depth2`` (when ``use_depth``) and ``T_21`` (when every sequence
+    has ground truth and ``use_gt`` is not False).
+    """
+
+    def __init__(self, root: PathLike, sequences: Optional[Sequence[str]] = None,
+                 intrinsics: Optional[Intrinsics] = None, max_dt: float = 0.02,
+                 use_depth: bool = True, use_gt: Optional[bool] = None, max_gt_gap: float = 0.1,
+                 height: int = 448, width: int = 576, stride: int = 1, bgr: bool = False,
+                 pairs: bool = True, transform: Optional[Callable[[Sample], Sample]] = None):
+        """
+        Index sequences.
+
+        :param root: a sequence folder (with rgb.txt) or a folder of sequence folders.
+        :param sequences: names of sequence folders under ``root`` (default: all).
+        :param intrinsics: (fx, fy, cx, cy) overriding the family default for all sequences.
+        :param max_dt: RGB-depth association tolerance in seconds.
+        :param use_depth: load associated depth (frames without depth are dropped).
+        :param use_gt: ground truth: True required, None if present in every sequence, False off.
+        :param max_gt_gap: longest ground-truth gap (s) to interpolate across.
+        :param height: network image height.
+        :param width: network image width.
+        :param stride: frame distance of a pair.
+        :param bgr: BGR channel order.
+        :param pairs: False for single frames.
+        :param transform: optional callable applied to each sample.
+        """
+        super().__init__(height, width, stride, bgr, pairs, transform)
+        root = require_path(root, 'TUM RGB-D root', is_dir=True)
+        if sequences is not None:
+            dirs = [root / s for s in sequences]
+        elif (root / 'rgb.txt').is_file():
+            dirs = [root]
+        else:
+            dirs = sorted(p.parent for p in root.glob('*/rgb.txt'))
+            if not dirs:
+                raise MissingFileError(f'no TUM RGB-D sequence in {root} (expected '
+                                       'ROOT/rgbd_dataset_freiburg1_xyz/rgb.txt)')
+        if use_gt is None:
+            use_gt = all((d / 'groundtruth.txt').is_file() for d in dirs) or False
+        self.use_gt = bool(use_gt)
+        self.use_depth = use_depth
+        self.sequences = [TumRgbdSequence(d, intrinsics, max_dt, use_depth, self.use_gt,
+                                          max_gt_gap) for d in dirs]
+        for k, seq in enumerate(self.sequences):
+            for i, j in _pairs(len(seq), stride, pairs):
+                self.items.append((k, i, j))
+
+    def _view(self, seq: TumRgbdSequence, i: int):
+        image = load_image(seq.rgb_paths[i])
+        img, K = prepare_image(image, seq.K, self.hw, self.bgr)
+        depth = None
+        if self.use_depth:
+            d = seq.depth(i)
+            if d.shape != image.shape[:2]:
+                raise DatasetError(f'{seq.depth_paths[i]}: depth size {d.shape} differs from '
+                                   f'the RGB image {seq.rgb_paths[i]} {image.shape[:2]}')
+            depth = depth_to_tensor(d, self.hw)
+        return image, img, K, depth
+
+    def load(self, index: int) -> Sample:
+        """Build sample ``index``."""
+        k, i, j = self.items[index]
+        seq = self.sequences[k]
+        image1, img1, K, depth1 = self._view(seq, i)
+        sample = {'image1': img1, 'K': K,
+                  'native_hw': torch.tensor(image1.shape[:2], dtype=torch.int64),
+                  'stamp1': float(seq.stamps[i]), 'frame1': i, 'sequence': seq.name,
+                  'source1': str(seq.rgb_paths[i])}
+        if depth1 is not None:
+            sample['depth1'] = depth1
+        if j is None:
+            return sample
+        _, img2, _, depth2 = self._view(seq, j)
+        sample.update({'image2': img2, 'stamp2': float(seq.stamps[j]), 'frame2': j,
+                       'source2': str(seq.rgb_paths[j])})
+        if depth2 is not None:
+            sample['depth2'] = depth2
+        if self.use_gt:
+            sample['T_21'] = torch.from_numpy(relative_pose(seq.poses[i], seq.poses[j])).float()
+        return sample
+
+
+def _pairs(n: int, stride: int, pairs: bool) -> List[Tuple[int, Optional[int]]]:
+    if not pairs:
+        return [(i, None) for i in range(n)]
+    return [(i, i + stride) for i in range(n - stride)]
