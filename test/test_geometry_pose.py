@@ -1,0 +1,152 @@
+"""Tests of geometry.pose: essential decomposition and the batched cheirality test."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from trianflow_ros.geometry.camera import project
+from trianflow_ros.geometry.pose import decompose_essential, PoseResult, recover_pose
+from trianflow_ros.geometry.se3 import (direction_error_deg, make_pose, rotation_error_deg,
+                                        skew, so3_exp)
+from trianflow_ros.geometry.threads import one_cpu_thread
+
+FX, CX, CY, WIDTH, HEIGHT = 718.9, 607.2, 185.2, 1241, 376
+
+
+def _K(b, dtype=torch.float64):
+    K = torch.tensor([[FX, 0.0, CX], [0.0, FX, CY], [0.0, 0.0, 1.0]], dtype=dtype)
+    return K.expand(b, 3, 3).clone()
+
+
+def _motions(b, seed=0, dtype=torch.float64):
+    """Different motions: forward, sideways, backward, up, with rotations up to ~6 degrees."""
+    g = torch.Generator().manual_seed(seed)
+    R = so3_exp((torch.rand(b, 3, generator=g, dtype=dtype) - 0.5) * 0.2)
+    dirs = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.2], [0.1, 0.0, -1.0], [0.0, -1.0, 0.3],
+                         [-0.7, 0.1, 0.7], [0.3, 0.3, 1.0], [-1.0, 0.0, -0.2],
+                         [0.0, 0.5, 1.0]], dtype=dtype)
+    t = dirs[torch.arange(b) % 8] + 0.05 * torch.randn(b, 3, generator=g, dtype=dtype)
+    return R, t / t.norm(dim=-1, keepdim=True)
+
+
+def _scene(R, t, n, seed=0, noise=0.0):
+    b, dtype = R.shape[0], R.dtype
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(b, n, generator=g, dtype=dtype) * (WIDTH - 1)
+    v = torch.rand(b, n, generator=g, dtype=dtype) * (HEIGHT - 1)
+    d = 5.0 + torch.rand(b, n, generator=g, dtype=dtype) * 30.0
+    X1 = torch.stack(((u - CX) / FX * d, (v - CY) / FX * d, d), dim=-1)
+    K = _K(b, dtype)
+    x1, _ = project(X1, K)
+    X2 = X1 @ R.transpose(1, 2) + t[:, None]
+    x2, z2 = project(X2, K)
+    keep = z2 > 0.5                                       # in front of camera 2 as well
+    x1 = x1 + noise * torch.randn(x1.shape, generator=g, dtype=dtype)
+    x2 = x2 + noise * torch.randn(x2.shape, generator=g, dtype=dtype)
+    return x1, x2, K, keep
+
+
+def test_decompose_essential_candidates():
+    R, t = _motions(5, seed=1)
+    E = skew(t) @ R
+    Rc, tc = decompose_essential(E)
+    assert Rc.shape == (5, 4, 3, 3) and tc.shape == (5, 4, 3)
+    eye = torch.eye(3, dtype=E.dtype).expand(5, 4, 3, 3)
+    assert torch.allclose(Rc @ Rc.transpose(-1, -2), eye, atol=1e-10)
+    assert torch.allclose(torch.linalg.det(Rc), torch.ones(5, 4, dtype=E.dtype))
+    assert torch.allclose(tc.norm(dim=-1), torch.ones(5, 4, dtype=E.dtype))
+    for k in range(4):                                   # every candidate explains E
+        Ek = skew(tc[:, k]) @ Rc[:, k]
+        sign = torch.sign((Ek * E).flatten(1).sum(1))[:, None, None]
+        assert torch.allclose(sign * Ek, E, atol=1e-10)
+    # the true (R, t) is among the candidates
+    rot = torch.stack([rotation_error_deg(Rc[:, k], R) for k in range(4)], 1)
+    tdir = torch.stack([direction_error_deg(tc[:, k], t) for k in range(4)], 1)
+    assert bool(((rot < 1e-6) & (tdir < 1e-6)).any(dim=1).all())
+
+
+def test_recover_pose_exact_on_noise_free_scene():
+    R, t = _motions(1, seed=2)
+    x1, x2, K, keep = _scene(R, t, 300, seed=2)
+    res = recover_pose(skew(t) @ R, x1, x2, K, K, keep)
+    assert isinstance(res, PoseResult)
+    assert res.R.shape == (1, 3, 3) and res.t.shape == (1, 3) and res.T_21.shape == (1, 4, 4)
+    assert res.positive.shape == (1, 300) and res.positive.dtype == torch.bool
+    assert res.num_positive.dtype == torch.int64
+    assert rotation_error_deg(res.R, R).item() < 1e-6
+    assert direction_error_deg(res.t, t).item() < 1e-6
+    assert torch.allclose(res.T_21, make_pose(res.R, res.t))
+    assert res.num_positive.item() == int(keep.sum())
+    assert torch.equal(res.positive, keep)
+
+
+def test_recover_pose_batch_of_different_motions_equals_single():
+    # the original TrianFlow paired points with another element's camera when B > 1
+    b = 8
+    R, t = _motions(b, seed=3)
+    K = _K(b)
+    K[1::2, 0, 0] = 700.0                                 # different cameras per element
+    K[1::2, 1, 1] = 705.0
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(b, 400, generator=g, dtype=R.dtype) * (WIDTH - 1)
+    v = torch.rand(b, 400, generator=g, dtype=R.dtype) * (HEIGHT - 1)
+    d = 5.0 + torch.rand(b, 400, generator=g, dtype=R.dtype) * 30.0
+    rays = torch.linalg.solve(K, torch.stack((u, v, torch.ones_like(u)), 1)).transpose(1, 2)
+    X1 = rays * d[..., None]
+    x1, _ = project(X1, K)
+    x2, z2 = project(X1 @ R.transpose(1, 2) + t[:, None], K)
+    keep = z2 > 0.5
+    E = skew(t) @ R
+    res = recover_pose(E, x1, x2, K, K, keep)
+    assert rotation_error_deg(res.R, R).max().item() < 1e-6
+    assert direction_error_deg(res.t, t).max().item() < 1e-6
+    for i in range(b):
+        single = recover_pose(E[i:i + 1], x1[i:i + 1], x2[i:i + 1], K[i:i + 1], K[i:i + 1],
+                              keep[i:i + 1])
+        assert torch.allclose(single.T_21, res.T_21[i:i + 1], atol=1e-12)
+        assert torch.equal(single.positive, res.positive[i:i + 1])
+        assert single.num_positive.item() == res.num_positive[i].item()
+
+
+def test_recover_pose_matches_opencv():
+    R, t = _motions(6, seed=4)
+    x1, x2, K, keep = _scene(R, t, 500, seed=4, noise=0.3)
+    E = skew(t) @ R
+    res = recover_pose(E, x1, x2, K, K, keep)
+    for i in range(6):
+        mask = keep[i].numpy().astype(np.uint8)[:, None]
+        _, R_cv, t_cv, _ = cv2.recoverPose(E[i].numpy(), x1[i].numpy(), x2[i].numpy(),
+                                           K[i].numpy(), mask=mask.copy())
+        assert rotation_error_deg(res.R[i:i + 1], torch.from_numpy(R_cv)[None]).item() < 1e-6
+        assert direction_error_deg(res.t[i:i + 1],
+                                   torch.from_numpy(t_cv[:, 0])[None]).item() < 1e-6
+
+
+def test_recover_pose_mask_and_errors():
+    R, t = _motions(2, seed=5)
+    x1, x2, K, keep = _scene(R, t, 100, seed=5)
+    mask = torch.zeros(2, 100, dtype=torch.bool)
+    mask[:, :30] = True
+    res = recover_pose(skew(t) @ R, x1, x2, K, K, mask & keep)
+    assert bool((res.num_positive <= 30).all())
+    assert not bool(res.positive[:, 30:].any())
+    with pytest.raises(ValueError, match='E'):
+        recover_pose(torch.zeros(2, 3, 4), x1, x2, K, K)
+    with pytest.raises(ValueError, match='mask'):
+        recover_pose(skew(t) @ R, x1, x2, K, K, mask[:, :50])
+
+
+def test_one_cpu_thread_restores_the_thread_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_cpu_thread(torch.device('cpu')):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        R, t = _motions(1, seed=6)
+        x1, x2, K, keep = _scene(R, t, 50, seed=6)
+        recover_pose(skew(t) @ R, x1, x2, K, K, keep)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

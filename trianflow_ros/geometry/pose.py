@@ -1,0 +1,133 @@
+"""
+Relative pose from an essential matrix: the four-fold decomposition and the cheirality test.
+
+``T_21`` maps frame-1 points into frame 2 (X_2 = R X_1 + t), so E = [t]_x R and x2^T F x1 = 0.
+The translation is known only up to scale and is returned with unit norm. References are to
+Hartley & Zisserman, 2nd ed. (H&Z).
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from trianflow_ros.geometry.camera import to_homogeneous
+from trianflow_ros.geometry.checks import check_shape
+from trianflow_ros.geometry.se3 import make_pose
+from trianflow_ros.geometry.threads import one_cpu_thread
+from trianflow_ros.geometry.triangulation import midpoint_channels_first
+
+
+@dataclass
+class PoseResult:
+    """
+    Relative pose chosen by the cheirality test.
+
+    :param R: rotation of T_21, shape (B, 3, 3).
+    :param t: translation direction of T_21, unit norm, shape (B, 3).
+    :param T_21: pose mapping frame-1 points into frame 2, shape (B, 4, 4).
+    :param num_positive: number of (masked) points in front of both cameras, shape (B,) int64.
+    :param positive: points in front of both cameras for the chosen candidate, shape (B, N),
+        bool (False for masked-out points).
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+    T_21: torch.Tensor
+    num_positive: torch.Tensor
+    positive: torch.Tensor
+
+
+def decompose_essential(E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Return the four (R, t) candidates of an essential matrix (H&Z Result 9.19).
+
+    With E = U diag(1, 1, 0) V^T (det U = det V = +1) and W = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    the candidates are (U W V^T, u3), (U W V^T, -u3), (U W^T V^T, u3), (U W^T V^T, -u3), with
+    u3 the last column of U. E need not be exactly essential (noise): only its two largest
+    singular directions are used.
+
+    :param E: essential matrices, shape (B, 3, 3).
+    :return: R (B, 4, 3, 3) with det +1 and t (B, 4, 3) with unit norm, in that order.
+        Not meant for gradients (SVD of a matrix with repeated singular values).
+    """
+    check_shape(E, 'E', ('B', 3, 3))
+    U, _, Vh = torch.linalg.svd(E)
+    # Flipping the sign of U or V^T keeps U diag(1, 1, 0) V^T up to the sign of E, which the
+    # epipolar constraint does not see; it makes both proper rotations.
+    U = U * torch.where(torch.linalg.det(U) < 0, -1.0, 1.0).to(E.dtype)[:, None, None]
+    Vh = Vh * torch.where(torch.linalg.det(Vh) < 0, -1.0, 1.0).to(E.dtype)[:, None, None]
+    W = E.new_tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    Ra = U @ W @ Vh
+    Rb = U @ W.T @ Vh
+    u3 = U[:, :, 2]
+    R = torch.stack((Ra, Ra, Rb, Rb), dim=1)
+    t = torch.stack((u3, -u3, u3, -u3), dim=1)
+    return R, t
+
+
+def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
+                 K2: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                 max_depth: float = 50.0) -> PoseResult:
+    """
+    Choose the (R, t) of E that puts most correspondences in front of both cameras.
+
+    All four candidates of :func:`decompose_essential` triangulate every correspondence with the
+    mid-point method of :mod:`trianflow_ros.geometry.triangulation` (all batch elements and
+    candidates at once, each element with its own K and E), and the candidate with the most
+    points at depths in (0, max_depth) in both cameras wins (H&Z Sec. 9.6.3). As in
+    cv2.recoverPose, points farther than ``max_depth`` (in units of the baseline) are not
+    counted: their sign is decided by noise.
+
+    :param E: essential matrices with x2^T K2^-T E K1^-1 x1 = 0, shape (B, 3, 3).
+    :param x1: pixel coordinates in image 1, shape (B, N, 2).
+    :param x2: pixel coordinates in image 2, shape (B, N, 2).
+    :param K1: intrinsics of camera 1, shape (B, 3, 3).
+    :param K2: intrinsics of camera 2, shape (B, 3, 3).
+    :param mask: optional correspondences to use (e.g. RANSAC inliers), shape (B, N), bool or
+        non-negative weights (> 0 = used).
+    :param max_depth: points with a depth beyond this (baseline = 1) do not vote.
+    :return: :class:`PoseResult`. Not differentiable. On CPU the call runs on one intra-op
+        thread (see :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
+    """
+    check_shape(E, 'E', ('B', 3, 3))
+    b = E.shape[0]
+    check_shape(x1, 'x1', (b, 'N', 2))
+    check_shape(x2, 'x2', x1.shape)
+    check_shape(K1, 'K1', (b, 3, 3))
+    check_shape(K2, 'K2', (b, 3, 3))
+    n = x1.shape[1]
+    if mask is None:
+        mask = torch.ones(b, n, dtype=torch.bool, device=x1.device)
+    check_shape(mask, 'mask', (b, n))
+    mask = mask > 0
+    dtype = x1.dtype
+    E, K1, K2 = E.detach().to(dtype), K1.detach().to(dtype), K2.detach().to(dtype)
+    x1, x2 = x1.detach(), x2.detach()
+
+    with one_cpu_thread(x1.device):
+        return _cheirality(E, x1, x2, K1, K2, mask, max_depth)
+
+
+def _cheirality(E, x1, x2, K1, K2, mask, max_depth) -> PoseResult:
+    """Vote of the four candidates, see :func:`recover_pose`."""
+    b, n = x1.shape[:2]
+    R, t = decompose_essential(E)                                         # (B, 4, 3, 3), (B, 4, 3)
+    # rays of every pair with its own K, channels-first (B, 3, N); camera 2 of candidate k sits
+    # at c2 = -R_k^T t_k and its rays are R_k^T y2 (frame 1); all 4 B candidates at once
+    y1 = torch.linalg.inv(K1) @ to_homogeneous(x1).transpose(1, 2)
+    y2 = torch.linalg.inv(K2) @ to_homogeneous(x2).transpose(1, 2)
+    Rt = R.transpose(-1, -2)
+    d2 = Rt @ y2.unsqueeze(1)                                             # (B, 4, 3, N)
+    c2 = -(Rt @ t.unsqueeze(-1))                                          # (B, 4, 3, 1)
+    X = midpoint_channels_first(y1.unsqueeze(1), d2, c2)                  # (B, 4, 3, N)
+    z1 = X[:, :, 2]
+    z2 = (R[:, :, 2:3] @ X)[:, :, 0] + t[:, :, 2:3]
+    ok = (z1 > 0) & (z2 > 0) & (z1 < max_depth) & (z2 < max_depth) & mask.unsqueeze(1)
+    counts = ok.sum(dim=-1)                                               # (B, 4)
+    best = counts.argmax(dim=1)                                           # (B,)
+    ar = torch.arange(b, device=E.device)
+    R_best = R[ar, best]
+    t_best = t[ar, best]
+    return PoseResult(R=R_best, t=t_best, T_21=make_pose(R_best, t_best),
+                      num_positive=counts[ar, best].to(torch.int64), positive=ok[ar, best])
