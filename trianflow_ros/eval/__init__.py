@@ -1,6 +1,6 @@
 """
-Evaluation: KITTI / NYUv2 depth metrics, KITTI 2015 flow metrics, KITTI PNG codecs, CLI.
+Evaluation: depth (KITTI / NYUv2), flow (KITTI 2015) and odometry (KITTI, ATE/RPE) metrics.
 
-Numpy only (no torch, no ROS). ``trianflow-eval depth|flow`` (:mod:`.cli`) scores saved
-predictions; the odometry metrics are a separate module (to come).
+Numpy only (no torch, no ROS). ``trianflow-eval depth|flow|odometry`` (:mod:`.cli`) scores saved
+predictions and trajectories.
 """

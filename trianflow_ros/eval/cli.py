@@ -25,6 +25,9 @@ import numpy as np
 from trianflow_ros.eval.depth_metrics import DepthEvaluator, KITTI_COLUMNS, NYU_COLUMNS
 from trianflow_ros.eval.flow_metrics import FlowEvaluator
 from trianflow_ros.eval.kitti_flow_io import read_depth_png, read_kitti_flow
+from trianflow_ros.eval.odometry_metrics import evaluate_odometry, KITTI_SEGMENT_LENGTHS
+from trianflow_ros.eval.odometry_metrics import KITTI_STEP
+from trianflow_ros.eval.trajectory_io import MAX_DT, read_trajectory, TrajectoryFormatError
 
 PROG = 'trianflow-eval'
 
@@ -397,11 +400,135 @@ def run_flow(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# odometry
+# --------------------------------------------------------------------------------------------
+
+def _lengths(text: str) -> Tuple[float, ...]:
+    """Parse '100,200,...' into positive segment lengths (argparse type)."""
+    try:
+        values = tuple(float(v) for v in text.split(',') if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a comma-separated list of metres: {text!r}')
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f'segment lengths must be > 0 m: {text!r}')
+    return values
+
+
+def _positive(text: str) -> float:
+    """Parse a number > 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a number: {text!r}')
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'must be > 0: {text!r}')
+    return value
+
+
+def add_odometry_parser(subparsers) -> None:
+    """Register ``trianflow-eval odometry``."""
+    p = subparsers.add_parser(
+        'odometry', help='trajectory metrics (KITTI t_err / r_err, ATE, RPE)',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            'Evaluate an estimated camera trajectory against ground truth. KITTI odometry '
+            'errors as the original TrianFlow evaluator: both trajectories re-based to their '
+            'first pose, the estimate aligned by 7-DoF Umeyama on the positions, translation '
+            '(%) and rotation (deg/100 m) errors averaged over all segments of 100..800 m '
+            'starting every 10 frames. ATE (RMSE of positions, m) after SE(3) and Sim(3) '
+            'alignment; RPE (RMSE of relative pose errors over --rpe-delta) after --align.',
+            'Files are KITTI (12 numbers a line: 3x4 row-major T_world_cam; 13 with a leading '
+            'stamp) or TUM (timestamp tx ty tz qx qy qz qw). With stamps on both sides poses '
+            'are associated by time (--max-dt); otherwise by index.'),
+        epilog=_paragraphs(
+            'The last printed line is one JSON object: t_err (%), r_err (deg/100 m), ate (m, '
+            'of --align), rpe_trans (m), rpe_rot (deg), ate_se3, ate_sim3, scale (Sim(3)), '
+            'frames, length_m, align, segments (count), notes. A figure that is undefined '
+            '(t_err / r_err of a sequence shorter than every segment) is null, with a note.'))
+    p.add_argument('--gt', required=True, metavar='GT', help='ground-truth trajectory file')
+    p.add_argument('--est', required=True, metavar='EST', help='estimated trajectory file')
+    p.add_argument('--format', choices=('auto', 'kitti', 'tum'), default='auto',
+                   help='file format of both files (default: auto, detected per file)')
+    p.add_argument('--align', choices=('sim3', 'se3', 'none'), default='sim3',
+                   help='alignment of the estimate for the KITTI errors, ate and RPE: sim3 '
+                        "(7-DoF Umeyama, monocular; the original's), se3 (6-DoF) or none "
+                        '(default: sim3)')
+    p.add_argument('--segments', type=_lengths, metavar='L1,L2,...',
+                   default=KITTI_SEGMENT_LENGTHS,
+                   help='KITTI segment lengths in m (default: 100,200,...,800; e.g. 10,20,30,40 '
+                        'for short clips)')
+    p.add_argument('--step', type=int, default=KITTI_STEP,
+                   help=f'KITTI start-frame step, frames (default: {KITTI_STEP})')
+    p.add_argument('--rpe-delta', type=_positive, default=1.0,
+                   help='RPE pair distance (default: 1)')
+    p.add_argument('--rpe-unit', choices=('frames', 'm'), default='frames',
+                   help='unit of --rpe-delta (default: frames)')
+    p.add_argument('--gt-times', metavar='TIMES', default=None,
+                   help='KITTI times file (one stamp a line) giving stamps to a KITTI --gt')
+    p.add_argument('--est-times', metavar='TIMES', default=None,
+                   help='KITTI times file giving stamps to a KITTI --est')
+    p.add_argument('--max-dt', type=_positive, default=MAX_DT,
+                   help=f'largest stamp difference when associating by time, s (default: '
+                        f'{MAX_DT:g}, as the TUM tools; evo_ape uses 0.01)')
+    p.add_argument('--association', choices=('greedy', 'nearest'), default='greedy',
+                   help='greedy: unique pairs in increasing |dt| (TUM tools); nearest: every '
+                        'pose of the shorter file takes its nearest stamp (default: greedy)')
+    p.add_argument('--plot', metavar='OUT.png', default=None,
+                   help='write a top-down (x-z) plot of the ground truth and the aligned '
+                        'estimate (replaces an existing file)')
+    p.set_defaults(run=run_odometry)
+
+
+ODOMETRY_COLUMNS = ('t_err', 'r_err', 'ate', 'ate_se3', 'ate_sim3', 'rpe_trans', 'rpe_rot')
+
+
+def run_odometry(args: argparse.Namespace) -> int:
+    """Run ``trianflow-eval odometry``; return the exit status."""
+    for role, path in (('ground truth', args.gt), ('estimate', args.est)):
+        if not Path(path).is_file():
+            raise EvalInputError(f'{role} not found: {path}')
+    try:
+        gt = read_trajectory(args.gt, args.format, args.gt_times)
+        est = read_trajectory(args.est, args.format, args.est_times)
+        if args.step < 1:
+            raise ValueError(f'--step must be >= 1, got {args.step}')
+        if args.rpe_unit == 'frames' and args.rpe_delta != int(args.rpe_delta):
+            raise ValueError(f'--rpe-delta in frames must be an integer, got {args.rpe_delta}')
+        result = evaluate_odometry(gt, est, align=args.align, segment_lengths=args.segments,
+                                   step=args.step, rpe_delta=args.rpe_delta,
+                                   rpe_unit=args.rpe_unit, max_dt=args.max_dt,
+                                   association=args.association)
+    except (TrajectoryFormatError, ValueError) as e:
+        raise EvalInputError(str(e)) from e
+    values = result.as_dict()
+    scale = '-' if result.scale is None else f'{result.scale:.4f}'
+    print(f'odometry: {result.frames} frames, {result.length_m:.1f} m, alignment '
+          f'{result.align} (Sim(3) scale {scale}), {len(result.segments)} KITTI segments')
+    print(format_table(ODOMETRY_COLUMNS, values))
+    print(''.join(f'{u:>11}' for u in ('%', 'deg/100m', 'm', 'm', 'm', 'm', 'deg')))
+    print(f'{"segment m":>11}{"t_err %":>11}{"r_err":>11}{"count":>11}')
+    for length, (t, r, n) in result.per_length().items():
+        print(f'{length:11g}' + ''.join('%11s' % '-' if v is None else f'{v:11.4f}'
+                                        for v in (t, r)) + f'{n:11d}')
+    if args.plot:
+        # Imported here: matplotlib is only needed for the plot.
+        from trianflow_ros.eval.plots import plot_trajectories
+        out = plot_trajectories(args.plot, result.gt, {'estimate': result.aligned_est},
+                                title=f'{Path(args.est).name} ({result.align} aligned)')
+        print(f'plot: {out}')
+    for note in result.notes:
+        print(f'note: {note}')
+    print(_json_line(values))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-#: One registration function per subcommand; append ``add_odometry_parser`` here.
-SUBCOMMANDS: Tuple[Callable[..., None], ...] = (add_depth_parser, add_flow_parser)
+#: One registration function per subcommand.
+SUBCOMMANDS: Tuple[Callable[..., None], ...] = (add_depth_parser, add_flow_parser,
+                                                add_odometry_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
