@@ -28,6 +28,7 @@ setup(
         'console_scripts': [
             'trianflow-config = trianflow_ros.config:main',
             'trianflow-eval = trianflow_ros.eval.cli:main',
+            'trianflow-vo = trianflow_ros.vo.cli:main',
         ],
     },
 )

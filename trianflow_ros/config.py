@@ -183,6 +183,38 @@ class VOConfig:
     min_flow_px: float = param(5.0, 'mean flow below this uses PnP instead of E (px)',
                                range=(0.0, 1000.0))
     device: str = param('auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N')
+    resolution: str = param('network', 'working resolution: network (data.img_height x '
+                            'data.img_width, K rescaled) or native (input size; classical flow)',
+                            choices=('network', 'native'))
+    flow_provider: str = param('dis', 'flow: dis (OpenCV DIS, no weights) or net (checkpoint)',
+                               choices=('dis', 'net'))
+    depth_provider: str = param('none', 'depth: none (scale propagated by triangulation) or '
+                                'net (checkpoint depth net gives the scale)',
+                                choices=('none', 'net'))
+    checkpoint: str = param('', 'checkpoint of the learned networks (flow and/or depth)')
+    dis_preset: str = param('medium', 'OpenCV DIS preset of the classical flow',
+                            choices=('ultrafast', 'fast', 'medium'))
+    grid_rows: int = param(4, 'rows of the grid that spreads the matches', range=(1, 64))
+    grid_cols: int = param(8, 'columns of the grid that spreads the matches', range=(1, 64))
+    photometric_threshold: float = param(0.15, 'max mean |I1 - warped I2| of a match in [0, 1] '
+                                         'intensity (0 disables)', range=(0.0, 1.0))
+    min_image_std: float = param(0.02, 'grey-level std below which a frame is untrackable '
+                                 '(black, covered)', range=(0.0, 1.0))
+    min_matches: int = param(100, 'fewer valid matches -> tracking lost', range=(8, 10**6))
+    min_valid_ratio: float = param(0.05, 'share of pixels with a consistent match (D_fb < 0.5 px) '
+                                   'below which the frame is lost', range=(0.0, 1.0))
+    keyframe_rotation_deg: float = param(5.0, 'without depth, pure rotations keep the reference '
+                                         'frame up to this angle (parallax accumulates)',
+                                         range=(0.0, 180.0))
+    min_inlier_ratio: float = param(0.25, 'E or PnP inliers / matches below this -> rejected',
+                                    range=(0.0, 1.0))
+    classify_points: int = param(1000, 'matches used by the motion classification (GRIC)',
+                                 range=(16, 10**6))
+    initial_scale: float = param(1.0, 'translation norm of the first pair without a depth '
+                                 'provider (odometry unit)', range=(1e-6, 1e6))
+    propagate_min_angle_deg: float = param(0.25, 'parallax below which a pixel gets no '
+                                           'propagated (triangulated) depth (deg)',
+                                           range=(0.0, 90.0))
 
 
 @dataclasses.dataclass

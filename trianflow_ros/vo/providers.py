@@ -1,0 +1,393 @@
+"""
+Pluggable flow and depth providers of the visual odometry.
+
+Call signatures (all tensors on the odometry's device, batch size 1, working resolution):
+
+- ``FlowProvider.__call__(img_prev, img_cur) -> (flow_12, flow_21)``: images (1, 3, H, W)
+  float32 RGB in [0, 1]; flows (1, 2, H, W) in pixels, channel 0 = u, ``flow_12`` maps pixels
+  of ``img_prev`` into ``img_cur``. Non-finite flow marks pixels without a match.
+- ``DepthProvider.__call__(image) -> depth``: image (1, 3, H, W) as above; depth (1, 1, H, W)
+  float32 along the optical axis (0 or non-finite = unknown), or None when the provider has
+  no depth for this image.
+
+Providers:
+
+=======================  ====================================================================
+DISFlowProvider          OpenCV DIS dense flow on grey images, both directions; no weights.
+NetworkFlowProvider      the PWC flow network (a ready module or a checkpoint path).
+OracleFlowProvider       exact flow of a synthetic sequence (tests).
+NetworkDepthProvider     the depth network (a ready module or a checkpoint path); its scale
+                         becomes the odometry scale, as in TrianFlow's VO.
+OracleDepthProvider      exact metric depth of a synthetic sequence (tests): metric odometry.
+=======================  ====================================================================
+
+Checkpoints are read by :func:`load_networks`: this package's training checkpoints (keys
+``flow_net.*`` / ``depth_net.*`` in ``model_state_dict``) and the original TrianFlow files
+(``load_original_checkpoint``), always with ``weights_only=True``.
+"""
+
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from trianflow_ros.config import Config
+from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
+                                           load_state_dict_strict, read_checkpoint)
+from trianflow_ros.nets.depth_net import DepthNet
+from trianflow_ros.nets.flow_net import FlowNet
+
+PathLike = Union[str, Path]
+FlowPair = Tuple[torch.Tensor, torch.Tensor]
+
+#: OpenCV DIS presets by name.
+DIS_PRESETS = {'ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+               'fast': cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               'medium': cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+#: ITU-R BT.601 luma weights of R, G, B.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _check_image(image: torch.Tensor, name: str) -> None:
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f'{name} must have shape (1, 3, H, W), got {tuple(image.shape)}')
+
+
+class FlowProvider:
+    """Base class: ``__call__(img_prev, img_cur) -> (flow_12, flow_21)`` (see the module)."""
+
+    #: True when the flow comes from weights (learned), False for classical / oracle flow.
+    learned = False
+
+    def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
+        """
+        Estimate the flow both ways.
+
+        :param img_prev: previous (reference) image, (1, 3, H, W) RGB in [0, 1].
+        :param img_cur: current image, (1, 3, H, W) RGB in [0, 1].
+        :return: flow_12 (prev -> cur) and flow_21 (cur -> prev), each (1, 2, H, W) pixels.
+        """
+        raise NotImplementedError
+
+
+class DepthProvider:
+    """Base class: ``__call__(image) -> depth (1, 1, H, W) or None`` (see the module)."""
+
+    #: what the depth's unit is: 'network' (the depth net's own scale) or 'metric'.
+    scale_kind = 'network'
+
+    def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
+        """
+        Predict the depth of one image.
+
+        :param image: (1, 3, H, W) RGB in [0, 1].
+        :return: depth (1, 1, H, W) float32, or None.
+        """
+        raise NotImplementedError
+
+
+def to_grey_uint8(image: torch.Tensor) -> np.ndarray:
+    """
+    Convert a (1, 3, H, W) RGB [0, 1] tensor to an (H, W) uint8 grey image (BT.601 luma).
+
+    :param image: (1, 3, H, W) float tensor.
+    :return: (H, W) uint8 numpy array.
+    """
+    _check_image(image, 'image')
+    w = image.new_tensor(_LUMA).view(1, 3, 1, 1)
+    grey = (image * w).sum(1)[0].clamp(0.0, 1.0).mul(255.0).round()
+    return grey.to(torch.uint8).cpu().numpy()
+
+
+class DISFlowProvider(FlowProvider):
+    """
+    Classical dense flow: OpenCV's DIS (Kroeger et al., ECCV 2016) on grey images.
+
+    Both directions are computed (two ``calc`` calls); no weights are needed. The grey image of
+    the last current frame is cached, so a sequence converts each frame once.
+    """
+
+    def __init__(self, preset: str = 'medium'):
+        """
+        Create the DIS solver.
+
+        :param preset: 'ultrafast', 'fast' or 'medium' (OpenCV presets; medium is the most
+            accurate and ~3x slower than fast).
+        """
+        if preset not in DIS_PRESETS:
+            raise ValueError(f'DIS preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}')
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+        self._cache: Optional[Tuple[torch.Tensor, np.ndarray]] = None
+
+    def _grey(self, image: torch.Tensor) -> np.ndarray:
+        if self._cache is not None and self._cache[0] is image:
+            return self._cache[1]
+        grey = to_grey_uint8(image)
+        self._cache = (image, grey)
+        return grey
+
+    def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
+        """Return (flow_12, flow_21), each (1, 2, H, W) float32 on the images' device."""
+        _check_image(img_prev, 'img_prev')
+        _check_image(img_cur, 'img_cur')
+        g1 = self._grey(img_prev)
+        g2 = self._grey(img_cur)
+        f12 = self._dis.calc(g1, g2, None)
+        f21 = self._dis.calc(g2, g1, None)
+
+        def tensor(flow: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None].to(
+                img_prev.device, torch.float32)
+
+        return tensor(f12), tensor(f21)
+
+
+def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
+                  cfg: Optional[Config] = None
+                  ) -> Tuple[Optional[FlowNet], Optional[DepthNet]]:
+    """
+    Build the networks and fill them from a checkpoint, strictly.
+
+    :param path: a training checkpoint of this package (``model_state_dict`` with
+        ``flow_net.*`` and ``depth_net.*`` keys) or an original TrianFlow ``.pth``.
+    :param flow: build and load the flow network.
+    :param depth: build and load the depth network.
+    :param cfg: network options (``flow_net.search_range``, ``depth_net.*``); defaults.
+    :return: (flow_net or None, depth_net or None), in eval mode on the CPU.
+    :raises CheckpointError: unreadable file, or the requested network is not in it.
+    """
+    cfg = cfg or Config()
+    flow_net = FlowNet(search_range=cfg.flow_net.search_range) if flow else None
+    depth_net = DepthNet(min_depth=cfg.depth_net.min_depth, max_depth=cfg.depth_net.max_depth,
+                         num_disp_scales=cfg.depth_net.num_disp_scales) if depth else None
+    state, _ = read_checkpoint(path)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    if any(k.startswith('flow_net.') for k in state):          # this package's layout
+        for name, net in (('flow_net', flow_net), ('depth_net', depth_net)):
+            if net is None:
+                continue
+            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + '.')}
+            if not sub:
+                raise CheckpointError(f'checkpoint {path} has no {name}.* weights. Fix: pass '
+                                      f'a checkpoint of a stage that trained the {name}, or '
+                                      f'run without it (e.g. --flow dis / no depth).')
+            load_state_dict_strict(net, sub, f'checkpoint {path}', key_prefix=name + '.')
+    else:
+        load_original_checkpoint(path, depth_net=depth_net, flow_net=flow_net)
+    for net in (flow_net, depth_net):
+        if net is not None:
+            net.eval()
+    return flow_net, depth_net
+
+
+def _module(spec, attr: str, kind: type, cfg: Optional[Config]) -> nn.Module:
+    """Return a network from a module, a model holding it as ``attr``, or a checkpoint path."""
+    if isinstance(spec, (str, Path)):
+        flow_net, depth_net = load_networks(spec, flow=kind is FlowNet,
+                                            depth=kind is DepthNet, cfg=cfg)
+        return flow_net if kind is FlowNet else depth_net
+    if isinstance(spec, nn.Module):
+        if hasattr(spec, attr) and not isinstance(spec, kind):
+            spec = getattr(spec, attr)
+        return spec
+    raise TypeError(f'expected a {kind.__name__}, a model with .{attr}, or a checkpoint path; '
+                    f'got {type(spec).__name__}')
+
+
+class NetworkFlowProvider(FlowProvider):
+    """
+    The learned flow network (``FlowNet.forward_backward``, full-resolution output).
+
+    The images are fed in BGR order when ``bgr`` (the released weights were trained on BGR).
+    H and W should be multiples of 64 (the network's training size).
+    """
+
+    learned = True
+
+    def __init__(self, flow_net, device: Optional[Union[str, torch.device]] = None,
+                 bgr: bool = True, cfg: Optional[Config] = None):
+        """
+        Wrap a flow network.
+
+        :param flow_net: a FlowNet, a model with ``.flow_net``, or a checkpoint path.
+        :param device: where the network runs (default: where its parameters are).
+        :param bgr: feed BGR (``data.bgr``).
+        :param cfg: network options when loading from a path.
+        """
+        self.net = _module(flow_net, 'flow_net', FlowNet, cfg)
+        if device is not None:
+            self.net.to(device)
+        self.net.eval()
+        self.bgr = bgr
+
+    @torch.no_grad()
+    def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
+        """Return (flow_12, flow_21), each (1, 2, H, W), on the images' device."""
+        _check_image(img_prev, 'img_prev')
+        _check_image(img_cur, 'img_cur')
+        dev = next(self.net.parameters()).device
+        a, b = img_prev.to(dev), img_cur.to(dev)
+        if self.bgr:
+            a, b = a.flip(1), b.flip(1)
+        f12, f21 = self.net.forward_backward(a, b)
+        return f12[0].float().to(img_prev.device), f21[0].float().to(img_prev.device)
+
+
+class NetworkDepthProvider(DepthProvider):
+    """The learned depth network; depth = disp_to_depth(disp, min_depth, max_depth)."""
+
+    def __init__(self, depth_net, device: Optional[Union[str, torch.device]] = None,
+                 bgr: bool = True, cfg: Optional[Config] = None):
+        """
+        Wrap a depth network.
+
+        :param depth_net: a DepthNet, a model with ``.depth_net``, or a checkpoint path.
+        :param device: where the network runs (default: where its parameters are).
+        :param bgr: feed BGR (``data.bgr``).
+        :param cfg: network options when loading from a path.
+        """
+        self.net = _module(depth_net, 'depth_net', DepthNet, cfg)
+        if device is not None:
+            self.net.to(device)
+        self.net.eval()
+        self.bgr = bgr
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
+        """Return the predicted depth (1, 1, H, W) on the image's device."""
+        _check_image(image, 'image')
+        dev = next(self.net.parameters()).device
+        x = image.to(dev)
+        if self.bgr:
+            x = x.flip(1)
+        return self.net.predict_depth(x).float().to(image.device)
+
+
+class _SequenceLookup:
+    """Find a frame of a synthetic sequence by its image content (for the oracles)."""
+
+    def __init__(self, sequence, tolerance: float = 0.01):
+        self.sequence = sequence
+        self.images = sequence.images.float().cpu()
+        self.tolerance = tolerance
+
+    def index(self, image: torch.Tensor) -> Optional[int]:
+        _check_image(image, 'image')
+        if tuple(image.shape[-2:]) != tuple(self.images.shape[-2:]):
+            raise ValueError(f'oracle providers need the sequence resolution '
+                             f'{tuple(self.images.shape[-2:])}, got {tuple(image.shape[-2:])}; '
+                             "set data.img_height/img_width or vo.resolution='native'")
+        err = (self.images - image.detach().float().cpu()).abs().mean(dim=(1, 2, 3))
+        best = int(err.argmin())
+        return best if float(err[best]) < self.tolerance else None
+
+
+class OracleFlowProvider(FlowProvider):
+    """
+    Exact flow of a :class:`~trianflow_ros.data.synthetic.SyntheticSequence` (tests).
+
+    Frames are recognised by their image content (mean absolute difference below 0.01, so
+    uint8-rounded input is found too); for an image that is not a frame of the sequence the
+    flow is NaN everywhere (no match at all), which the odometry treats as a flow failure.
+    """
+
+    def __init__(self, sequence):
+        """
+        Wrap a sequence.
+
+        :param sequence: a SyntheticSequence.
+        """
+        self._lookup = _SequenceLookup(sequence)
+        self._cache: Dict[Tuple[int, int], FlowPair] = {}
+
+    def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
+        """Return the ground-truth (flow_12, flow_21) on the images' device."""
+        i, j = self._lookup.index(img_prev), self._lookup.index(img_cur)
+        if i is None or j is None:
+            nan = torch.full((1, 2) + tuple(img_prev.shape[-2:]), float('nan'),
+                             device=img_prev.device)
+            return nan, nan.clone()
+        if (i, j) not in self._cache:
+            pair = self._lookup.sequence.pair(i, j)
+            self._cache = {(i, j): (pair.flow_ij[None].float(), pair.flow_ji[None].float())}
+        f12, f21 = self._cache[(i, j)]
+        return f12.to(img_prev.device), f21.to(img_prev.device)
+
+
+class OracleDepthProvider(DepthProvider):
+    """Exact metric depth of a synthetic sequence (tests); None for unknown images."""
+
+    scale_kind = 'metric'
+
+    def __init__(self, sequence):
+        """
+        Wrap a sequence.
+
+        :param sequence: a SyntheticSequence.
+        """
+        self._lookup = _SequenceLookup(sequence)
+
+    def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
+        """Return the ground-truth depth (1, 1, H, W), or None."""
+        i = self._lookup.index(image)
+        if i is None:
+            return None
+        return self._lookup.sequence.depths[i][None].float().to(image.device)
+
+
+def make_flow_provider(spec=None, cfg: Optional[Config] = None,
+                       device: Optional[torch.device] = None) -> FlowProvider:
+    """
+    Turn a flow specification into a provider.
+
+    :param spec: a FlowProvider (returned as is), 'dis', a FlowNet / model with ``.flow_net``,
+        a checkpoint path, or None (``cfg.vo.flow_provider``: 'dis', or 'net' with
+        ``cfg.vo.checkpoint``).
+    :param cfg: the configuration (defaults when None).
+    :param device: device of a network.
+    :raises ValueError: 'net' without a checkpoint.
+    """
+    cfg = cfg or Config()
+    if isinstance(spec, FlowProvider):
+        return spec
+    if spec is None:
+        if cfg.vo.flow_provider == 'dis':
+            return DISFlowProvider(cfg.vo.dis_preset)
+        if not cfg.vo.checkpoint:
+            raise ValueError("vo.flow_provider 'net' needs a checkpoint: set vo.checkpoint "
+                             '(or --checkpoint), or use the classical flow (dis)')
+        spec = cfg.vo.checkpoint
+    if isinstance(spec, str) and spec == 'dis':
+        return DISFlowProvider(cfg.vo.dis_preset)
+    return NetworkFlowProvider(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
+
+
+def make_depth_provider(spec=None, cfg: Optional[Config] = None,
+                        device: Optional[torch.device] = None) -> Optional[DepthProvider]:
+    """
+    Turn a depth specification into a provider (or None: classical, propagated scale).
+
+    :param spec: a DepthProvider (returned as is), a DepthNet / model with ``.depth_net``, a
+        checkpoint path, 'none', or None (``cfg.vo.depth_provider``: 'none', or 'net' with
+        ``cfg.vo.checkpoint``).
+    :param cfg: the configuration (defaults when None).
+    :param device: device of a network.
+    :raises ValueError: 'net' without a checkpoint.
+    """
+    cfg = cfg or Config()
+    if isinstance(spec, DepthProvider):
+        return spec
+    if spec is None:
+        if cfg.vo.depth_provider == 'none':
+            return None
+        if not cfg.vo.checkpoint:
+            raise ValueError("vo.depth_provider 'net' needs a checkpoint: set vo.checkpoint "
+                             "(or --checkpoint), or use vo.depth_provider 'none'")
+        spec = cfg.vo.checkpoint
+    if isinstance(spec, str) and spec == 'none':
+        return None
+    return NetworkDepthProvider(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
