@@ -14,9 +14,12 @@ lint: setup
 bench: setup
 	@scripts/with_env.sh python bench/pose_solver.py
 
+# The demo: renders the embedded synthetic sequence, plays it through the VO node over ROS 2
+# (player -> vo_node -> recorder, DDS on localhost, own domain id) and writes results/demo/
+# (trajectory, plot, depth, metrics.json). Its results are regenerated on every run
+# (--overwrite); options: scripts/with_env.sh python -m trianflow_ros.ros.demo --help
 demo: setup
-	@echo "make demo: the ROS 2 node and its demo are not yet available (issue 5)."
-	@echo "What exists today: the geometric solver benchmark on real KITTI frames: make bench"
+	@scripts/with_env.sh python -m trianflow_ros.ros.demo --overwrite
 
 clean:
 	rm -rf build install log .pytest_cache

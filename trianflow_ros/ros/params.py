@@ -1,0 +1,342 @@
+"""
+The node's ROS parameters: declarations with descriptors, validation, and the shared config.
+
+Order of precedence: the config's defaults, then ``config_file`` (a YAML file of the shared
+configuration tree, e.g. ``config/kitti.yaml``), then ROS parameters (``--ros-args -p``,
+``--params-file``, launch). The config fields ``vo.*``, ``geometry.*``, ``data.img_height``,
+``data.img_width`` and ``flow_net.fb_*`` are ROS parameters with the same dotted names, whose
+defaults are the values after ``config_file``; ``vo.device`` and ``vo.checkpoint`` are the
+node parameters ``device`` and ``checkpoint``.
+
+Every parameter has a ParameterDescriptor with its description and, for numbers, a
+FloatingPointRange / IntegerRange from the config's bounds. :func:`check_value` (used by the
+node's on-set-parameters callback) rejects values outside the range or choices with a reason
+that names the range. Parameters that cannot change while the node runs are read-only:
+:data:`READ_ONLY_CONFIG`, and the node parameters marked ``read_only`` (subscriptions, QoS,
+weights, device, extrinsics). The other config fields apply from the next frame without
+resetting the trajectory.
+"""
+
+import copy
+from dataclasses import dataclass
+import math
+from pathlib import Path
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from trianflow_ros.config import Config, ConfigError, field_specs, load_config, set_value
+from trianflow_ros.config import validate
+
+#: The config fields read once when the odometry is built: read-only parameters.
+READ_ONLY_CONFIG = ('vo.flow_provider', 'vo.depth_provider', 'vo.dis_preset',
+                    'vo.resolution', 'data.img_height', 'data.img_width')
+#: Config fields that are node parameters under another name.
+RENAMED_CONFIG = {'vo.device': 'device', 'vo.checkpoint': 'checkpoint'}
+#: Provider values that follow the weights: 'net' with a checkpoint, else classical.
+AUTO = 'auto'
+
+
+@dataclass
+class ParamSpec:
+    """One ROS parameter of the node."""
+
+    name: str
+    default: Any
+    description: str
+    bounds: Optional[Tuple[float, float]] = None
+    choices: Optional[Tuple[Any, ...]] = None
+    read_only: bool = False
+    config_key: Optional[str] = None     #: dotted config name when mapped onto the config
+
+    @property
+    def value_type(self) -> type:
+        """Return the Python type of the value (bool, int, float, str or list)."""
+        return type(self.default)
+
+
+def node_param_specs() -> List[ParamSpec]:
+    """Return the node's own parameters (not from the shared config)."""
+    P = ParamSpec
+    return [
+        P('config_file', '', 'YAML file of the shared configuration tree (a path, or a name '
+          "in the package's config folder such as kitti.yaml), loaded before the ROS "
+          'parameters override single fields', read_only=True),
+        P('checkpoint', '', "network weights (.pth). '' = models/default.pth of the package "
+          '(share or source tree) when it exists, else the classical pipeline (DIS flow, no '
+          'depth network)', read_only=True),
+        P('fallback_to_classical', False, 'when the weights cannot be loaded: false = log an '
+          'error and exit (never silently run something else), true = warn and run the '
+          'classical pipeline', read_only=True),
+        P('device', 'auto', 'torch device of the networks: auto (cuda when available, else '
+          'cpu), cpu, cuda, cuda:N', read_only=True),
+        P('odom_frame', 'odom', 'odometry frame: Odometry header.frame_id and TF parent '
+          '(REP-105)'),
+        P('base_frame', 'base_link', 'robot body frame: Odometry child_frame_id and TF child'),
+        P('camera_frame', '', 'optical frame of the camera (REP-103) used for the base -> '
+          "camera lookup and the depth header; '' = the image's header.frame_id"),
+        P('publish_tf', True, 'broadcast odom_frame -> base_frame on /tf'),
+        P('publish_depth', True, 'publish depth (32FC1, odometry scale, network resolution) '
+          'and depth/camera_info when a depth exists'),
+        P('publish_points', False, 'publish the depth as a PointCloud2 on points'),
+        P('points_stride', 4, 'use every Nth depth pixel (both directions) for points',
+          bounds=(1, 64)),
+        P('path_max_length', 10000, 'poses kept in the published path (oldest dropped)',
+          bounds=(1, 1000000)),
+        P('frame_skip', 1, 'process every Nth image (1 = all); skipped ones are counted',
+          bounds=(1, 1000)),
+        P('image_qos', 'reliable', 'QoS of the image and camera_info subscriptions: reliable '
+          '(default; measured here, 832x256 images from a reliable camera reached a '
+          'best-effort subscriber only 15-60 % of the time, a reliable one 100 %; the node '
+          'still keeps only the newest frame) or sensor_data (best effort: needed for '
+          'best-effort publishers)', choices=('reliable', 'sensor_data'), read_only=True),
+        P('queue_size', 10, 'depth of the image / camera_info subscriptions and of the stamp '
+          'synchroniser queues', bounds=(1, 1000), read_only=True),
+        P('sync_slop', 0.0, 'largest image / camera_info stamp difference paired (s); 0 = '
+          'identical stamps (camera drivers, bags)', bounds=(0.0, 10.0), read_only=True),
+        P('use_compressed', False, 'subscribe to image/compressed (sensor_msgs/'
+          'CompressedImage, JPEG/PNG) instead of image', read_only=True),
+        P('camera_matrix', [0.0] * 9, 'row-major K (9 numbers) at the image size, used when no '
+          'camera_info arrives within camera_info_timeout; all zeros = unset'),
+        P('camera_info_timeout', 2.0, 'seconds after the first image without any camera_info '
+          'before camera_matrix is used (or frames are dropped with a warning)',
+          bounds=(0.0, 3600.0)),
+        P('use_tf_extrinsics', True, 'look base_frame -> camera frame up in TF (when tf2_ros '
+          'is available) before using base_to_camera', read_only=True),
+        P('tf_timeout', 1.0, 'seconds to wait for the base -> camera transform in TF',
+          bounds=(0.0, 60.0), read_only=True),
+        P('base_to_camera', [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2],
+          'base -> camera optical frame [x, y, z, roll, pitch, yaw] (m, rad) when TF has none; '
+          'default: the REP-103 optical rotation, no offset', read_only=True),
+        P('publish_camera_tf', True, 'when base_to_camera comes from the parameter, also '
+          'publish it on /tf_static so that depth and points are placed in RViz',
+          read_only=True),
+        P('diagnostics_period', 1.0, 'seconds between /diagnostics messages',
+          bounds=(0.05, 60.0), read_only=True),
+    ]
+
+
+def _mapped(name: str) -> bool:
+    return ((name.startswith('vo.') or name.startswith('geometry.')
+             or name in ('data.img_height', 'data.img_width')
+             or name.startswith('flow_net.fb_')) and name not in RENAMED_CONFIG)
+
+
+def config_param_specs(cfg: Config) -> List[ParamSpec]:
+    """
+    Return the parameters mapped onto the shared config, with ``cfg``'s values as defaults.
+
+    ``vo.flow_provider`` / ``vo.depth_provider`` also accept 'auto' (their default unless the
+    config file set them): 'net' when weights are resolved, else 'dis' / 'none'.
+    """
+    specs = []
+    defaults = Config()
+    default_values = {s.name: s.default for s in field_specs(defaults)}
+    for s in field_specs(cfg):
+        if not _mapped(s.name):
+            continue
+        default, choices = s.default, s.choices
+        if s.name in ('vo.flow_provider', 'vo.depth_provider'):
+            choices = (AUTO,) + tuple(choices)
+            if default == default_values[s.name]:
+                default = AUTO
+        bounds = None
+        if s.bounds is not None:
+            cast = float if s.value_type is float else int
+            bounds = (cast(s.bounds[0]), cast(s.bounds[1]))
+        specs.append(ParamSpec(s.name, default, s.description, bounds, choices,
+                               s.name in READ_ONLY_CONFIG, s.name))
+    return specs
+
+
+def describe(spec: ParamSpec) -> str:
+    """Return the description text of a parameter (with its range and mutability)."""
+    text = spec.description
+    if spec.bounds is not None:
+        text += f' [range {spec.bounds[0]} .. {spec.bounds[1]}]'
+    if spec.choices is not None:
+        text += ' {' + ', '.join(map(str, spec.choices)) + '}'
+    text += ' (read-only: restart the node to change)' if spec.read_only else \
+        ' (may change at run time; applies from the next frame)'
+    return text
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """Return the ParameterDescriptor of a parameter (description, range, read-only)."""
+    d = ParameterDescriptor(name=spec.name, description=describe(spec),
+                            read_only=spec.read_only)
+    if spec.choices is not None:
+        d.additional_constraints = 'one of: ' + ', '.join(map(str, spec.choices))
+    if spec.bounds is not None:
+        if spec.value_type is float:
+            d.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.bounds[0]), to_value=float(spec.bounds[1]), step=0.0)]
+        elif spec.value_type is int:
+            d.integer_range = [IntegerRange(from_value=int(spec.bounds[0]),
+                                            to_value=int(spec.bounds[1]), step=1)]
+    return d
+
+
+_DEVICE = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+
+
+def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
+    """
+    Return why ``value`` is not allowed for ``spec`` (None when it is).
+
+    The reason names the parameter, the value and the allowed range / choices.
+    """
+    t = spec.value_type
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if t is list:
+        if not isinstance(value, (str, bytes)) and hasattr(value, '__iter__'):
+            value = list(value)     # rclpy gives array.array for double arrays
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return f'{spec.name} must be a list of numbers, got {value!r}'
+    elif type(value) is not t:
+        return f'{spec.name} must be of type {t.__name__}, got {value!r}'
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'{spec.name} must be finite, got {value!r}'
+    if spec.bounds is not None and not (spec.bounds[0] <= value <= spec.bounds[1]):
+        return (f'{spec.name} = {value!r} is out of range [{spec.bounds[0]}, '
+                f'{spec.bounds[1]}]')
+    if spec.choices is not None and value not in spec.choices:
+        return f'{spec.name} = {value!r} is not one of {list(spec.choices)}'
+    if spec.name == 'camera_matrix':
+        return check_camera_matrix(value)
+    if spec.name == 'base_to_camera':
+        if len(value) != 6 or not all(math.isfinite(v) for v in value):
+            return (f'base_to_camera must be 6 finite numbers [x, y, z, roll, pitch, yaw], '
+                    f'got {list(value)}')
+    if spec.name == 'device' and not _DEVICE.match(value):
+        return f'device = {value!r} is not one of auto, cpu, cuda, cuda:N'
+    return None
+
+
+def check_camera_matrix(value: Sequence[float]) -> Optional[str]:
+    """Return why a camera_matrix value is invalid (None when valid or all zeros = unset)."""
+    v = [float(x) for x in value]
+    if len(v) != 9:
+        return f'camera_matrix must have 9 numbers (row-major K), got {len(v)}'
+    if not all(math.isfinite(x) for x in v):
+        return f'camera_matrix must be finite, got {v}'
+    if all(x == 0.0 for x in v):
+        return None
+    if v[0] <= 0 or v[4] <= 0 or v[8] != 1.0 or v[3] != 0 or v[6] != 0 or v[7] != 0:
+        return (f'camera_matrix {v} is not a pinhole K [fx, 0, cx, 0, fy, cy, 0, 0, 1] with '
+                'fx, fy > 0')
+    return None
+
+
+def camera_matrix_or_none(value: Sequence[float]):
+    """Return K (3, 3) from a valid non-zero camera_matrix value, else None."""
+    import numpy as np
+    if check_camera_matrix(value) is not None or all(float(x) == 0.0 for x in value):
+        return None
+    return np.asarray([float(x) for x in value], dtype=np.float64).reshape(3, 3)
+
+
+def config_dirs() -> List[Path]:
+    """Return the package's config folders: the installed share, then the source tree."""
+    dirs = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        dirs.append(Path(get_package_share_directory('trianflow_ros',
+                                                     print_warning=False)) / 'config')
+    except Exception:  # not installed / no ament index
+        pass
+    dirs.append(Path(__file__).resolve().parents[2] / 'config')
+    return dirs
+
+
+def resolve_config_file(value: str) -> Optional[Path]:
+    """
+    Return the path of a ``config_file`` value (None for '').
+
+    An existing path is used as is; a relative name that does not exist (e.g. 'kitti.yaml') is
+    looked up in the package's config folder. A missing file is returned unchanged, so that
+    loading it raises the error that names it.
+    """
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    for folder in config_dirs():
+        if (folder / value).is_file():
+            return folder / value
+    return path
+
+
+class NodeParameters:
+    """
+    Declare every parameter on a node and keep their current values.
+
+    :ivar specs: name -> ParamSpec.
+    :ivar values: name -> current value.
+    :ivar base_config: the config after ``config_file`` (before the ROS parameters).
+    """
+
+    def __init__(self, node):
+        """
+        Declare ``config_file``, load it, then declare the rest; check every value.
+
+        :raises ConfigError: an unreadable config file or invalid values (all reasons).
+        """
+        self.node = node
+        specs = node_param_specs()
+        first = specs[0]
+        node.declare_parameter(first.name, first.default, descriptor(first))
+        path = resolve_config_file(node.get_parameter(first.name).value)
+        self.base_config = load_config(path)
+        self.config_path = path
+        specs += config_param_specs(self.base_config)
+        self.specs: Dict[str, ParamSpec] = {s.name: s for s in specs}
+        for s in specs[1:]:
+            node.declare_parameter(s.name, s.default, descriptor(s))
+        self.values: Dict[str, Any] = {s.name: node.get_parameter(s.name).value for s in specs}
+        errors = [r for r in (check_value(self.specs[n], v) for n, v in self.values.items())
+                  if r]
+        if errors:
+            raise ConfigError('invalid parameters: ' + '; '.join(errors))
+
+    def __getitem__(self, name: str) -> Any:
+        """Return the current value of a parameter."""
+        return self.values[name]
+
+    def check(self, params) -> Optional[str]:
+        """Return the reasons (joined) why a set of rclpy Parameters is rejected, or None."""
+        reasons = []
+        for p in params:
+            spec = self.specs.get(p.name)
+            if spec is None:
+                continue
+            if spec.read_only:
+                reasons.append(f'{p.name} is read-only (restart the node to change it)')
+                continue
+            r = check_value(spec, p.value)
+            if r:
+                reasons.append(r)
+        return '; '.join(reasons) if reasons else None
+
+    def config(self, overrides: Optional[Dict[str, Any]] = None,
+               base: Optional[Config] = None) -> Config:
+        """
+        Return the config with the mapped parameters applied (providers left as in ``base``).
+
+        :param overrides: name -> value to use instead of the current values.
+        :param base: the config to start from (default: the one after ``config_file``).
+        :raises ConfigError: a value the config rejects.
+        """
+        cfg = copy.deepcopy(base if base is not None else self.base_config)
+        values = dict(self.values)
+        values.update(overrides or {})
+        for name, spec in self.specs.items():
+            if spec.config_key is None or values[name] == AUTO:
+                continue
+            set_value(cfg, spec.config_key, values[name])
+        validate(cfg)
+        return cfg
