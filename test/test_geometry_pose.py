@@ -81,6 +81,20 @@ def test_recover_pose_exact_on_noise_free_scene():
     assert torch.equal(res.positive, keep)
 
 
+def test_recover_pose_float32_rotation_is_orthonormal():
+    # the decomposition runs in float64: float32 results are orthonormal to float32 rounding,
+    # so that a VO chaining many relative poses does not accumulate a drift
+    R, t = _motions(4, seed=5)
+    x1, x2, K, keep = _scene(R, t, 300, seed=5, noise=0.3)
+    E = (skew(t) @ R).float()
+    res = recover_pose(E, x1.float(), x2.float(), K.float(), K.float(), keep)
+    assert res.R.dtype == torch.float32 and res.t.dtype == torch.float32
+    eye = torch.eye(3, dtype=torch.float64)
+    err = (res.R.double() @ res.R.double().transpose(1, 2) - eye).abs().max().item()
+    assert err < 2e-7, err
+    assert rotation_error_deg(res.R.double(), R).max().item() < 1e-3
+
+
 def test_recover_pose_batch_of_different_motions_equals_single():
     # the original TrianFlow paired points with another element's camera when B > 1
     b = 8

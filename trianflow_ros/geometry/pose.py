@@ -112,17 +112,24 @@ def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.
 def _cheirality(E, x1, x2, K1, K2, mask, max_depth) -> PoseResult:
     """Vote of the four candidates, see :func:`recover_pose`."""
     b, n = x1.shape[:2]
-    R, t = decompose_essential(E)                                         # (B, 4, 3, 3), (B, 4, 3)
+    # the SVD in float64 even for float32 inputs: a float32 SVD leaves R orthonormal only to a
+    # few 1e-7, which a VO chaining many relative poses accumulates
+    R, t = (v.to(E.dtype) for v in decompose_essential(E.double()))      # (B, 4, 3, 3), (B, 4, 3)
     # rays of every pair with its own K, channels-first (B, 3, N); camera 2 of candidate k sits
-    # at c2 = -R_k^T t_k and its rays are R_k^T y2 (frame 1); all 4 B candidates at once
+    # at c2 = -R_k^T t_k and its rays are R_k^T y2 (frame 1). Candidates 1 and 3 are 0 and 2
+    # with t negated: the mid-point is linear in c2, so their depths are exactly the negated
+    # depths of 0 and 2 and only those two are triangulated.
     y1 = torch.linalg.inv(K1) @ to_homogeneous(x1).transpose(1, 2)
     y2 = torch.linalg.inv(K2) @ to_homogeneous(x2).transpose(1, 2)
-    Rt = R.transpose(-1, -2)
-    d2 = Rt @ y2.unsqueeze(1)                                             # (B, 4, 3, N)
-    c2 = -(Rt @ t.unsqueeze(-1))                                          # (B, 4, 3, 1)
-    X = midpoint_channels_first(y1.unsqueeze(1), d2, c2)                  # (B, 4, 3, N)
+    R2, t2 = R[:, 0::2], t[:, 0::2]                                       # (B, 2, 3, 3), (B, 2, 3)
+    Rt = R2.transpose(-1, -2)
+    d2 = Rt @ y2.unsqueeze(1)                                             # (B, 2, 3, N)
+    c2 = -(Rt @ t2.unsqueeze(-1))                                         # (B, 2, 3, 1)
+    X = midpoint_channels_first(y1.unsqueeze(1), d2, c2)                  # (B, 2, 3, N)
     z1 = X[:, :, 2]
-    z2 = (R[:, :, 2:3] @ X)[:, :, 0] + t[:, :, 2:3]
+    z2 = (R2[:, :, 2:3] @ X)[:, :, 0] + t2[:, :, 2:3]
+    z1 = torch.stack((z1, -z1), dim=2).flatten(1, 2)                      # (B, 4, N)
+    z2 = torch.stack((z2, -z2), dim=2).flatten(1, 2)
     ok = (z1 > 0) & (z2 > 0) & (z1 < max_depth) & (z2 < max_depth) & mask.unsqueeze(1)
     counts = ok.sum(dim=-1)                                               # (B, 4)
     best = counts.argmax(dim=1)                                           # (B,)

@@ -1,20 +1,24 @@
 """
 Batched LO-MSAC estimation of fundamental and essential matrices from correspondences.
 
-Every hypothesis of every batch element is generated and scored at once with tensor work (no
-Python loop per hypothesis or per pair); only the local optimisation and the final refinement
-iterate. Hypotheses come from the normalised 8-point algorithm (H&Z Alg. 11.1) or, for E, the
-five-point solver on random minimal sets; they are ranked with a truncated quadratic (MSAC, Torr &
-Zisserman 2000) of the Sampson distance in pixels (H&Z eq. 11.9), and the best ones are refined
-by Sampson-reweighted 8-point fits on their inliers with a shrinking threshold (LO-RANSAC, Chum
-et al. 2003). The essential matrix is finally
-refined by robust Gauss-Newton over (R, t) on the Sampson distance (H&Z Sec. 11.4.3, A6.2).
+Every hypothesis of every batch element is generated and scored with tensor work (no Python
+loop per hypothesis or per pair); only the adaptive sampling, the local optimisation and the final
+refinement iterate. Hypotheses come from the normalised 8-point algorithm (H&Z Alg. 11.1) or, for
+E, the five-point solver on random minimal sets, drawn in small chunks until the standard RANSAC
+bound for the best inlier ratio so far is met (H&Z Sec. 4.7.1); they are ranked with a truncated
+quadratic (MSAC, Torr & Zisserman 2000) of the Sampson distance in pixels (H&Z eq. 11.9) on a
+random subset of the points, and the best ones are refined by Sampson-reweighted 8-point fits on
+their inliers with a shrinking threshold (LO-RANSAC, Chum et al. 2003; for E on a random subset
+of large point sets). The essential matrix is finally refined on all points near the model by
+robust Gauss-Newton over (R, t) on the Sampson distance (H&Z Sec. 11.4.3, A6.2), with the
+curvature of the robust loss and early termination.
 
 Internally point sets are channels-first, (B, 3, N) homogeneous, which keeps the per-point
 arithmetic in contiguous rows. References are to Hartley & Zisserman, 2nd ed. (H&Z).
 """
 
 from dataclasses import dataclass
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -26,7 +30,7 @@ from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_
                                              project_to_essential)
 from trianflow_ros.geometry.pose import decompose_essential
 from trianflow_ros.geometry.sampling import sample_minimal_sets
-from trianflow_ros.geometry.se3 import skew, so3_exp
+from trianflow_ros.geometry.se3 import skew
 from trianflow_ros.geometry.threads import one_cpu_thread
 
 MIN_POINTS = 8
@@ -35,8 +39,16 @@ LO_SPAN = 16.0      # first local-optimisation threshold, in multiples of the fi
 HYP_SPAN = 8.0      # threshold that ranks the minimal-set hypotheses, in multiples of the final
 LO_TOPK = 4         # best hypotheses that each get the local optimisation
 SCORE_POINTS = 512  # points (drawn by weight) on which all hypotheses are ranked
-REFINE_ROUNDS = 1   # refinements, each on the points near the previous model
+LO_POINTS = 512    # points (drawn by weight) of the local optimisation (if N > 4x)
+CHUNK_SETS = 8      # five-point sets solved per adaptive round
+CONFIDENCE = 0.999  # probability of an all-inlier set behind the adaptive stop
+COUNT_SPAN = 1.0    # inlier ratio of the adaptive stop: at this many thresholds
+REFINE_ROUNDS = 2   # at most this many refinements, each on the points near the previous model
+REFINE_CHANGE = 0.01  # another refinement round only if the near set changed by more
+REFINE_TOL = 1e-6   # relative cost change that ends the refinement early
+REFINE_STEP = 0.5   # refinement stop: step norm (rad) below this * median Sampson / focal
 REFINE_SPAN = 2.0   # points within REFINE_SPAN * threshold of the LO model enter the refinement
+_GENERATORS = skew(torch.eye(3, dtype=torch.float64))  # [e_k]_x, (3, 3, 3)
 
 
 @dataclass
@@ -102,6 +114,31 @@ def _residuals(M: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Te
     return (e[:, 0], den[:, 0]) if single else (e, den)
 
 
+def _kron_rows(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+    """Per-point Kronecker products Z = y2 (x) y1 (row 3 i + j = y2_i y1_j), (B, 9, N)."""
+    return (y2.unsqueeze(2) * y1.unsqueeze(1)).flatten(1, 2)
+
+
+def _residuals_kron(M: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`_residuals` of models M (B, K, 3, 3) on points given as Z = y2 (x) y1 (B, 9, N).
+
+    With y1[2] = y2[2] = 1, Z holds y1 (rows 6-8) and y2 (rows 2, 5, 8) too, so e and the four
+    gradient entries of every model come from one matrix product.
+    """
+    b, k = M.shape[:2]
+    rows = Z.new_zeros(b, 5, k, 9)
+    rows[:, 0] = M.reshape(b, k, 9)
+    rows[:, 1:3, :, 6:] = (L2.unsqueeze(1) @ M[:, :, :2]).transpose(1, 2)
+    rows[:, 3:, :, 2::3] = (L1.unsqueeze(1) @ M.transpose(-1, -2)[:, :, :2]).transpose(1, 2)
+    P = (rows.reshape(b, 5 * k, 9) @ Z).view(b, 5, k, -1)
+    den = P[:, 1].square()
+    for c in range(2, 5):
+        den.addcmul_(P[:, c], P[:, c])
+    return P[:, 0], den.clamp_(min=1e-30)
+
+
 def _hypothesis_r2(M: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
                    L2: torch.Tensor) -> torch.Tensor:
     """Squared pixel Sampson distances (B, H, S) of models (B, H, 3, 3) on (B, 3, S) points."""
@@ -114,29 +151,17 @@ def _msac(r2: torch.Tensor, w: torch.Tensor, thr2: float) -> torch.Tensor:
     return (w * (1.0 - r2.clamp(max=thr2) / thr2)).sum(-1)
 
 
-def _lifted_design(y1n: torch.Tensor, y2n: torch.Tensor) -> torch.Tensor:
-    """
-    Products A_i A_j (i <= j) of the 8-point design rows (H&Z eq. 11.3), shape (B, 45, N).
-
-    The weighted normal matrix A^T W A of any weight vector is then one matrix product.
-    """
+def _design_rows(y1n: torch.Tensor, y2n: torch.Tensor) -> torch.Tensor:
+    """Rows A_i of the 8-point system (H&Z eq. 11.3), channels-first, shape (B, 9, N)."""
     u1, v1 = y1n[:, 0], y1n[:, 1]
     u2, v2 = y2n[:, 0], y2n[:, 1]
-    A = torch.stack((u2 * u1, u2 * v1, u2, v2 * u1, v2 * v1, v2, u1, v1,
-                     torch.ones_like(u1)), dim=1)                         # (B, 9, N)
-    i, j = torch.triu_indices(9, 9, device=A.device)
-    return A[:, i] * A[:, j]
+    return torch.stack((u2 * u1, u2 * v1, u2, v2 * u1, v2 * v1, v2, u1, v1,
+                        torch.ones_like(u1)), dim=1)
 
 
-def _normal_matrices(lifted: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """A^T W A (B, K, 9, 9) for K weight vectors w (B, K, N) from :func:`_lifted_design`."""
-    b, k = w.shape[:2]
-    upper = w @ lifted.transpose(1, 2)                                    # (B, K, 45)
-    i, j = torch.triu_indices(9, 9, device=w.device)
-    M = w.new_zeros(b, k, 9, 9)
-    M[:, :, i, j] = upper
-    M[:, :, j, i] = upper
-    return M
+def _normal_matrices(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A^T W A (B, K, 9, 9) for K weight vectors w (B, K, N) and rows A (B, 9, N)."""
+    return (A.unsqueeze(1) * w.unsqueeze(2)) @ A.transpose(1, 2).unsqueeze(1)
 
 
 def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -160,6 +185,54 @@ def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return T
 
 
+def _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w, thr_h2, num_hypotheses,
+                           generator):
+    """
+    Adaptive five-point hypotheses: minimal sets in chunks until the RANSAC bound is met.
+
+    Chunks of ``CHUNK_SETS`` sets (all batch elements at once) are solved and scored on the
+    subset (sy1, sy2, sw) until, for every batch element, the number of sets drawn reaches
+    log(1 - p) / log(1 - w^5) (H&Z Sec. 4.7.1, p = ``CONFIDENCE``) for the best inlier ratio w
+    seen so far (at the ranking threshold), or the cap num_hypotheses // 4 is reached.
+
+    :return: models (B, H, 3, 3), unit Frobenius norm, and their MSAC quality (B, H) on the
+        subset (-1 for complex or degenerate roots).
+    """
+    b = y1.shape[0]
+    cap = max(1, num_hypotheses // SOLUTIONS_PER_SET)
+    wsum = sw.sum(1).clamp(min=1e-30)
+    best_frac = sw.new_zeros(b)
+    log_fail = math.log(1.0 - CONFIDENCE)
+    all_models, all_quality = [], []
+    drawn = 0
+    while drawn < cap:
+        sets = min(CHUNK_SETS, cap - drawn)
+        # five-point sets on the rays (no normalisation: it would break the E structure)
+        idx = sample_minimal_sets(sample_w, 5, sets, generator).reshape(b, -1)
+        sets1 = torch.gather(y1[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
+        sets2 = torch.gather(y2[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
+        sets1 = sets1.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)            # (B, S, 5, 2)
+        sets2 = sets2.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)
+        models, valid = five_point(sets1, sets2)                            # (B, S, 10, ...)
+        models = models.reshape(b, sets * 10, 3, 3)
+        valid = valid.reshape(b, sets * 10)
+        models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
+        r2 = _hypothesis_r2(models.float(), sy1, sy2, L1f, L2f)             # (B, 10 S, P)
+        quality = torch.where(valid, _msac(r2, sw.unsqueeze(1), thr_h2), -1.0)
+        frac = ((r2 < thr_h2 * (COUNT_SPAN / HYP_SPAN) ** 2).float() @ sw.unsqueeze(-1)
+                ).squeeze(-1) / wsum.unsqueeze(1)
+        best_frac = torch.maximum(best_frac, torch.where(valid, frac, 0.0).amax(1))
+        all_models.append(models)
+        all_quality.append(quality)
+        drawn += sets
+        miss = (1.0 - best_frac.double() ** 5).clamp(1e-12, 1.0 - 1e-12)
+        if bool((log_fail / torch.log(miss) <= drawn).all()):
+            break
+    if len(all_models) == 1:
+        return all_models[0], all_quality[0]
+    return torch.cat(all_models, 1), torch.cat(all_quality, 1)
+
+
 def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor,
              w: torch.Tensor, threshold_px: float, num_hypotheses: int, lo_iters: int,
              generator: Optional[torch.Generator], essential: bool, five: bool = False
@@ -172,10 +245,17 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     """
     b, _, n = y1.shape
     thr2 = float(threshold_px) ** 2
-    # normalisation of the y coordinates (H&Z Alg. 11.1 (i), per axis); models are mapped back
-    T1, T2 = _axis_normalization(y1, w), _axis_normalization(y2, w)
-    y1n = T1[:, :2, :2] @ y1[:, :2] + T1[:, :2, 2:]                      # (B, 2, N)
-    y2n = T2[:, :2, :2] @ y2[:, :2] + T2[:, :2, 2:]
+
+    def normalize(y1, y2, w):
+        # normalisation of the y coordinates (H&Z Alg. 11.1 (i), per axis); models are mapped
+        # back with T1, T2 by to_model
+        T1, T2 = _axis_normalization(y1, w), _axis_normalization(y2, w)
+        return (T1, T2, T1[:, :2, :2] @ y1[:, :2] + T1[:, :2, 2:],       # (B, 2, N)
+                T2[:, :2, :2] @ y2[:, :2] + T2[:, :2, 2:])
+
+    T1 = T2 = None
+    if not five:
+        T1, T2, y1n, y2n = normalize(y1, y2, w)
 
     def to_model(Fn: torch.Tensor) -> torch.Tensor:
         # back from the normalised coordinates: M = T2^T Fn T1 (H&Z Alg. 11.1 (iv))
@@ -187,27 +267,21 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     # 1. hypotheses from random minimal sets, drawn in proportion to the weights
     sample_w = torch.where((w > 0).sum(1, keepdim=True) >= MIN_POINTS, w, torch.ones_like(w))
     sample_w = sample_w.float()
-    valid = None
+    # a weighted random subset of the points ranks the hypotheses (preemptive scoring), with a
+    # wider threshold: rough minimal-set models are tightened by the LO below
+    score_points = SCORE_POINTS if five else 2 * SCORE_POINTS
+    if n > score_points:
+        sub = torch.multinomial(sample_w, score_points, replacement=True, generator=generator)
+        sy1 = torch.gather(y1, 2, sub.unsqueeze(1).expand(-1, 3, -1))
+        sy2 = torch.gather(y2, 2, sub.unsqueeze(1).expand(-1, 3, -1))
+        sw = (torch.gather(w, 1, sub) > 0).float()
+    else:
+        sy1, sy2, sw = y1, y2, w.float()
+    sy1, sy2, L1f, L2f = sy1.float(), sy2.float(), L1.float(), L2.float()
+    thr_h2 = thr2 * HYP_SPAN ** 2
     if five:
-        # five-point sets on the rays (no normalisation: it would break the E structure);
-        # about num_hypotheses / 4 sets of up to 10 solutions each
-        sets = max(1, num_hypotheses // SOLUTIONS_PER_SET)
-        idx = sample_minimal_sets(sample_w, 5, sets, generator).reshape(b, -1)
-        sets1 = torch.gather(y1[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets2 = torch.gather(y2[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets1 = sets1.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)            # (B, S, 5, 2)
-        sets2 = sets2.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)
-        models, valid = five_point(sets1, sets2)                            # (B, S, 10, ...)
-        models = models.reshape(b, sets * 10, 3, 3)
-        valid = valid.reshape(b, sets * 10)
-        # about 60 % of the 10 roots are complex: keep the real ones (valid first, padded to
-        # the largest count of the batch) so that only they are scored
-        keep = int(valid.sum(1).max().clamp(min=1))
-        order = torch.sort(valid.to(torch.int8), dim=1, descending=True, stable=True).indices
-        order = order[:, :keep]
-        models = torch.gather(models, 1, order[..., None, None].expand(-1, -1, 3, 3))
-        valid = torch.gather(valid, 1, order)
-        models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
+        models, quality = _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w,
+                                                 thr_h2, num_hypotheses, generator)
     else:
         k = MIN_POINTS
         idx = sample_minimal_sets(sample_w, k, num_hypotheses, generator).reshape(b, -1)
@@ -220,21 +294,9 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         Q, _ = torch.linalg.qr(_design_matrix(sets1, sets2).transpose(-1, -2),
                                mode='complete')
         models = to_model(Q[..., 8].reshape(b, num_hypotheses, 3, 3))
-
-    # 2. rank all hypotheses on a weighted random subset of the points (preemptive scoring),
-    # with a wider threshold: rough minimal-set models are tightened by the LO below
-    if n > SCORE_POINTS:
-        sub = torch.multinomial(sample_w, SCORE_POINTS, replacement=True, generator=generator)
-        sy1 = torch.gather(y1, 2, sub.unsqueeze(1).expand(-1, 3, -1))
-        sy2 = torch.gather(y2, 2, sub.unsqueeze(1).expand(-1, 3, -1))
-        sw = (torch.gather(w, 1, sub) > 0).float()
-    else:
-        sy1, sy2, sw = y1, y2, w.float()
-    r2_h = _hypothesis_r2(models.float(), sy1.float(), sy2.float(), L1.float(), L2.float())
-    topk = min(LO_TOPK, models.shape[1])
-    quality = _msac(r2_h, sw.unsqueeze(1), thr2 * HYP_SPAN ** 2)
-    if valid is not None:
-        quality = torch.where(valid, quality, torch.full_like(quality, -1.0))
+        quality = _msac(_hypothesis_r2(models.float(), sy1, sy2, L1f, L2f), sw.unsqueeze(1),
+                        thr_h2)
+    topk = min(LO_TOPK if five else 2 * LO_TOPK, models.shape[1])
     pick = quality.topk(topk, dim=1).indices
     best = models[torch.arange(b, device=y1.device)[:, None], pick]      # (B, k, 3, 3)
 
@@ -243,9 +305,17 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     # algebraic error (y2^T M y1)^2 (equal for the normalised points) becomes the squared
     # Sampson distance (H&Z Sec. 11.4.3). The inlier threshold shrinks geometrically from
     # LO_SPAN * thr to thr (Lebeda et al. 2012).
-    lifted = _lifted_design(y1n, y2n)                                     # (B, 45, N)
+    # on a weighted random subset of the points: the final refinement uses all of them
+    full = (y1, y2, w)
+    if five and n > 4 * LO_POINTS:
+        sub = torch.multinomial(sample_w, LO_POINTS, replacement=True, generator=generator)
+        y1, y2 = (torch.gather(y, 2, sub.unsqueeze(1).expand(-1, 3, -1)) for y in (y1, y2))
+        w = (torch.gather(w, 1, sub) > 0).to(w.dtype)
+    T1, T2, y1n, y2n = normalize(y1, y2, w)
+    design = _design_rows(y1n, y2n)                                       # (B, 9, N)
     wk = w.unsqueeze(1)
-    e, den = _residuals(best, y1, y2, L1, L2)                             # (B, k, N)
+    Z = _kron_rows(y1, y2)
+    e, den = _residuals_kron(best, Z, L1, L2)                             # (B, k, N)
     r2 = cur_r2 = e.square() / den
     scores = _msac(r2, wk, thr2)                                          # (B, k)
     for it in range(lo_iters):
@@ -253,9 +323,9 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         lo_w = wk * (cur_r2 < thr2 * span ** 2) / den
         lo_w = lo_w / lo_w.amax(dim=-1, keepdim=True).clamp(min=1e-30)
         usable = (lo_w > 0).sum(-1) >= MIN_POINTS
-        _, vecs = torch.linalg.eigh(_normal_matrices(lifted, lo_w))
+        _, vecs = torch.linalg.eigh(_normal_matrices(design, lo_w))
         cand = to_model(vecs[..., 0].reshape(b, topk, 3, 3))
-        cand_e, cand_den = _residuals(cand, y1, y2, L1, L2)
+        cand_e, cand_den = _residuals_kron(cand, Z, L1, L2)
         cand_r2 = cand_e.square() / cand_den
         cand_score = _msac(cand_r2, wk, thr2)
         # continue from the candidate; keep the best model seen at the final threshold
@@ -267,7 +337,12 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         r2 = torch.where(better[..., None], cand_r2, r2)
     ar = torch.arange(b, device=y1.device)
     choice = scores.argmax(dim=1)
-    return best[ar, choice], r2[ar, choice]
+    model = best[ar, choice]
+    if y1 is full[0]:
+        return model, r2[ar, choice]
+    # the LO ran on a subset: the distances of its model to all the points
+    e, den = _residuals(model, full[0], full[1], L1, L2)
+    return model, e.square_().div_(den)
 
 
 def _finish(model: torch.Tensor, r2: torch.Tensor, w: torch.Tensor, threshold_px: float,
@@ -359,6 +434,33 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
         return _finish(F, r2, w, threshold_px, ok, x1.dtype)
 
 
+# [v]_x = v @ _SKEW_MAP reshaped to 3 x 3: one product instead of a stack of nine entries
+_SKEW_MAP = torch.zeros(3, 9, dtype=torch.float64)
+_SKEW_MAP[2, 1], _SKEW_MAP[1, 2], _SKEW_MAP[2, 3] = -1.0, 1.0, 1.0
+_SKEW_MAP[0, 5], _SKEW_MAP[1, 6], _SKEW_MAP[0, 7] = -1.0, -1.0, 1.0
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrices [v]_x of vectors (..., 3), shape (..., 3, 3)."""
+    return (v @ _SKEW_MAP.to(v)).unflatten(-1, (3, 3))
+
+
+def _rotation(phi: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula for small axis-angle steps (B, 3) -> rotations (B, 3, 3)."""
+    theta2 = phi.square().sum(-1, keepdim=True).unsqueeze(-1)             # (B, 1, 1)
+    W = _skew(phi)
+    # sin(t) / t and (1 - cos t) / t^2 by their Taylor series to t^8 (steps are < 0.1 rad;
+    # truncation error below 1e-12 there), exact closed forms for larger steps
+    a = 1.0 - theta2 / 6.0 * (1.0 - theta2 / 20.0 * (1.0 - theta2 / 42.0 * (1.0 - theta2 / 72.0)))
+    b = 0.5 - theta2 / 24.0 * (1.0 - theta2 / 30.0 * (1.0 - theta2 / 56.0 * (1.0 - theta2 / 90.0)))
+    if bool((theta2 > 1e-2).any()):
+        t = theta2.sqrt().clamp(min=1e-30)
+        big = theta2 > 1e-2
+        a = torch.where(big, torch.sin(t) / t, a)
+        b = torch.where(big, (1.0 - torch.cos(t)) / t.square(), b)
+    return torch.eye(3, dtype=phi.dtype, device=phi.device) + a * W + b * (W @ W)
+
+
 def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis (B, 3, 2) of the plane orthogonal to unit vectors t (B, 3)."""
     eye = torch.eye(3, dtype=t.dtype, device=t.device)
@@ -369,39 +471,95 @@ def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
     return torch.stack((b1, b2), dim=-1)
 
 
-def _sampson_rt(R, t, y1, y2, L1, L2, c2, w, work):
+def _sampson_rt(R: torch.Tensor, t: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor,
+                L2: torch.Tensor, c2: float, w: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
-    Robust cost, IRLS weights, Sampson residuals and their Jacobian for E = [t]_x R.
+    Robust cost and Gauss-Newton system of the Sampson residuals of E = [t]_x R.
 
     With r = e / s, e = y2^T E y1 and s^2 = |L2 (E y1)_{1,2}|^2 + |L1 (E^T y2)_{1,2}|^2, every
     derivative of E is a matrix Q_k: E [e_k]_x for R exp([omega]_x) and [b_k]_x R for t + B delta.
-    So Q y1 and the first two rows of L2 Q y1 and L1 Q^T y2 for the stack Q = (E, Q_1..Q_5), two
-    matrix products, give e, s and the exact Jacobian dr = (de - r ds) / s. ``work`` holds
-    reusable buffers of shapes (B, 30, N) and (B, 12, N).
+    All of e, de_k and the gradient rows of s come from ONE matrix product with the per-point
+    Kronecker products Z = y2 (x) y1 (B, 9, N): since y1[2] = y2[2] = 1, Z also holds y1 (rows
+    6-8) and y2 (rows 2, 5, 8). The exact Jacobian is dr = (de - r ds) / s.
+
+    :param Z: rows y2_i y1_j at row 3 i + j, shape (B, 9, N).
+    :param w: point weights (B, N).
+    :return: Cauchy cost sum_i w_i log(1 + r_i^2 / c2) (B,), the 6 x 6 matrix
+        [J; r] W [J; r]^T with Cauchy IRLS weights W (its 5 x 5 block is the Gauss-Newton
+        matrix, its last column the gradient) (B, 6, 6), and the tangent basis of t (B, 3, 2).
     """
-    eye = torch.eye(3, dtype=R.dtype, device=R.device)
-    E = skew(t) @ R
+    b, n = Z.shape[0], Z.shape[2]
+    E = _skew(t) @ R
     Bt = _tangent_basis(t)                                                # (B, 3, 2)
-    gens = skew(eye)                                                      # [e_k]_x, (3, 3, 3)
-    Q = torch.cat((E.unsqueeze(1), E.unsqueeze(1) @ gens,
-                   skew(Bt.transpose(1, 2).reshape(-1, 3)).reshape(-1, 2, 3, 3)
-                   @ R.unsqueeze(1)), dim=1)                              # (B, 6, 3, 3)
-    b, n = y1.shape[0], y1.shape[2]
-    # rows: Q_k (3 each), then L2 (Q_k)_{1,2} (2 each) on y1; L1 (Q_k^T)_{1,2} on y2
-    rows1 = torch.cat((Q.reshape(b, 18, 3), (L2.unsqueeze(1) @ Q[:, :, :2]).reshape(b, 12, 3)),
-                      dim=1)
-    rows2 = (L1.unsqueeze(1) @ Q.transpose(-1, -2)[:, :, :2]).reshape(b, 12, 3)
-    P1 = torch.bmm(rows1, y1, out=work[0])                                # (B, 30, N)
-    num = _dot_rays(P1[:, :18].view(b, 6, 3, n), y2)                      # e, de: (B, 6, N)
-    G1 = P1[:, 18:].view(b, 6, 2, n)                                      # (B, 6, 2, N)
-    G2 = torch.bmm(rows2, y2, out=work[1]).view(b, 6, 2, n)
-    s = (G1[:, 0].square().sum(1) + G2[:, 0].square().sum(1)).clamp(min=1e-30).sqrt()
-    ds = ((G1[:, :1] * G1[:, 1:]).sum(2) + (G2[:, :1] * G2[:, 1:]).sum(2)) / s.unsqueeze(1)
-    r = num[:, 0] / s
-    q = r.square() / c2
+    Q = torch.cat((E.unsqueeze(1), E.unsqueeze(1) @ _GENERATORS.to(E),
+                   _skew(Bt.transpose(1, 2)) @ R.unsqueeze(1)), dim=1)   # (B, 6, 3, 3)
+    rows = Z.new_zeros(b, 5, 6, 9)            # (value, 4 gradient components) x (Q_0..Q_5)
+    rows[:, 0] = Q.reshape(b, 6, 9)                                       # e_k = <Q_k, Z>
+    rows[:, 1:3, :, 6:] = (L2.unsqueeze(1) @ Q[:, :, :2]).transpose(1, 2)  # on y1
+    rows[:, 3:, :, 2::3] = (L1.unsqueeze(1) @ Q.transpose(-1, -2)[:, :, :2]).transpose(1, 2)
+    P = (rows.reshape(b, 30, 9) @ Z).view(b, 5, 6, n)
+    num = P[:, 0]                                                         # e, de_k: (B, 6, N)
+    s2 = P[:, 1, 0].square()
+    ds = P[:, 1, 1:] * P[:, 1, :1]                                        # s ds_k, (B, 5, N)
+    for c in range(2, 5):
+        s2.addcmul_(P[:, c, 0], P[:, c, 0])
+        ds.addcmul_(P[:, c, 1:], P[:, c, :1])
+    inv_s = s2.clamp_(min=1e-30).rsqrt_()                                 # (B, N)
+    r = num[:, 0] * inv_s
+    Jr = torch.empty_like(num)
+    torch.mul(num[:, 1:] - ds * (r * inv_s).unsqueeze(1), inv_s.unsqueeze(1), out=Jr[:, :5])
+    Jr[:, 5] = r
+    q = r.square().div_(c2)
     cost = (w * torch.log1p(q)).sum(-1)                                   # Cauchy loss
-    rw = w / (1.0 + q)
-    return cost, rw, r, (num[:, 1:] - r.unsqueeze(1) * ds) / s.unsqueeze(1), Bt
+    # Newton weights of the Cauchy loss, w (1 - q) / (1 + q)^2 (the IRLS weight w / (1 + q)
+    # plus the loss curvature, floored at 0), converge much faster than plain IRLS
+    iq = 1.0 / (1.0 + q)
+    hw = w * iq * (1.0 - q).clamp_(min=0.0) * iq
+    H = (Jr[:, :5] * hw.unsqueeze(1)) @ Jr[:, :5].transpose(1, 2)
+    g = Jr[:, :5] @ (w * iq * r).unsqueeze(-1)
+    return cost, torch.cat((H, g), dim=2), Bt
+
+
+def _sampson_rt_residuals(E: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor,
+                          L2: torch.Tensor) -> torch.Tensor:
+    """Signed pixel Sampson distances (B, N) of E on the points Z = y2 (x) y1 (B, 9, N)."""
+    b = E.shape[0]
+    rows = Z.new_zeros(b, 5, 9)
+    rows[:, 0] = E.reshape(b, 9)
+    rows[:, 1:3, 6:] = L2 @ E[:, :2]
+    rows[:, 3:, 2::3] = L1 @ E.transpose(1, 2)[:, :2]
+    P = rows @ Z
+    return P[:, 0] * P[:, 1:].square().sum(1).clamp_(min=1e-30).rsqrt_()
+
+
+def _levenberg_marquardt(R, t, Z, L1, L2, c2, w, iters, step_tol):
+    """LM iterations of :func:`refine_essential` on the points Z (B, 9, N); returns R, t."""
+    cost, M6, Bt = _sampson_rt(R, t, Z, L1, L2, c2, w)
+    lam = torch.full_like(cost, 1e-3)
+    eye = torch.eye(5, dtype=R.dtype, device=R.device)
+    for _ in range(iters):
+        H = M6[:, :5, :5]
+        Hd = H + lam[:, None, None] * (H * eye + 1e-9 * eye)
+        step = -torch.linalg.solve(Hd, M6[:, :5, 5])
+        R_new = R @ _rotation(step[:, :3])
+        t_new = t + (Bt @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
+        t_new = t_new / t_new.norm(dim=-1, keepdim=True)
+        if bool((step.norm(dim=1) < step_tol).all()):
+            # converged: a step this small is taken without evaluating it
+            return R_new, t_new
+        cost_new, M6_new, Bt_new = _sampson_rt(R_new, t_new, Z, L1, L2, c2, w)
+        better = (cost_new < cost) & torch.isfinite(cost_new)
+        done = ((cost_new - cost).abs() <= REFINE_TOL * cost) | ~torch.isfinite(cost_new)
+        R = torch.where(better[:, None, None], R_new, R)
+        t = torch.where(better[:, None], t_new, t)
+        M6 = torch.where(better[:, None, None], M6_new, M6)
+        Bt = torch.where(better[:, None, None], Bt_new, Bt)
+        cost = torch.where(better, cost_new, cost)
+        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e6)
+        if bool(done.all()):
+            break
+    return R, t
 
 
 def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
@@ -414,8 +572,10 @@ def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: to
     increments R exp([omega]_x)) and the unit translation t (two tangent-plane increments),
     where r_i is the signed pixel Sampson distance (H&Z eq. 11.9), with its exact Jacobian
     (denominator included) and Cauchy IRLS weights (iteratively reweighted Gauss-Newton with
-    Levenberg damping, H&Z A6.2). All pairs are refined at once; a step is kept per pair only
-    if it lowers that pair's cost (then the damping shrinks, else it grows).
+    Levenberg damping, H&Z A6.2; the Gauss-Newton matrix carries the curvature of the loss,
+    weights w (1 - q) / (1 + q)^2 floored at 0, q = r^2 / c^2, which converges in a few
+    iterations). All pairs are refined at once; a step is kept per pair only if it lowers that
+    pair's cost (then the damping shrinks, else it grows).
 
     :param E: initial essential matrices in ray coordinates, shape (B, 3, 3).
     :param y1: rays K1^-1 [x1, 1], channels-first, shape (B, 3, N).
@@ -424,33 +584,33 @@ def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: to
     :param L2: K2^-1[:2, :2]^T, shape (B, 2, 2).
     :param w: point weights, shape (B, N).
     :param scale_px: Cauchy scale in pixels.
-    :param iters: LM iterations.
+    :param iters: at most this many LM iterations; they stop once every pair's step is below
+        ``REFINE_STEP`` times its median Sampson distance over the focal length (the noise
+        level; a noise-free pair runs all of them) or its cost no longer changes.
     :return: refined E = [t]_x R / sqrt(2) (unit Frobenius norm), shape (B, 3, 3).
         Not differentiable.
     """
     R4, t4 = decompose_essential(E)
     R, t = R4[:, 0], t4[:, 0]
-    b, n = y1.shape[0], y1.shape[2]
-    work = (y1.new_empty(b, 30, n), y1.new_empty(b, 12, n))
+    b = y1.shape[0]
+    # only the points of positive weight (padded with zero weights to the batch's largest
+    # count) when that saves enough to pay for the gather
+    used = w > 0
+    m = int(used.sum(1).max())
+    if m < 0.75 * w.shape[1]:
+        keep = torch.argsort((~used).to(torch.int8), dim=1, stable=True)[:, :max(m, 1)]
+        y1 = torch.gather(y1, 2, keep.unsqueeze(1).expand(-1, 3, -1))
+        y2 = torch.gather(y2, 2, keep.unsqueeze(1).expand(-1, 3, -1))
+        w = torch.gather(w, 1, keep)
+    Z = (y2.unsqueeze(2) * y1.unsqueeze(1)).reshape(b, 9, -1)             # y2 (x) y1
     c2 = float(scale_px) ** 2
-    cost, rw, r, J, Bt = _sampson_rt(R, t, y1, y2, L1, L2, c2, w, work)
-    lam = torch.full_like(cost, 1e-3)
-    eye = torch.eye(5, dtype=E.dtype, device=E.device)
-    for _ in range(iters):
-        H = (J * rw.unsqueeze(1)) @ J.transpose(1, 2)                     # (B, 5, 5)
-        g = (J @ (rw * r).unsqueeze(-1)).squeeze(-1)                      # (B, 5)
-        Hd = H + lam[:, None, None] * (H * eye + 1e-9 * eye)
-        step = -torch.linalg.solve(Hd, g)
-        R_new = R @ so3_exp(step[:, :3])
-        t_new = t + (Bt @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
-        t_new = t_new / t_new.norm(dim=-1, keepdim=True)
-        new = _sampson_rt(R_new, t_new, y1, y2, L1, L2, c2, w, work)
-        better = (new[0] < cost) & torch.isfinite(new[0])
-        R = torch.where(better[:, None, None], R_new, R)
-        t = torch.where(better[:, None], t_new, t)
-        cost, rw, r, J, Bt = (torch.where(better.reshape((-1,) + (1,) * (o.dim() - 1)), n_, o)
-                              for n_, o in zip(new, (cost, rw, r, J, Bt)))
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e6)
+    # stop once a step is far below the noise: REFINE_STEP times the median Sampson distance
+    # (pixels) over the focal length (pixels), i.e. a fraction of the angular noise of a ray
+    r2 = _sampson_rt_residuals(E, Z[:, :, ::8], L1, L2).square()
+    sigma = torch.where(w[:, ::8] > 0, r2, float('nan')).nanmedian(dim=1).values.sqrt()
+    inv_f = (L1.det().abs() * L2.det().abs()) ** 0.25                    # 1 / focal, (B,)
+    step_tol = REFINE_STEP * sigma.nan_to_num(nan=0.0) * inv_f
+    R, t = _levenberg_marquardt(R, t, Z, L1, L2, c2, w, iters, step_tol)
     return skew(t) @ R / (2.0 ** 0.5)
 
 
@@ -467,9 +627,13 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     Sec. 11.7.3), ranked with a wider threshold on a random subset. The pixel threshold
     needs no focal-length conversion: every model is scored by its exact pixel Sampson distance,
     that of F = K2^-T E K1^-1 (H&Z eq. 11.9), evaluated in ray coordinates (exact also for
-    fx != fy). The best hypothesis gets ``lo_iters`` Sampson-reweighted 8-point refits on its
-    inliers, then :func:`refine_essential` (Cauchy scale = threshold) over (R, t) on the points
-    within ``REFINE_SPAN`` thresholds. Computed in float64 (hypothesis ranking in float32).
+    fx != fy). Five-point sets are drawn ``CHUNK_SETS`` at a time until, for every pair, their
+    number reaches log(1 - p) / log(1 - w^5) (p = ``CONFIDENCE``, w = best inlier ratio so far)
+    or num_hypotheses // 4. The ``LO_TOPK`` best hypotheses get ``lo_iters`` Sampson-reweighted
+    8-point refits on their inliers (on ``LO_POINTS`` points drawn by weight when N is more than
+    4 times that), then :func:`refine_essential` (Cauchy scale = threshold) over (R, t) on the
+    points within ``REFINE_SPAN`` thresholds, repeated (at most ``REFINE_ROUNDS`` times) while that
+    set changes. Computed in float64 (hypothesis ranking in float32).
     On CPU the call runs on one intra-op thread (restored afterwards, see
     :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
 
@@ -479,13 +643,15 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     :param K2: intrinsics of camera 2, shape (B, 3, 3).
     :param weights: optional non-negative weights, shape (B, N); 0 excludes a point.
     :param threshold_px: inlier threshold on the Sampson distance, in pixels.
-    :param num_hypotheses: candidate models per pair: 8-point sets, or num_hypotheses // 4
-        five-point sets (each gives up to 10 solutions, about 4 real on average).
+    :param num_hypotheses: candidate models per pair: 8-point sets, or at most
+        num_hypotheses // 4 five-point sets (each gives up to 10 solutions, about 4 real on
+        average; fewer sets once the adaptive bound is met).
     :param lo_iters: local-optimisation iterations (the inlier threshold shrinks from
         ``LO_SPAN`` times the threshold to the threshold over them), on each of the
         ``LO_TOPK`` best hypotheses.
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
-    :param refine_iters: Levenberg-Marquardt iterations of the final refinement (0 disables).
+    :param refine_iters: at most this many Levenberg-Marquardt iterations per refinement round
+        (0 disables the refinement); it stops earlier once a step is far below the noise.
     :param minimal_solver: ``'five'`` (default):
         :func:`~trianflow_ros.geometry.epipolar.five_point` on num_hypotheses // 4 minimal sets
         (up to 10 real solutions each, all scored); ``'eight'``: 8-point minimal sets projected
@@ -510,10 +676,17 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         L1, L2 = K1i[:, :2, :2].transpose(1, 2), K2i[:, :2, :2].transpose(1, 2)
         E, r2 = _lo_msac(y1, y2, L1, L2, w, threshold_px, num_hypotheses, lo_iters, generator,
                          essential=True, five=minimal_solver == 'five')
-        for _ in range(REFINE_ROUNDS if refine_iters > 0 else 0):
-            # each round refines on the points near the current model
-            near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
+        near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
+        for round_ in range(REFINE_ROUNDS if refine_iters > 0 else 0):
+            # each round refines on the points near the current model; a further round only
+            # runs while that set still changes (more than REFINE_CHANGE of the points)
             E = refine_essential(E, y1, y2, L1, L2, near, threshold_px, refine_iters)
             e, den = _residuals(E, y1, y2, L1, L2)
             r2 = e.square() / den
+            if round_ + 1 < REFINE_ROUNDS:
+                new_near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
+                changed = ((new_near > 0) != (near > 0)).sum(1)
+                if not bool((changed > REFINE_CHANGE * near.shape[1]).any()):
+                    break
+                near = new_near
         return _finish(E, r2, w, threshold_px, ok, x1.dtype)
