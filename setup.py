@@ -29,6 +29,7 @@ setup(
             'trianflow-config = trianflow_ros.config:main',
             'trianflow-eval = trianflow_ros.eval.cli:main',
             'trianflow-vo = trianflow_ros.vo.cli:main',
+            'trianflow-train = trianflow_ros.train.cli:main',
             'vo_node = trianflow_ros.ros.vo_node:main',
             'trianflow-bag = trianflow_ros.ros.bag:main',
             'trianflow-play = trianflow_ros.ros.player:main',

@@ -62,6 +62,9 @@ class FlowNetConfig:
     fb_beta: float = param(0.05, 'forward-backward consistency: relative bound', range=(0.0, 1.0))
     use_occlusion: bool = param(True, 'multiply the valid mask by the forward-splat visibility')
     use_fb_check: bool = param(True, 'multiply the valid mask by the F-B consistency (NYU: off)')
+    width_mult: float = param(1.0, 'channel multiplier of every layer: 1 = the paper network '
+                              '(original checkpoints), 0.5 = the small variant of the shipped '
+                              'models/default.pth', range=(0.125, 1.0))
 
 
 @dataclasses.dataclass
@@ -72,6 +75,9 @@ class DepthNetConfig:
     num_disp_scales: int = param(1, 'disparity output scales', range=(1, 4))
     min_depth: float = param(0.1, 'depth of disparity 1 (m)', range=(1e-4, 1e3))
     max_depth: float = param(100.0, 'depth of disparity 0 (m)', range=(1e-2, 1e5))
+    width_mult: float = param(1.0, 'channel multiplier of encoder and decoder: 1 = the paper '
+                              'network (original checkpoints), 0.5 = the small variant of the '
+                              'shipped models/default.pth (no unused fc)', range=(0.125, 1.0))
 
 
 @dataclasses.dataclass
@@ -163,6 +169,39 @@ class DegeneracyConfig:
 
 
 @dataclasses.dataclass
+class RefineConfig:
+    """SA4Depth-style LM pose refinement on feature-alignment residuals (geometry/refine.py)."""
+
+    enabled: bool = param(False, 'refine the VO pose (and scale) after the scale alignment by LM '
+                          'on feature residuals warped with the reference depth')
+    train: bool = param(False, 'train.mode=posenet: refine the regressed pose before the '
+                        'photometric and geometric losses (features and confidence trained)')
+    features: str = param('auto', 'VO features: auto (flow-net pyramid when the flow is '
+                          'learned, else image), image (grey + gradients, no weights) or '
+                          'flow_net', choices=('auto', 'image', 'flow_net'))
+    levels: int = param(3, 'pyramid levels, refined coarse to fine', range=(1, 6))
+    finest_level: int = param(0, 'image features: finest level refined (0 = working '
+                              'resolution, 1 = half, ...)', range=(0, 5))
+    iterations: int = param(5, 'LM iterations per level (fixed budget, unrolled)',
+                            range=(1, 100))
+    lambda0: float = param(0.01, 'initial LM damping of every level', range=(0.0, 1e6))
+    huber: float = param(0.25, 'Huber threshold on the feature residual norm',
+                         range=(1e-6, 1e3))
+    min_depth: float = param(0.001, 'points nearer than this are ignored (odometry unit)',
+                             range=(0.0, 1e3))
+    min_valid_fraction: float = param(0.1, 'VO: keep the unrefined pose when fewer pixels '
+                                      'are valid', range=(0.0, 1.0))
+    max_rotation_deg: float = param(2.0, 'VO: larger rotation corrections are rejected (deg)',
+                                    range=(0.0, 180.0))
+    max_translation_ratio: float = param(0.5, 'VO: larger translation corrections, relative '
+                                         'to |t|, are rejected', range=(0.0, 100.0))
+    feature_dim: int = param(16, 'training: channels of the learned refinement features',
+                             range=(1, 256))
+    w_pose_distill: float = param(0.1, 'training: weight pulling the regressed pose to the '
+                                  'refined one (pose_distill_loss)', range=(0.0, 1e4))
+
+
+@dataclasses.dataclass
 class GeometryConfig:
     """The geometric solver behind every pose."""
 
@@ -171,6 +210,7 @@ class GeometryConfig:
     scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
     pnp: PnPConfig = dataclasses.field(default_factory=PnPConfig)
     degeneracy: DegeneracyConfig = dataclasses.field(default_factory=DegeneracyConfig)
+    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
 
 
 @dataclasses.dataclass

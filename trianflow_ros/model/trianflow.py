@@ -575,6 +575,9 @@ def build_model(cfg: Config) -> nn.Module:
     """
     mode = cfg.train.mode
     if mode in ('posenet', 'flowposenet'):
+        if cfg.geometry.refine.train:
+            from trianflow_ros.model.refined_posenet import RefinedPoseNetModel
+            return RefinedPoseNetModel(cfg)
         from trianflow_ros.model.posenet_model import PoseNetModel
         return PoseNetModel(cfg)
     if mode in STAGES:

@@ -11,6 +11,9 @@ Disparity -> depth (training and VO in the original): the sigmoid output ``disp`
 affinely into [1 / max_depth, 1 / min_depth] and inverted, :func:`disp_to_depth`. The
 original's evaluation script used ``1 / disp`` instead (notes Sec. 6.2 item 11); this port uses
 one mapping everywhere.
+
+``width_mult`` < 1 builds a small variant: encoder and decoder widths scaled, no unused ``fc``
+(same key names otherwise); the default 1 is the original network exactly.
 """
 
 from typing import List
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from trianflow_ros.nets.depth_decoder import DepthDecoder
+from trianflow_ros.nets.feature_pyramid import scaled_channels
 from trianflow_ros.nets.resnet_encoder import ResnetEncoder
 
 #: Input normalisation of the original depth network: ``(x - mean) / std`` on [0, 1] images.
@@ -55,22 +59,41 @@ class DepthNet(nn.Module):
     """
 
     def __init__(self, *, min_depth: float = 0.1, max_depth: float = 100.0,
-                 num_disp_scales: int = 1):
+                 num_disp_scales: int = 1, width_mult: float = 1.0):
         """
         Build the network.
 
         :param min_depth: depth of disparity 1 used by :meth:`predict_depth` (m).
         :param max_depth: depth of disparity 0 used by :meth:`predict_depth` (m).
         :param num_disp_scales: number of disparity outputs (the released weights: 1).
+        :param width_mult: channel multiplier of encoder and decoder in (0, 1] (the original:
+            1; ``depth_net.width_mult`` of the config). Below 1 the unused ``fc`` is omitted.
         """
         super().__init__()
         if not 0.0 < min_depth < max_depth:
             raise ValueError(f'need 0 < min_depth < max_depth, got {min_depth}, {max_depth}')
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
-        self.encoder = ResnetEncoder(in_channels=3, with_fc=True)
-        self.decoder = DepthDecoder(num_ch_enc=ResnetEncoder.num_ch_enc,
+        self.width_mult = float(width_mult)
+        self.encoder = ResnetEncoder(in_channels=3, with_fc=self.width_mult == 1.0,
+                                     width_mult=self.width_mult)
+        self.decoder = DepthDecoder(num_ch_enc=self.encoder.num_ch_enc,
+                                    num_ch_dec=scaled_channels((16, 32, 64, 128, 256),
+                                                               self.width_mult),
                                     num_disp_scales=num_disp_scales)
+
+    @classmethod
+    def from_config(cls, cfg) -> 'DepthNet':
+        """
+        Build the network a configuration describes (``depth_net.*``, ``width_mult`` included).
+
+        :param cfg: a ``trianflow_ros.config.Config`` (e.g. the one stored in a checkpoint).
+        :return: a new, untrained DepthNet.
+        """
+        section = cfg.depth_net
+        return cls(min_depth=section.min_depth, max_depth=section.max_depth,
+                   num_disp_scales=section.num_disp_scales,
+                   width_mult=float(getattr(section, 'width_mult', 1.0)))
 
     def forward(self, image: torch.Tensor) -> List[torch.Tensor]:
         """

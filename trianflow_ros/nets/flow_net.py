@@ -7,6 +7,9 @@ normalisation. **Channel order is the caller's job**: the released weights were 
 images (OpenCV order), which the config flag ``data.bgr`` selects in the data/VO code.
 H and W must be multiples of 64 to reproduce the original exactly (the released weights:
 256 x 832 on KITTI); other sizes run with each upsampling resized to the next level.
+
+``width_mult`` < 1 builds a small variant (every layer's width scaled, same key names, a
+different checkpoint); the default 1 is the original network exactly.
 """
 
 from typing import List, Tuple
@@ -14,8 +17,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from trianflow_ros.nets.feature_pyramid import FeaturePyramid
-from trianflow_ros.nets.pwc_decoder import PWCDecoder
+from trianflow_ros.nets.feature_pyramid import FeaturePyramid, PYRAMID_CHANNELS, scaled_channels
+from trianflow_ros.nets.pwc_decoder import CONTEXT_LAYERS, ESTIMATOR_CHANNELS, PWCDecoder
 
 
 def _check_pair(img1: torch.Tensor, img2: torch.Tensor) -> None:
@@ -29,15 +32,34 @@ def _check_pair(img1: torch.Tensor, img2: torch.Tensor) -> None:
 class FlowNet(nn.Module):
     """Optical flow network: ``fpyramid`` (FeaturePyramid) + ``pwc_model`` (PWCDecoder)."""
 
-    def __init__(self, *, search_range: int = 4):
+    def __init__(self, *, search_range: int = 4, width_mult: float = 1.0):
         """
         Build the network.
 
         :param search_range: cost-volume search range in pixels per level (the original: 4).
+        :param width_mult: channel multiplier of every layer, in (0, 1] (the original: 1;
+            ``flow_net.width_mult`` of the config, e.g. 0.5 for the shipped small weights).
         """
         super().__init__()
-        self.fpyramid = FeaturePyramid()
-        self.pwc_model = PWCDecoder(search_range=search_range)
+        self.width_mult = float(width_mult)
+        pyramid = scaled_channels(PYRAMID_CHANNELS, self.width_mult)
+        self.fpyramid = FeaturePyramid(channels=pyramid)
+        self.pwc_model = PWCDecoder(
+            search_range=search_range, pyramid_channels=pyramid,
+            estimator_channels=scaled_channels(ESTIMATOR_CHANNELS, self.width_mult),
+            context_channels=scaled_channels([c for _, c in CONTEXT_LAYERS], self.width_mult))
+
+    @classmethod
+    def from_config(cls, cfg) -> 'FlowNet':
+        """
+        Build the network a configuration describes (``flow_net.search_range``, ``width_mult``).
+
+        :param cfg: a ``trianflow_ros.config.Config`` (e.g. the one stored in a checkpoint).
+        :return: a new, untrained FlowNet.
+        """
+        section = cfg.flow_net
+        return cls(search_range=section.search_range,
+                   width_mult=float(getattr(section, 'width_mult', 1.0)))
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> List[torch.Tensor]:
         """

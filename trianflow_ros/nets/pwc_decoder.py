@@ -100,17 +100,26 @@ class PWCDecoder(nn.Module):
     """
 
     def __init__(self, *, search_range: int = 4,
-                 pyramid_channels: Sequence[int] = PYRAMID_CHANNELS):
+                 pyramid_channels: Sequence[int] = PYRAMID_CHANNELS,
+                 estimator_channels: Sequence[int] = ESTIMATOR_CHANNELS,
+                 context_channels: Sequence[int] = tuple(c for _, c in CONTEXT_LAYERS)):
         """
         Build the estimators and the context network (PyTorch default initialisation).
 
         :param search_range: cost-volume search range d in pixels (the original: 4).
         :param pyramid_channels: channels of pyramid levels 1..6.
+        :param estimator_channels: widths of the five estimator convolutions (the original:
+            ``ESTIMATOR_CHANNELS``; a small variant passes fewer, same key names).
+        :param context_channels: widths of dc_conv1 .. dc_conv6 (the original: those of
+            ``CONTEXT_LAYERS``).
         """
         super().__init__()
+        if len(estimator_channels) != 5 or len(context_channels) != len(CONTEXT_LAYERS):
+            raise ValueError('estimator_channels needs 5 and context_channels '
+                             f'{len(CONTEXT_LAYERS)} entries')
         self.search_range = int(search_range)
         num_costs = (2 * self.search_range + 1) ** 2
-        a, b, c, d, e = ESTIMATOR_CHANNELS
+        a, b, c, d, e = (int(x) for x in estimator_channels)
         for level in LEVELS:
             in_channels = num_costs if level == 6 else (
                 num_costs + pyramid_channels[level - 1] + 2)
@@ -121,7 +130,8 @@ class PWCDecoder(nn.Module):
             setattr(self, f'conv{level}_4', conv_lrelu(c + d, e))
             setattr(self, f'predict_flow{level}', nn.Conv2d(d + e, 2, 3, padding=1, bias=True))
         width = e + 2
-        for i, (dilation, channels) in enumerate(CONTEXT_LAYERS):
+        for i, ((dilation, _), channels) in enumerate(zip(CONTEXT_LAYERS, context_channels)):
+            channels = int(channels)
             setattr(self, f'dc_conv{i + 1}', conv_lrelu(width, channels, dilation=dilation))
             width = channels
         self.dc_conv7 = nn.Conv2d(width, 2, 3, padding=1, bias=True)
@@ -145,7 +155,8 @@ class PWCDecoder(nn.Module):
 
         :param level: pyramid level, 2..6.
         :param x: estimator input (cost volume, or cat(cost volume, c1_l, up_l)).
-        :return: the flow increment (B, 2, h, w) and the last features x4 (B, 32, h, w).
+        :return: the flow increment (B, 2, h, w) and the last features x4 (B, 32, h, w;
+            fewer channels in a small variant).
         """
         x0 = getattr(self, f'conv{level}_0')(x)
         x1 = getattr(self, f'conv{level}_1')(x0)
@@ -160,7 +171,7 @@ class PWCDecoder(nn.Module):
         Residual of the dilated context network on level 2.
 
         :param flow: level-2 flow (B, 2, h, w).
-        :param x4: last estimator features of level 2 (B, 32, h, w).
+        :param x4: last estimator features of level 2 (B, 32, h, w; fewer in a small variant).
         :return: flow correction (B, 2, h, w).
         """
         x = torch.cat((flow, x4), dim=1)

@@ -8,6 +8,9 @@ identity shortcut, or a 1x1/2 projection when the resolution or width changes) w
 ``bn1``, ``layer1`` .. ``layer4``, ``downsample.{0,1}``, ``fc``) so the original TrianFlow
 checkpoints load unchanged; ``fc`` exists only for that key parity and is never used.
 
+``width_mult`` < 1 builds a narrower network (every width scaled, same key names); the
+default 1 is the paper's network exactly.
+
 Feature maps returned by :class:`ResnetEncoder` for an input of size (H, W) that is a
 multiple of 32 (other sizes give the ceil of each division):
 
@@ -26,6 +29,8 @@ from typing import List, Optional
 
 import torch
 from torch import nn
+
+from trianflow_ros.nets.feature_pyramid import scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -79,27 +84,31 @@ class ResNet18(nn.Module):
 
     stage_channels = (64, 128, 256, 512)
 
-    def __init__(self, *, in_channels: int = 3, num_classes: Optional[int] = 1000):
+    def __init__(self, *, in_channels: int = 3, num_classes: Optional[int] = 1000,
+                 width_mult: float = 1.0):
         """
         Build the network with He (fan-out) initialised convs and unit batch norms.
 
         :param in_channels: input channels (3 for an image, 6 for two stacked images).
         :param num_classes: size of the ``fc`` classifier kept for checkpoint key parity
             (1000 in the original); ``None`` builds no ``fc``.
+        :param width_mult: channel multiplier in (0, 1] (the paper: 1).
         """
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        stem = scaled_channels((64,), width_mult)[0]
+        self.stage_channels = scaled_channels(ResNet18.stage_channels, width_mult)
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        width = 64
+        width = stem
         for i, channels in enumerate(self.stage_channels):
             stride = 1 if i == 0 else 2
             stage = nn.Sequential(BasicBlock(width, channels, stride=stride),
                                   BasicBlock(channels, channels, stride=1))
             setattr(self, f'layer{i + 1}', stage)
             width = channels
-        self.fc = None if num_classes is None else nn.Linear(512, num_classes)
+        self.fc = None if num_classes is None else nn.Linear(width, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -131,15 +140,19 @@ class ResnetEncoder(nn.Module):
 
     num_ch_enc = (64, 64, 128, 256, 512)
 
-    def __init__(self, *, in_channels: int = 3, with_fc: bool = True):
+    def __init__(self, *, in_channels: int = 3, with_fc: bool = True, width_mult: float = 1.0):
         """
         Build the encoder.
 
         :param in_channels: input channels.
         :param with_fc: keep the unused 512x1000 ``fc`` (True for the original checkpoints).
+        :param width_mult: channel multiplier in (0, 1] (the paper: 1); the feature widths
+            are then ``self.num_ch_enc`` (the class attribute holds the paper's).
         """
         super().__init__()
-        self.encoder = ResNet18(in_channels=in_channels, num_classes=1000 if with_fc else None)
+        self.encoder = ResNet18(in_channels=in_channels, num_classes=1000 if with_fc else None,
+                                width_mult=width_mult)
+        self.num_ch_enc = (self.encoder.bn1.num_features,) + tuple(self.encoder.stage_channels)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """

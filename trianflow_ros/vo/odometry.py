@@ -85,7 +85,7 @@ from trianflow_ros.vo.providers import (DepthProvider, FlowProvider, make_depth_
                                         make_flow_provider)
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
-STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'total')
+STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'total')
 MAD_TO_SIGMA = 1.4826
 #: Forward-backward difference (px) of a "consistent" match for ``vo.min_valid_ratio``.
 GOOD_FB_PX = 0.5
@@ -337,6 +337,7 @@ class VisualOdometry:
         self.flow = make_flow_provider(flow, self.cfg, self.device)
         self.depth = make_depth_provider(depth, self.cfg, self.device)
         self.bgr = bgr
+        self._refiner = None    # geometry.refine: the LM pose refinement, built on first use
         self.reset()
 
     # ----------------------------------------------------------------------------------------
@@ -482,6 +483,12 @@ class VisualOdometry:
         timings['flow'] = 1000.0 * (time.perf_counter() - t0)
         with one_cpu_thread(self.device):   # thousands of small ops: one thread is fastest
             outcome = self._solve(ref, frame, flow_12, flow_21, generator, timings)
+            if self.cfg.geometry.refine.enabled:
+                if self._refiner is None:
+                    # imported here: vo.refinement imports this module
+                    from trianflow_ros.vo.refinement import PoseRefiner
+                    self._refiner = PoseRefiner(self.cfg, self.flow)
+                self._refiner.refine_outcome(outcome, ref, frame, timings)
         if not outcome.ok:
             result = self._lost_result(stamp, index, Kw, outcome.message)
             result.num_matches = outcome.num_matches

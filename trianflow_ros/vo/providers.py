@@ -26,6 +26,7 @@ Checkpoints are read by :func:`load_networks`: this package's training checkpoin
 (``load_original_checkpoint``), always with ``weights_only=True``.
 """
 
+import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -34,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trianflow_ros.config import Config
+from trianflow_ros.config import Config, ConfigError, from_dict
 from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
                                            load_state_dict_strict, read_checkpoint)
 from trianflow_ros.nets.depth_net import DepthNet
 from trianflow_ros.nets.flow_net import FlowNet
+import yaml
 
 PathLike = Union[str, Path]
 FlowPair = Tuple[torch.Tensor, torch.Tensor]
@@ -152,19 +154,49 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
     """
     Build the networks and fill them from a checkpoint, strictly.
 
+    The architecture (``flow_net.search_range`` / ``width_mult``, ``depth_net.*``) comes from
+    the configuration stored in the checkpoint when it has one (this package's checkpoints,
+    e.g. the small variant of ``models/default.pth``), else from ``cfg`` (the original
+    checkpoints: the paper networks). Each returned network carries that stored configuration
+    as ``net.stored_config`` (None for an original file), so callers can adopt its input size
+    (``data.img_height`` / ``img_width``) and channel order (``data.bgr``).
+
     :param path: a training checkpoint of this package (``model_state_dict`` with
-        ``flow_net.*`` and ``depth_net.*`` keys) or an original TrianFlow ``.pth``.
+        ``flow_net.*`` and ``depth_net.*`` keys), an original TrianFlow ``.pth``, or
+        ``'default'``: the shipped ``models/default.pth`` (source tree, or
+        ``share/trianflow_ros/models`` of the install prefix / ``AMENT_PREFIX_PATH``).
     :param flow: build and load the flow network.
     :param depth: build and load the depth network.
-    :param cfg: network options (``flow_net.search_range``, ``depth_net.*``); defaults.
+    :param cfg: network options for files without a stored configuration; defaults.
     :return: (flow_net or None, depth_net or None), in eval mode on the CPU.
-    :raises CheckpointError: unreadable file, or the requested network is not in it.
+    :raises CheckpointError: unreadable file, invalid stored configuration, 'default' not
+        found, or the requested network is not in the file.
     """
-    cfg = cfg or Config()
-    flow_net = FlowNet(search_range=cfg.flow_net.search_range) if flow else None
-    depth_net = DepthNet(min_depth=cfg.depth_net.min_depth, max_depth=cfg.depth_net.max_depth,
-                         num_disp_scales=cfg.depth_net.num_disp_scales) if depth else None
-    state, _ = read_checkpoint(path)
+    if str(path) == 'default':
+        here = Path(__file__).resolve()
+        install_prefix = here.parents[min(5, len(here.parents) - 1)]
+        prefixes = [install_prefix] + [Path(p) for p in os.environ.get(
+            'AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+        candidates = [here.parents[2] / 'models' / 'default.pth'] + [
+            p / 'share' / 'trianflow_ros' / 'models' / 'default.pth' for p in prefixes]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise CheckpointError('checkpoint "default": models/default.pth is not installed '
+                                  f'(looked in {", ".join(map(str, candidates[:2]))}). Fix: '
+                                  'reinstall the package, or pass a .pth path.')
+        path = found[0]
+    state, extra = read_checkpoint(path)
+    stored = None
+    if 'config' in extra:
+        raw = torch.load(path, map_location='cpu', weights_only=True).get('config')
+        try:
+            stored = from_dict((yaml.safe_load(raw) if isinstance(raw, str) else raw) or {})
+        except (yaml.YAMLError, ConfigError, TypeError) as e:
+            raise CheckpointError(f'checkpoint {path}: its stored configuration is invalid: '
+                                  f'{e}. Fix: re-save it with the trainer.') from e
+    arch = stored or cfg or Config()
+    flow_net = FlowNet.from_config(arch) if flow else None
+    depth_net = DepthNet.from_config(arch) if depth else None
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     if any(k.startswith('flow_net.') for k in state):          # this package's layout
         for name, net in (('flow_net', flow_net), ('depth_net', depth_net)):
@@ -181,6 +213,7 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
     for net in (flow_net, depth_net):
         if net is not None:
             net.eval()
+            net.stored_config = stored
     return flow_net, depth_net
 
 
