@@ -113,15 +113,13 @@ class PoseNetModel(nn.Module):
             raise ValueError(f'PoseNetModel mode must be one of {MODES}, got {mode!r}')
         self.cfg = cfg
         self.mode = mode
-        self.depth_net = DepthNet(min_depth=cfg.depth_net.min_depth,
-                                  max_depth=cfg.depth_net.max_depth,
-                                  num_disp_scales=cfg.depth_net.num_disp_scales)
+        self.depth_net = DepthNet.from_config(cfg)
         if mode == 'posenet':
             self.pose_net = PoseNet()
             self.flow_net = None
         else:
             self.pose_net = FlowPoseNet()
-            self.flow_net = FlowNet(search_range=cfg.flow_net.search_range)
+            self.flow_net = FlowNet.from_config(cfg)
             self.flow_net.requires_grad_(False)
         self.weights = loss_weights(cfg)
 

@@ -299,10 +299,8 @@ class TrianFlowModel(nn.Module):
         """
         super().__init__()
         self.cfg = cfg
-        self.flow_net = FlowNet(search_range=cfg.flow_net.search_range)
-        self.depth_net = DepthNet(min_depth=cfg.depth_net.min_depth,
-                                  max_depth=cfg.depth_net.max_depth,
-                                  num_disp_scales=cfg.depth_net.num_disp_scales)
+        self.flow_net = FlowNet.from_config(cfg)      # variant (width_mult) from the config
+        self.depth_net = DepthNet.from_config(cfg)
         self.weights = loss_weights(cfg)
         self.geometry_calls = 0
 
