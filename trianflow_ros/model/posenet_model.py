@@ -182,14 +182,8 @@ class PoseNetModel(nn.Module):
                 depth2 = disp_to_depth(disp2, dc.min_depth, dc.max_depth)
                 if depth1_out is None:
                     depth1_out, depth2_out = depth1.detach(), depth2.detach()
-                for img_a, img_b, depth_a, depth_b, T_ba in (
-                        (img1, img2, depth1, depth2, T_21), (img2, img1, depth2, depth1, T_12)):
-                    p, c, _ = view_synthesis_losses(img_a, img_b, depth_a, depth_b, T_ba, K,
-                                                    self.cfg.loss.w_ssim)
-                    photo, consistency = photo + p, consistency + c
-                # on the inverse depth, as SC-SfMLearner's smoothness of the original baseline
-                smooth = (smooth + disparity_smoothness(1.0 / depth1, img1)
-                          + disparity_smoothness(1.0 / depth2, img2))
+                p, c, sm = self.pair_losses(img1, img2, depth1, depth2, T_21, T_12, K)
+                photo, consistency, smooth = photo + p, consistency + c, smooth + sm
         zero = img1.new_zeros(())
         losses = {k: zero for k in LOSS_KEYS}
         losses.update({'flow_error': photo.mean(), 'pj_depth_loss': consistency.mean(),
@@ -202,6 +196,25 @@ class PoseNetModel(nn.Module):
                            depth2=depth2_out, T_21=T_21.detach(),
                            geometry_ok=torch.ones(b, dtype=torch.bool, device=img1.device),
                            diagnostics=diagnostics)
+
+    def pair_losses(self, img1: torch.Tensor, img2: torch.Tensor, depth1: torch.Tensor,
+                    depth2: torch.Tensor, T_21: torch.Tensor, T_12: torch.Tensor,
+                    K: torch.Tensor):
+        """
+        Per-sample losses of one depth scale, both directions.
+
+        :return: photometric, depth-consistency and inverse-depth smoothness (the original
+            baseline's SC-SfMLearner smoothness), each of shape (B,). Differentiable.
+        """
+        photo = consistency = img1.new_zeros(img1.shape[0])
+        for img_a, img_b, depth_a, depth_b, T_ba in (
+                (img1, img2, depth1, depth2, T_21), (img2, img1, depth2, depth1, T_12)):
+            p, c, _ = view_synthesis_losses(img_a, img_b, depth_a, depth_b, T_ba, K,
+                                            self.cfg.loss.w_ssim)
+            photo, consistency = photo + p, consistency + c
+        smooth = (disparity_smoothness(1.0 / depth1, img1)
+                  + disparity_smoothness(1.0 / depth2, img2))
+        return photo, consistency, smooth
 
     def _check_stage(self, stage: Optional[str]) -> None:
         if stage is not None and stage != self.mode:

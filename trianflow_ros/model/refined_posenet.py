@@ -30,9 +30,8 @@ import torch.nn.functional as F
 
 from trianflow_ros.config import Config
 from trianflow_ros.geometry.refine import lm_refine
-from trianflow_ros.losses.smoothness import disparity_smoothness
 from trianflow_ros.model.outputs import LOSS_KEYS, ModelOutput, total_loss
-from trianflow_ros.model.posenet_model import PoseNetModel, view_synthesis_losses
+from trianflow_ros.model.posenet_model import PoseNetModel
 from trianflow_ros.model.trianflow import check_batch, frozen, full_precision
 from trianflow_ros.nets.depth_net import disp_to_depth
 from trianflow_ros.nets.feature_head import RefineFeatureHead
@@ -141,13 +140,8 @@ class RefinedPoseNetModel(PoseNetModel):
             distill = 0.5 * (distill[:b] + distill[b:])
             photo = consistency = smooth = img1.new_zeros(b)
             for d1, d2 in depths:
-                for img_a, img_b, depth_a, depth_b, T_ba in (
-                        (img1, img2, d1, d2, R_T21), (img2, img1, d2, d1, R_T12)):
-                    p, c, _ = view_synthesis_losses(img_a, img_b, depth_a, depth_b, T_ba, K,
-                                                    self.cfg.loss.w_ssim)
-                    photo, consistency = photo + p, consistency + c
-                smooth = (smooth + disparity_smoothness(1.0 / d1, img1)
-                          + disparity_smoothness(1.0 / d2, img2))
+                p, c, sm = self.pair_losses(img1, img2, d1, d2, R_T21, R_T12, K)
+                photo, consistency, smooth = photo + p, consistency + c, smooth + sm
         zero = img1.new_zeros(())
         losses = {k: zero for k in LOSS_KEYS}
         losses.update({'flow_error': photo.mean(), 'pj_depth_loss': consistency.mean(),
