@@ -10,7 +10,9 @@ Example::
 
 Arguments: ``params_file`` (ROS parameters of vo_node, default the package's config/vo.yaml),
 ``config_file`` (shared-config YAML loaded by the node before its ROS parameters),
-``checkpoint`` (weights; '' = models/default.pth if installed, else the classical pipeline),
+``checkpoint`` (weights; '' = models/default.pth if installed, else the classical pipeline;
+'default' = models/default.pth or an error; an original checkpoint such as kitti_odo.pth goes
+with ``config_file:=odo.yaml``),
 ``image`` and ``camera_info`` (the topics the node's ``image`` / ``camera_info`` are
 remapped to; with ``use_compressed`` the node reads ``<image>/compressed``),
 ``use_sim_time`` (bag replay with --clock) and ``rviz`` (start RViz with config/vo.rviz).
@@ -41,7 +43,8 @@ def generate_launch_description():
                                           'before the ROS parameters'),
         DeclareLaunchArgument('checkpoint', default_value='',
                               description="network weights; '' = models/default.pth if "
-                                          'installed, else classical (DIS flow)'),
+                                          "installed, else classical (DIS flow); 'default' = "
+                                          'models/default.pth (an error when missing)'),
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='input image topic (sensor_msgs/Image)'),
         DeclareLaunchArgument('camera_info', default_value='/camera/camera_info',

@@ -235,6 +235,23 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Tuple[str,
     :return: the state dict (``module.`` prefixes kept) and the other top-level keys.
     :raises CheckpointError: the file is missing, unreadable, or not such a dict.
     """
+    state, entries = read_checkpoint_entries(path)
+    return state, tuple(entries)
+
+
+def read_checkpoint_entries(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """
+    Read a checkpoint file once: its state dict and its other top-level entries.
+
+    Like :func:`read_checkpoint`, but the other entries (e.g. the ``config`` a checkpoint of
+    this package stores) come back with their values.
+
+    :param path: ``.pth`` file holding ``{'model_state_dict': {...}, ...}`` (a bare state dict
+        is accepted too).
+    :return: the state dict (``module.`` prefixes kept) and ``{key: value}`` of the other
+        top-level entries (empty for a bare state dict).
+    :raises CheckpointError: the file is missing, unreadable, or not such a dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint file not found: {path}. Fix: pass the path of an '
@@ -251,9 +268,9 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Tuple[str,
             'model.state_dict()}, path).') from e
     if isinstance(obj, dict) and 'model_state_dict' in obj:
         state = obj['model_state_dict']
-        extra = tuple(str(k) for k in obj if k != 'model_state_dict')
+        extra = {str(k): v for k, v in obj.items() if k != 'model_state_dict'}
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state, extra = obj, ()
+        state, extra = obj, {}
     else:
         found = (f'a dict with keys {sorted(map(str, obj))[:MAX_LISTED]}'
                  if isinstance(obj, dict) else f'a {type(obj).__name__}')
@@ -311,7 +328,9 @@ def _layout_name(prefixes: Mapping[str, str]) -> str:
 
 def load_original_checkpoint(path: PathLike, depth_net: Optional[nn.Module] = None,
                              flow_net: Optional[nn.Module] = None,
-                             pose_net: Optional[nn.Module] = None) -> OriginalCheckpointReport:
+                             pose_net: Optional[nn.Module] = None, *,
+                             preloaded: Optional[Tuple[Mapping[str, Any], Sequence[str]]] = None
+                             ) -> OriginalCheckpointReport:
     """
     Load an original TrianFlow checkpoint into the given networks, with strict checks.
 
@@ -325,11 +344,15 @@ def load_original_checkpoint(path: PathLike, depth_net: Optional[nn.Module] = No
         or None.
     :param pose_net: a :class:`~trianflow_ros.nets.posenet.FlowPoseNet` to fill from
         ``pose_net.*``, or None.
+    :param preloaded: ``(state dict, other top-level keys)`` of ``path`` as
+        :func:`read_checkpoint` returns them, when the caller has read the file already (it is
+        then not read again).
     :return: what the file contained and what was loaded.
     :raises CheckpointError: unreadable file, keys of no known network, a requested network
         absent from the file, or missing / unexpected / mis-shaped keys.
     """
-    state, extra = read_checkpoint(path)
+    state, extra = preloaded if preloaded is not None else read_checkpoint(path)
+    extra = tuple(extra)
     stripped = ''
     if any(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         stripped = DATA_PARALLEL_PREFIX

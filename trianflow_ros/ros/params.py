@@ -6,7 +6,10 @@ configuration tree, e.g. ``config/kitti.yaml``), then ROS parameters (``--ros-ar
 ``--params-file``, launch). The config fields ``vo.*``, ``geometry.*``, ``data.img_height``,
 ``data.img_width`` and ``flow_net.fb_*`` are ROS parameters with the same dotted names, whose
 defaults are the values after ``config_file``; ``vo.device`` and ``vo.checkpoint`` are the
-node parameters ``device`` and ``checkpoint``.
+node parameters ``device`` and ``checkpoint``. With learned weights whose checkpoint stores a
+configuration, the network-defined fields (input size, ``data.bgr``, network variant) come from
+the checkpoint instead, unless ``data.img_height`` / ``data.img_width`` are given as ROS
+parameters (:meth:`NodeParameters.explicit_config_keys`; see ``vo_node``).
 
 Every parameter has a ParameterDescriptor with its description and, for numbers, a
 FloatingPointRange / IntegerRange from the config's bounds. :func:`check_value` (used by the
@@ -26,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from trianflow_ros.config import Config, ConfigError, field_specs, load_config, set_value
-from trianflow_ros.config import validate
+from trianflow_ros.config import Config, ConfigError, field_specs, flatten, load_config
+from trianflow_ros.config import set_value, validate
 
 #: The config fields read once when the odometry is built: read-only parameters.
 READ_ONLY_CONFIG = ('vo.flow_provider', 'vo.depth_provider', 'vo.dis_preset',
@@ -65,7 +68,10 @@ def node_param_specs() -> List[ParamSpec]:
           'parameters override single fields', read_only=True),
         P('checkpoint', '', "network weights (.pth). '' = models/default.pth of the package "
           '(share or source tree) when it exists, else the classical pipeline (DIS flow, no '
-          'depth network)', read_only=True),
+          "depth network); 'default' = models/default.pth (an error when missing). A "
+          'checkpoint that stores its training config sets the network variant, input size '
+          'and channel order (data.img_height / data.img_width given as parameters still '
+          'win); original ones (kitti_odo.pth) need config_file:=odo.yaml', read_only=True),
         P('fallback_to_classical', False, 'when the weights cannot be loaded: false = log an '
           'error and exit (never silently run something else), true = warn and run the '
           'classical pipeline', read_only=True),
@@ -321,6 +327,32 @@ class NodeParameters:
             if r:
                 reasons.append(r)
         return '; '.join(reasons) if reasons else None
+
+    def explicit_config_keys(self) -> List[str]:
+        """
+        Return the config keys of the mapped parameters the user set explicitly.
+
+        A parameter counts when a value was given for it (command line, parameter file,
+        launch: the node's parameter overrides) or its value differs from its declared default
+        (the value after ``config_file``).
+        """
+        overrides = getattr(self.node, '_parameter_overrides', None) or {}
+        return [s.config_key for name, s in self.specs.items()
+                if s.config_key is not None
+                and (name in overrides or self.values[name] != s.default)]
+
+    def adopt(self, cfg: Config) -> None:
+        """
+        Take the values of the mapped parameters from ``cfg`` (the configuration in use).
+
+        After the odometry adopted a checkpoint's input size, later parameter changes then
+        start from that size instead of reverting it. The ROS parameters themselves keep the
+        values they were declared with (read-only ones cannot be set).
+        """
+        flat = flatten(cfg)
+        for name, spec in self.specs.items():
+            if spec.config_key in flat and self.values[name] != AUTO:
+                self.values[name] = flat[spec.config_key]
 
     def config(self, overrides: Optional[Dict[str, Any]] = None,
                base: Optional[Config] = None) -> Config:

@@ -34,9 +34,17 @@ twist (in base_frame) is the base motion since the previous published frame over
 difference. ``T_base_cam`` comes from TF (tf2_ros, when importable) or ``base_to_camera``.
 
 Weights: ``checkpoint`` parameter > ``vo.checkpoint`` of ``config_file`` > ``models/default.pth``
-(package share, then source tree) when it exists > classical (DIS flow, no depth network).
+(package share, then source tree) when it exists > classical (DIS flow, no depth network);
+``checkpoint:=default`` names ``models/default.pth`` explicitly (an error when it is missing).
 Weights that were asked for but cannot be loaded stop the node at start-up with an error (exit
-status 1) unless ``fallback_to_classical`` is true.
+status 1) unless ``fallback_to_classical`` is true. A checkpoint of this package stores the
+configuration it was trained with: the network variant, the input size ``data.img_height`` /
+``data.img_width``, ``data.bgr`` and the depth range are taken from it (logged at start-up,
+:func:`~trianflow_ros.vo.providers.network_config`), over ``config_file`` and the defaults;
+only the ROS parameters ``data.img_height`` / ``data.img_width``, when given (command line,
+parameter file, launch), keep the user's input size. The original checkpoints (no stored
+configuration) use the parameters as they are: ``kitti_odo.pth`` needs
+``config_file:=odo.yaml`` (256x832, BGR).
 
 Real time: the subscription callbacks only pair and store the newest frame in a one-slot buffer;
 a worker thread runs the odometry. A frame that arrives while the slot is full replaces the one
@@ -55,7 +63,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path as PathMsg
@@ -75,11 +83,14 @@ from std_srvs.srv import Trigger
 import torch
 
 from trianflow_ros.config import Config, ConfigError
+from trianflow_ros.nets.checkpoint import CheckpointError
 from trianflow_ros.ros import conversions as conv
 from trianflow_ros.ros.params import AUTO, camera_matrix_or_none, NodeParameters
 from trianflow_ros.ros.sync import stamp_to_ns, StampSynchronizer
 from trianflow_ros.ros.tf import ExtrinsicsProvider, make_broadcasters
 from trianflow_ros.vo.odometry import VisualOdometry
+from trianflow_ros.vo.providers import (DEFAULT_CHECKPOINT, find_default_checkpoint,
+                                        network_config, resolve_checkpoint)
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 try:  # a ROS install has message_filters; the PyPI wheels do not
@@ -89,7 +100,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 PACKAGE = 'trianflow_ros'
 #: Weights used when the checkpoint parameter is empty (package share, then source tree).
-DEFAULT_WEIGHTS = 'models/default.pth'
+DEFAULT_WEIGHTS = DEFAULT_CHECKPOINT
 #: Seconds between repeated warnings of one kind.
 WARN_PERIOD = 5.0
 #: Reasons a frame is rejected (keys of the diagnostics' rejected_* values).
@@ -107,18 +118,7 @@ class StartupError(RuntimeError):
 
 def default_weights() -> Optional[Path]:
     """Return ``models/default.pth`` of the installed package or the source tree, if present."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(Path(get_package_share_directory(PACKAGE, print_warning=False))
-                          / DEFAULT_WEIGHTS)
-    except Exception:  # not installed / no ament index
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / DEFAULT_WEIGHTS)
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
+    return find_default_checkpoint()
 
 
 def resolve_weights(param: str, cfg: Config) -> Tuple[str, str]:
@@ -128,6 +128,11 @@ def resolve_weights(param: str, cfg: Config) -> Tuple[str, str]:
     :raises StartupError: an explicitly named file does not exist.
     """
     for value, source in ((param, 'checkpoint parameter'), (cfg.vo.checkpoint, 'config_file')):
+        if value == 'default':
+            try:
+                return str(resolve_checkpoint(value)), f'{source} (default)'
+            except CheckpointError as e:
+                raise StartupError(f"{e} Or: checkpoint:='' for the classical pipeline") from e
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
@@ -142,10 +147,14 @@ def resolve_weights(param: str, cfg: Config) -> Tuple[str, str]:
 
 
 def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, logger,
-                   flow: str = AUTO, depth: str = AUTO
+                   flow: str = AUTO, depth: str = AUTO, explicit: Iterable[str] = ()
                    ) -> Tuple[VisualOdometry, Dict[str, str]]:
     """
     Build the VisualOdometry of the node.
+
+    With learned networks the network-defined settings of the checkpoint are adopted
+    (``network_config``; the rule of the module docstring) and logged; ``vo.cfg`` is the
+    configuration actually used.
 
     :param cfg: the resolved config.
     :param checkpoint: the ``checkpoint`` parameter.
@@ -154,7 +163,10 @@ def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, lo
     :param logger: where warnings go.
     :param flow: ``vo.flow_provider`` parameter ('auto', 'dis', 'net').
     :param depth: ``vo.depth_provider`` parameter ('auto', 'none', 'net').
-    :return: the odometry and a description (flow, depth, weights, device) for diagnostics.
+    :param explicit: dotted config names set explicitly by ROS parameters (only
+        ``data.img_height`` / ``data.img_width`` then keep their value over the checkpoint's).
+    :return: the odometry and a description (flow, depth, weights, device, network input)
+        for diagnostics.
     :raises StartupError: weights requested but unusable (and no fallback).
     """
     cfg = copy.deepcopy(cfg)
@@ -176,7 +188,12 @@ def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, lo
     cfg.vo.checkpoint = weights if (flow == 'net' or depth == 'net') else ''
     cfg.vo.device = device
     try:
-        vo = VisualOdometry(cfg, device=device)
+        net_cfg = cfg
+        if cfg.vo.checkpoint:
+            net_cfg, notes = network_config(cfg.vo.checkpoint, cfg, explicit)
+            for note in notes:
+                logger.info(note)
+        vo = VisualOdometry(net_cfg, device=device)
     except Exception as e:  # CheckpointError, OSError, RuntimeError of torch.load
         if not fallback:
             raise StartupError(
@@ -189,8 +206,11 @@ def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, lo
         cfg.vo.flow_provider, cfg.vo.depth_provider, cfg.vo.checkpoint = 'dis', 'none', ''
         flow, depth, weights, source = 'dis', 'none', '', 'fallback (classical)'
         vo = VisualOdometry(cfg, device=device)
+    used = vo.cfg.data
+    order = 'bgr' if used.bgr else 'rgb'
     return vo, {'flow': flow, 'depth': depth, 'weights': weights or '(none)',
-                'weights_source': source, 'device': str(vo.device)}
+                'weights_source': source, 'device': str(vo.device),
+                'network_input': f'{used.img_width}x{used.img_height} {order}'}
 
 
 class _Stats:
@@ -232,7 +252,10 @@ class VONode(Node):
         p = self.params
         self.vo, self.info = build_odometry(cfg, p['checkpoint'], p['device'],
                                             p['fallback_to_classical'], log,
-                                            p['vo.flow_provider'], p['vo.depth_provider'])
+                                            p['vo.flow_provider'], p['vo.depth_provider'],
+                                            p.explicit_config_keys())
+        cfg = self.vo.cfg
+        p.adopt(cfg)     # later parameter changes start from the sizes actually used
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._stats = _Stats()
@@ -286,6 +309,7 @@ class VONode(Node):
         log.info(f"visual odometry ready: flow={self.info['flow']} depth={self.info['depth']} "
                  f"weights={self.info['weights']} ({self.info['weights_source']}) "
                  f"device={self.info['device']} working resolution={size} "
+                 f"channels={'bgr' if cfg.data.bgr else 'rgb'} "
                  f"image_qos={p['image_qos']} sync={self.info['sync']} tf={self.info['tf']}")
 
     # ----------------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ Examples::
     trianflow-vo kitti ROOT --sequence 06 --stride 3 --out out/06_s3 --profile
     trianflow-vo tum ROOT/rgbd_dataset_freiburg1_xyz --out out/fr1 --set vo.resolution=native
     trianflow-vo images DIR --intrinsics DIR/intrinsics.txt --rate 10 --out out/mine
-    trianflow-vo kitti ROOT --sequence 09 --flow net --checkpoint kitti_odo.pth --out out/09
+    trianflow-vo kitti ROOT --sequence 09 --config config/odo.yaml --flow net \
+        --checkpoint kitti_odo.pth --out out/09       # an original TrianFlow checkpoint
+    trianflow-vo kitti ROOT --sequence 09 --flow net --checkpoint default --out out/09d
+
+Weights: ``--checkpoint default`` is the shipped ``models/default.pth``. A checkpoint written by
+``trianflow-train`` stores its configuration; the network variant, ``data.img_height`` /
+``img_width``, ``data.bgr`` and the depth range are taken from it (logged), and only
+``--set data.img_height=H`` / ``--set data.img_width=W`` override its input size. The original
+checkpoints store none: give their layout, ``--config config/odo.yaml`` (256x832, BGR).
 
 Written into ``--out``: ``poses_kitti.txt`` (12 numbers a line, ``T_world_cam`` of every
 processed frame, the first is the identity), ``poses_tum.txt`` (stamp tx ty tz qx qy qz qw;
@@ -35,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trianflow_ros.config import add_config_arguments, Config, config_from_args, ConfigError
-from trianflow_ros.config import dump_yaml
+from trianflow_ros.config import dump_yaml, parse_override
 from trianflow_ros.data.kitti_odometry import KittiOdometrySequence
 from trianflow_ros.data.registry import read_intrinsics_file
 from trianflow_ros.data.sample import DatasetError, load_image
@@ -45,6 +53,7 @@ from trianflow_ros.eval.plots import plot_trajectories
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
 from trianflow_ros.nets.checkpoint import CheckpointError
 from trianflow_ros.vo.odometry import STAGES, VisualOdometry
+from trianflow_ros.vo.providers import network_config, resolve_checkpoint
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 PROG = 'trianflow-vo'
@@ -151,7 +160,12 @@ def _common_options() -> argparse.ArgumentParser:
     p.add_argument('--depth', choices=('none', 'net'), default=None,
                    help='depth provider: none (scale propagated by triangulation) or net; '
                         'default: net when --checkpoint is given, else none')
-    p.add_argument('--checkpoint', default=None, help='checkpoint of the learned networks')
+    p.add_argument('--checkpoint', default=None,
+                   help="checkpoint of the learned networks: a .pth file, or 'default' (the "
+                        'shipped models/default.pth); a checkpoint with a stored config sets '
+                        'the network variant, input size and channel order (--set '
+                        'data.img_height/img_width still win); original ones (kitti_odo.pth) '
+                        'need --config config/odo.yaml')
     p.add_argument('--device', default=None, help='torch device (auto, cpu, cuda, cuda:N)')
     p.add_argument('--profile', action='store_true',
                    help='print the per-stage time table (flow, depth, select, solver, scale)')
@@ -186,8 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args) -> Config:
-    """Apply the command-line options onto the resolved configuration."""
+def resolve_config(args, log=None) -> Config:
+    """
+    Apply the command-line options onto the resolved configuration.
+
+    With learned networks (``--flow net`` / ``--depth net``) the checkpoint is resolved
+    (``default`` = ``models/default.pth``) and its network-defined settings are adopted
+    (:func:`~trianflow_ros.vo.providers.network_config`): a checkpoint with a stored
+    configuration sets ``data.img_height`` / ``img_width`` / ``bgr`` and the network variant;
+    only ``--set data.img_height=...`` / ``--set data.img_width=...`` keep the user's input
+    size. Without a stored configuration (the original checkpoints) ``--config`` / ``--set``
+    decide, e.g. ``--config config/odo.yaml`` for ``kitti_odo.pth``.
+
+    :param args: the parsed arguments.
+    :param log: where the notes go (one string per call); default: standard error.
+    :raises CliError: learned networks without a checkpoint.
+    :raises CheckpointError: an unreadable checkpoint, or ``default`` is not installed.
+    """
+    if log is None:
+        def log(text: str) -> None:
+            print(f'{PROG}: {text}', file=sys.stderr)
     cfg = config_from_args(args)
     if args.checkpoint:
         cfg.vo.checkpoint = args.checkpoint
@@ -199,9 +231,16 @@ def resolve_config(args) -> Config:
         cfg.vo.depth_provider = 'net'
     if args.device:
         cfg.vo.device = args.device
-    if 'net' in (cfg.vo.flow_provider, cfg.vo.depth_provider) and not cfg.vo.checkpoint:
-        raise CliError('--flow net / --depth net need --checkpoint PATH (no learned weights '
-                       'are bundled); use the classical flow (--flow dis) without one')
+    if 'net' in (cfg.vo.flow_provider, cfg.vo.depth_provider):
+        if not cfg.vo.checkpoint:
+            raise CliError('--flow net / --depth net need --checkpoint PATH (or --checkpoint '
+                           'default: models/default.pth when installed); use the classical '
+                           'flow (--flow dis) without one')
+        cfg.vo.checkpoint = str(resolve_checkpoint(cfg.vo.checkpoint))
+        explicit = [parse_override(text)[0] for text in args.overrides]
+        cfg, notes = network_config(cfg.vo.checkpoint, cfg, explicit)
+        for note in notes:
+            log(note)
     return cfg
 
 

@@ -81,8 +81,7 @@ from trianflow_ros.geometry.triangulation import (midpoint_triangulate, positive
                                                   ray_angle_mask)
 from trianflow_ros.geometry.warp import backward_warp, sample_at
 from trianflow_ros.vo import covariance as cov
-from trianflow_ros.vo.providers import (DepthProvider, FlowProvider, make_depth_provider,
-                                        make_flow_provider)
+from trianflow_ros.vo.providers import DepthProvider, FlowProvider, make_providers
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'total')
@@ -334,8 +333,7 @@ class VisualOdometry:
         self.cfg = cfg if cfg is not None else Config()
         validate(self.cfg)
         self.device = resolve_device(device if device is not None else self.cfg.vo.device)
-        self.flow = make_flow_provider(flow, self.cfg, self.device)
-        self.depth = make_depth_provider(depth, self.cfg, self.device)
+        self.flow, self.depth = make_providers(flow, depth, self.cfg, self.device)
         self.bgr = bgr
         self._refiner = None    # geometry.refine: the LM pose refinement, built on first use
         self.reset()

@@ -23,12 +23,26 @@ OracleDepthProvider      exact metric depth of a synthetic sequence (tests): met
 
 Checkpoints are read by :func:`load_networks`: this package's training checkpoints (keys
 ``flow_net.*`` / ``depth_net.*`` in ``model_state_dict``) and the original TrianFlow files
-(``load_original_checkpoint``), always with ``weights_only=True``.
+(``load_original_checkpoint``), always with ``weights_only=True``. ``'default'`` names the
+shipped ``models/default.pth`` (:func:`resolve_checkpoint`).
+
+Network-defined settings (:func:`network_config`, used by ``trianflow-vo`` and the ROS node):
+a checkpoint of this package stores the configuration it was trained with, and the fields of
+:data:`NETWORK_FIELDS` (architecture, input size, channel order, depth range) are taken from
+it, replacing the values of the user's configuration (defaults and ``--config`` / ``config_file``
+files). Only the input size (:data:`INPUT_SIZE_FIELDS`) yields to an explicit user setting
+(``--set data.img_height=H`` or the ROS parameters ``data.img_height`` / ``data.img_width``);
+an explicit value of another network field is ignored with a note. Files without a stored
+configuration (the original releases) use the user's configuration unchanged: the released
+weights need the paper layout (``config/odo.yaml``: 256x832, ``data.bgr`` true, width 1).
 """
 
+import copy
+import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -37,7 +51,7 @@ from torch import nn
 
 from trianflow_ros.config import Config, ConfigError, from_dict
 from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
-                                           load_state_dict_strict, read_checkpoint)
+                                           load_state_dict_strict, read_checkpoint_entries)
 from trianflow_ros.nets.depth_net import DepthNet
 from trianflow_ros.nets.flow_net import FlowNet
 import yaml
@@ -51,6 +65,20 @@ DIS_PRESETS = {'ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
                'medium': cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 #: ITU-R BT.601 luma weights of R, G, B.
 _LUMA = (0.299, 0.587, 0.114)
+#: Config fields a checkpoint's stored configuration defines (see the module docstring).
+NETWORK_FIELDS = ('data.img_height', 'data.img_width', 'data.bgr', 'flow_net.search_range',
+                  'flow_net.width_mult', 'depth_net.num_layers', 'depth_net.num_disp_scales',
+                  'depth_net.width_mult', 'depth_net.min_depth', 'depth_net.max_depth')
+#: The network fields an explicit user setting overrides (the networks are convolutional).
+INPUT_SIZE_FIELDS = ('data.img_height', 'data.img_width')
+#: The shipped weights, relative to the package share folder or the source tree.
+DEFAULT_CHECKPOINT = 'models/default.pth'
+#: How to get ``models/default.pth`` when it is missing (the fix of the error messages).
+DEFAULT_CHECKPOINT_FIX = ('train them with scripts/train_default_weights.sh (models/README.md '
+                          'says how) and install the package again, or pass the path of a '
+                          '.pth file instead (e.g. the original kitti_odo.pth together with '
+                          'config/odo.yaml)')
+PACKAGE = 'trianflow_ros'
 
 
 def _check_image(image: torch.Tensor, name: str) -> None:
@@ -148,6 +176,165 @@ class DISFlowProvider(FlowProvider):
         return tensor(f12), tensor(f21)
 
 
+def default_checkpoint_candidates() -> List[Path]:
+    """
+    Return where ``'default'`` (``models/default.pth``) is looked for, in this order.
+
+    The package share folder ``share/trianflow_ros/models`` of the install prefix of this
+    module and of every ``AMENT_PREFIX_PATH`` entry (an installed package), then the source
+    tree's ``models/``.
+    """
+    here = Path(__file__).resolve()
+    prefixes = [here.parents[min(5, len(here.parents) - 1)]] + [
+        Path(p) for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    candidates = [p / 'share' / PACKAGE / DEFAULT_CHECKPOINT for p in prefixes]
+    candidates.append(here.parents[2] / DEFAULT_CHECKPOINT)
+    return list(dict.fromkeys(candidates))
+
+
+def find_default_checkpoint() -> Optional[Path]:
+    """Return the first existing :func:`default_checkpoint_candidates` entry, or None."""
+    return next((c for c in default_checkpoint_candidates() if c.is_file()), None)
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """
+    Return the file a checkpoint option names: ``'default'`` is the shipped weights.
+
+    :param path: a file path (``~`` expanded) or ``'default'`` (``models/default.pth``, see
+        :func:`default_checkpoint_candidates`).
+    :raises CheckpointError: ``'default'`` and ``models/default.pth`` is not installed; the
+        message names the places looked in and how to train the weights.
+    """
+    if str(path) != 'default':
+        return Path(path).expanduser()
+    found = find_default_checkpoint()
+    if found is None:
+        looked = default_checkpoint_candidates()
+        shown = ', '.join(map(str, looked[-4:]))
+        more = f' (and {len(looked) - 4} more)' if len(looked) > 4 else ''
+        raise CheckpointError(f'checkpoint "default": {DEFAULT_CHECKPOINT} does not exist '
+                              f'(looked in {shown}{more}). The default weights are not shipped '
+                              f'yet. Fix: {DEFAULT_CHECKPOINT_FIX}.')
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointContents:
+    """
+    One checkpoint file as read by :func:`read_weights`.
+
+    :param path: the file (``'default'`` resolved).
+    :param state: its state dict (keys as stored).
+    :param entries: its other top-level entries (``config``, ``step``, ...).
+    :param stored: the configuration stored with it (this package's checkpoints), else None.
+    """
+
+    path: Path
+    state: Dict[str, torch.Tensor]
+    entries: Dict[str, Any]
+    stored: Optional[Config]
+
+
+# A file read by network_config, kept for the load_networks of the same file that follows
+# (so that building the odometry reads a checkpoint once); key: (path, mtime, size).
+_HANDOVER: Dict[Tuple[str, int, int], CheckpointContents] = {}
+_HANDOVER_LOCK = threading.Lock()
+
+
+def read_weights(path: PathLike, *, keep: bool = False) -> CheckpointContents:
+    """
+    Read a checkpoint file (``torch.load(..., weights_only=True)``) and its stored config.
+
+    :param path: a ``.pth`` path or ``'default'``.
+    :param keep: keep what was read for the next call on the same unchanged file (one file
+        is kept); a call without ``keep`` takes a kept file and forgets it.
+    :return: the contents.
+    :raises CheckpointError: missing / unreadable file, not a checkpoint, or an invalid stored
+        configuration.
+    """
+    path = resolve_checkpoint(path)
+    key = None
+    if path.is_file():
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        with _HANDOVER_LOCK:
+            if key in _HANDOVER:
+                return _HANDOVER[key] if keep else _HANDOVER.pop(key)
+    state, entries = read_checkpoint_entries(path)
+    stored = None
+    if entries.get('config') is not None:
+        raw = entries['config']
+        try:
+            stored = from_dict((yaml.safe_load(raw) if isinstance(raw, str) else raw) or {})
+        except (yaml.YAMLError, ConfigError, TypeError, AttributeError) as e:
+            raise CheckpointError(f'checkpoint {path}: its stored configuration is invalid: '
+                                  f'{e}. Fix: re-save it with the trainer.') from e
+    contents = CheckpointContents(path, state, entries, stored)
+    if keep and key is not None:
+        with _HANDOVER_LOCK:
+            _HANDOVER.clear()
+            _HANDOVER[key] = contents
+    return contents
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, name = dotted.split('.')
+    return getattr(getattr(cfg, section), name)
+
+
+def network_config(checkpoint: PathLike, cfg: Config, explicit: Iterable[str] = ()
+                   ) -> Tuple[Config, List[str]]:
+    """
+    Adopt the network-defined settings of a checkpoint (the rule of the module docstring).
+
+    The file is read once and kept for the :func:`load_networks` that builds the odometry.
+
+    :param checkpoint: a ``.pth`` path or ``'default'``.
+    :param cfg: the user's configuration (not modified).
+    :param explicit: dotted config names the user set explicitly (``--set`` keys, ROS
+        parameters given); of :data:`NETWORK_FIELDS` only :data:`INPUT_SIZE_FIELDS` keep the
+        user's value.
+    :return: a new configuration with the fields of :data:`NETWORK_FIELDS` from the stored
+        configuration (unchanged when the file has none), and lines for the log saying what
+        was taken from the checkpoint.
+    :raises CheckpointError: the file cannot be read (see :func:`read_weights`).
+    """
+    contents = read_weights(checkpoint, keep=True)
+    out = copy.deepcopy(cfg)
+    name = str(contents.path)
+    if contents.stored is None:
+        return out, [
+            f'{name} has no stored configuration (an original TrianFlow checkpoint): the '
+            f'networks and their input follow the configuration given: '
+            f'{cfg.data.img_width}x{cfg.data.img_height}, data.bgr={cfg.data.bgr}, width_mult '
+            f'{cfg.flow_net.width_mult}/{cfg.depth_net.width_mult} (the released weights need '
+            'the paper layout of config/odo.yaml: 256x832, data.bgr=true, width_mult 1)']
+    explicit = set(explicit)
+    taken, kept, ignored = [], [], []
+    for key in NETWORK_FIELDS:
+        theirs, mine = _get(contents.stored, key), _get(out, key)
+        if key in explicit and key in INPUT_SIZE_FIELDS:
+            if mine != theirs:
+                kept.append(f'{key}={mine} (checkpoint: {theirs})')
+            continue
+        if key in explicit and mine != theirs:
+            ignored.append(f'{key}={mine}')
+        section, field = key.split('.')
+        setattr(getattr(out, section), field, theirs)
+        taken.append(f'{key}={theirs}' + (f' (was {mine})' if mine != theirs else ''))
+    notes = [f'network settings taken from the stored configuration of {name}: '
+             + ', '.join(taken)]
+    if kept:
+        notes.append("input size set explicitly, used instead of the checkpoint's: "
+                     + ', '.join(kept))
+    if ignored:
+        notes.append(f'ignored explicit setting(s) {", ".join(ignored)}: the networks of {name} '
+                     'were trained with the stored values (only data.img_height / img_width '
+                     'can be overridden)')
+    return out, notes
+
+
 def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
                   cfg: Optional[Config] = None
                   ) -> Tuple[Optional[FlowNet], Optional[DepthNet]]:
@@ -158,13 +345,13 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
     the configuration stored in the checkpoint when it has one (this package's checkpoints,
     e.g. the small variant of ``models/default.pth``), else from ``cfg`` (the original
     checkpoints: the paper networks). Each returned network carries that stored configuration
-    as ``net.stored_config`` (None for an original file), so callers can adopt its input size
-    (``data.img_height`` / ``img_width``) and channel order (``data.bgr``).
+    as ``net.stored_config`` (None for an original file). The input size (``data.img_height``
+    / ``img_width``) and channel order (``data.bgr``) of the stored configuration are adopted
+    by :func:`network_config`, which callers run on their configuration first.
 
     :param path: a training checkpoint of this package (``model_state_dict`` with
         ``flow_net.*`` and ``depth_net.*`` keys), an original TrianFlow ``.pth``, or
-        ``'default'``: the shipped ``models/default.pth`` (source tree, or
-        ``share/trianflow_ros/models`` of the install prefix / ``AMENT_PREFIX_PATH``).
+        ``'default'``: the shipped ``models/default.pth`` (:func:`resolve_checkpoint`).
     :param flow: build and load the flow network.
     :param depth: build and load the depth network.
     :param cfg: network options for files without a stored configuration; defaults.
@@ -172,32 +359,13 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
     :raises CheckpointError: unreadable file, invalid stored configuration, 'default' not
         found, or the requested network is not in the file.
     """
-    if str(path) == 'default':
-        here = Path(__file__).resolve()
-        install_prefix = here.parents[min(5, len(here.parents) - 1)]
-        prefixes = [install_prefix] + [Path(p) for p in os.environ.get(
-            'AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
-        candidates = [here.parents[2] / 'models' / 'default.pth'] + [
-            p / 'share' / 'trianflow_ros' / 'models' / 'default.pth' for p in prefixes]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise CheckpointError('checkpoint "default": models/default.pth is not installed '
-                                  f'(looked in {", ".join(map(str, candidates[:2]))}). Fix: '
-                                  'reinstall the package, or pass a .pth path.')
-        path = found[0]
-    state, extra = read_checkpoint(path)
-    stored = None
-    if 'config' in extra:
-        raw = torch.load(path, map_location='cpu', weights_only=True).get('config')
-        try:
-            stored = from_dict((yaml.safe_load(raw) if isinstance(raw, str) else raw) or {})
-        except (yaml.YAMLError, ConfigError, TypeError) as e:
-            raise CheckpointError(f'checkpoint {path}: its stored configuration is invalid: '
-                                  f'{e}. Fix: re-save it with the trainer.') from e
+    contents = read_weights(path)
+    path, stored = contents.path, contents.stored
     arch = stored or cfg or Config()
     flow_net = FlowNet.from_config(arch) if flow else None
     depth_net = DepthNet.from_config(arch) if depth else None
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    state = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in contents.state.items()}
     if any(k.startswith('flow_net.') for k in state):          # this package's layout
         for name, net in (('flow_net', flow_net), ('depth_net', depth_net)):
             if net is None:
@@ -209,7 +377,8 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
                                       f'run without it (e.g. --flow dis / no depth).')
             load_state_dict_strict(net, sub, f'checkpoint {path}', key_prefix=name + '.')
     else:
-        load_original_checkpoint(path, depth_net=depth_net, flow_net=flow_net)
+        load_original_checkpoint(path, depth_net=depth_net, flow_net=flow_net,
+                                 preloaded=(contents.state, tuple(contents.entries)))
     for net in (flow_net, depth_net):
         if net is not None:
             net.eval()
@@ -424,3 +593,27 @@ def make_depth_provider(spec=None, cfg: Optional[Config] = None,
     if isinstance(spec, str) and spec == 'none':
         return None
     return NetworkDepthProvider(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
+
+
+def make_providers(flow=None, depth=None, cfg: Optional[Config] = None,
+                   device: Optional[torch.device] = None
+                   ) -> Tuple[FlowProvider, Optional[DepthProvider]]:
+    """
+    Return (flow provider, depth provider or None), reading a shared checkpoint once.
+
+    As :func:`make_flow_provider` and :func:`make_depth_provider`, except that a checkpoint
+    that serves both networks is read once for both.
+
+    :param flow: flow specification (see :func:`make_flow_provider`).
+    :param depth: depth specification (see :func:`make_depth_provider`).
+    :param cfg: the configuration (defaults when None).
+    :param device: device of the networks.
+    """
+    cfg = cfg or Config()
+    if flow is None and depth is None and cfg.vo.flow_provider == 'net' \
+            and cfg.vo.depth_provider == 'net' and cfg.vo.checkpoint:
+        flow = depth = cfg.vo.checkpoint
+    if isinstance(flow, (str, Path)) and isinstance(depth, (str, Path)) \
+            and str(flow) == str(depth) and str(flow) not in ('dis', 'none'):
+        flow, depth = load_networks(flow, cfg=cfg)
+    return make_flow_provider(flow, cfg, device), make_depth_provider(depth, cfg, device)
