@@ -164,3 +164,23 @@ def test_one_cpu_thread_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_recover_pose_depths_agree_with_triangulation():
+    # the closed-form depths of the cheirality vote against mid-point triangulation: same
+    # signs and depth cut for all but (nearly) parallel rays, with noise
+    from trianflow_ros.geometry.triangulation import midpoint_channels_first
+    R, t = _motions(4, seed=6)
+    x1, x2, K, keep = _scene(R, t, 2000, seed=6, noise=0.5)
+    res = recover_pose(skew(t) @ R, x1, x2, K, K, keep)
+    Ki = torch.linalg.inv(K)
+    y1 = Ki @ torch.cat((x1, torch.ones_like(x1[..., :1])), -1).transpose(1, 2)
+    y2 = Ki @ torch.cat((x2, torch.ones_like(x2[..., :1])), -1).transpose(1, 2)
+    Rt = res.R.transpose(1, 2)
+    X = midpoint_channels_first(y1, Rt @ y2, -(Rt @ res.t.unsqueeze(-1)))
+    z1 = X[:, 2]
+    z2 = (res.R[:, 2:3] @ X)[:, 0] + res.t[:, 2:3]
+    ok = (z1 > 0) & (z2 > 0) & (z1 < 50.0) & (z2 < 50.0) & keep
+    agree = (ok == res.positive).double().mean().item()
+    assert agree > 0.999, agree
+    assert torch.equal(res.num_positive, res.positive.sum(1))

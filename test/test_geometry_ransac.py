@@ -8,7 +8,7 @@ from trianflow_ros.geometry.camera import project
 from trianflow_ros.geometry.epipolar import essential_from_fundamental, sampson_distance
 from trianflow_ros.geometry.pose import recover_pose
 from trianflow_ros.geometry.ransac import ransac_essential, ransac_fundamental, RansacResult
-from trianflow_ros.geometry.se3 import direction_error_deg, rotation_error_deg, so3_exp
+from trianflow_ros.geometry.se3 import direction_error_deg, rotation_error_deg, skew, so3_exp
 
 FX, CX, CY, WIDTH, HEIGHT = 718.9, 607.2, 185.2, 1241, 376
 NOISE_PX = 0.3
@@ -244,3 +244,116 @@ def test_ransac_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _rays(x, K):
+    """Channels-first rays K^-1 [x, 1] (B, 3, N)."""
+    return torch.linalg.solve(K, torch.cat((x, torch.ones_like(x[..., :1])), -1).transpose(1, 2))
+
+
+def test_sampson_terms_equal_the_pixel_sampson_distance():
+    from trianflow_ros.geometry.ransac import _model_terms, _sampson_features
+    x1, x2, K, R, t, _ = _scene(2, 300, seed=12)
+    K2 = K.clone()
+    K2[:, 0, 0] *= 1.1                                   # fx != fy, different cameras
+    K2[:, 0, 1] = 2.0                                    # skew
+    y1, y2 = _rays(x1, K), _rays(x2, K2)
+    L1 = torch.linalg.inv(K)[:, :2, :2].transpose(1, 2)
+    L2 = torch.linalg.inv(K2)[:, :2, :2].transpose(1, 2)
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(2, 3, 3, 3, generator=g, dtype=x1.dtype)           # 3 models per pair
+    W = _sampson_features(y1, y2)
+    assert W.shape == (2, 17, 300)
+    e, den = _model_terms(M, W, L1, L2)
+    assert e.shape == den.shape == (2, 3, 300)
+    h1 = torch.cat((x1, torch.ones_like(x1[..., :1])), -1)
+    h2 = torch.cat((x2, torch.ones_like(x2[..., :1])), -1)
+    for k in range(3):
+        # H&Z eq. 11.9 in pixels (sampson_distance adds an epsilon to the denominator)
+        F = torch.linalg.inv(K2).transpose(1, 2) @ M[:, k] @ torch.linalg.inv(K)
+        l2, l1 = h1 @ F.transpose(1, 2), h2 @ F
+        ref = (h2 * l2).sum(-1).abs() / (l2[..., :2].square().sum(-1)
+                                         + l1[..., :2].square().sum(-1)).sqrt()
+        assert torch.allclose(e[:, k].abs() / den[:, k].sqrt(), ref, rtol=1e-10)
+
+
+def test_sampson_rt_gradient_matches_finite_differences():
+    from trianflow_ros.geometry.ransac import (_cayley, _sampson_features, _sampson_rt,
+                                               _STEP_MAP, _tangent_frame)
+    x1, x2, K, R, t, _ = _scene(1, 400, seed=13, outliers=0.0)
+    y1, y2 = _rays(x1, K), _rays(x2, K)
+    L = torch.linalg.inv(K)[:, :2, :2].transpose(1, 2)
+    W = _sampson_features(y1, y2)
+    w = torch.rand(1, 400, generator=torch.Generator().manual_seed(1), dtype=x1.dtype)
+    # a perturbed model, so that the residuals and the gradient are not zero
+    RF = torch.stack((R @ so3_exp(torch.tensor([[1e-3, -2e-3, 1e-3]], dtype=x1.dtype)),
+                      _tangent_frame(t + 0.02)), dim=1)
+    RF[:, 1] = _tangent_frame(RF[:, 1, :, 2] / RF[:, 1, :, 2].norm(dim=-1, keepdim=True))
+    c2 = 0.3 ** 2
+    cost, H, g, r = _sampson_rt(RF, W, L, L, c2, w)
+    assert H.shape == (1, 5, 5) and g.shape == (1, 5) and r.shape == (1, 400)
+    assert torch.allclose(H, H.transpose(1, 2)) and torch.linalg.eigvalsh(H).min() >= -1e-9
+    # g = sum_i w_i r_i dr_i / (1 + r_i^2 / c2) = c2 / 2 * d cost, along the LM step directions
+    eps = 1e-7
+    for k in range(5):
+        step = torch.zeros(1, 5, dtype=x1.dtype)
+        step[0, k] = eps
+        inc = _cayley((step @ _STEP_MAP).reshape(1, 2, 3))
+        cp = _sampson_rt(RF @ inc, W, L, L, c2, w)[0]
+        inc = _cayley((-step @ _STEP_MAP).reshape(1, 2, 3))
+        cm = _sampson_rt(RF @ inc, W, L, L, c2, w)[0]
+        numeric = c2 / 2 * (cp - cm) / (2 * eps)
+        assert abs(numeric.item() - g[0, k].item()) < 1e-5 * g.abs().max().item() + 1e-9, k
+
+
+def test_cayley_rotations():
+    from trianflow_ros.geometry.ransac import _cayley
+    phi = torch.tensor([[0.0, 0.0, 0.0], [1e-3, -2e-3, 5e-4], [0.3, 0.2, -0.1]],
+                       dtype=torch.float64)
+    Rc = _cayley(phi)
+    eye = torch.eye(3, dtype=phi.dtype).expand(3, 3, 3)
+    assert torch.allclose(Rc @ Rc.transpose(1, 2), eye, atol=1e-14)
+    assert torch.allclose(torch.linalg.det(Rc), torch.ones(3, dtype=phi.dtype))
+    assert torch.equal(Rc[0], torch.eye(3, dtype=phi.dtype))
+    # second-order agreement with the exponential map: error O(|phi|^3)
+    assert (Rc[1] - so3_exp(phi[1:2])[0]).abs().max() < 1e-8
+
+
+def test_ransac_essential_large_point_sets():
+    # more than 2 * REFINE_POINTS points: the refinement iterates on a subset, then one step on
+    # all points; exact without noise (also batched), reproducible, accurate with noise
+    from trianflow_ros.geometry.ransac import REFINE_POINTS
+    n = 2 * REFINE_POINTS + 500
+    x1, x2, K, R, t, is_out = _scene(3, n, seed=14, noise=0.0, outliers=0.3)
+    res = ransac_essential(x1, x2, K, K, generator=_gen(0))
+    assert res.model.shape == (3, 3, 3) and res.inliers.shape == (3, n)
+    assert bool((res.inliers | is_out).all())
+    # (not 0: outliers that land within a pixel of their epipolar line enter the robust
+    # refinement with a small Cauchy weight)
+    rot, tdir = _pose_errors(res.model, x1, x2, K, res.inliers, R, t)
+    assert rot.max().item() < 1e-3 and tdir.max().item() < 1e-2
+    single = ransac_essential(x1[1:2], x2[1:2], K[1:2], K[1:2], generator=_gen(0))
+    sign = torch.sign((res.model[1] * single.model[0]).sum())
+    assert (res.model[1] - sign * single.model[0]).abs().max().item() < 1e-8
+    again = ransac_essential(x1, x2, K, K, generator=_gen(0))
+    assert torch.equal(again.model, res.model) and torch.equal(again.inliers, res.inliers)
+    x1, x2, K, R, t, is_out = _scene(3, n, seed=15)
+    res = ransac_essential(x1, x2, K, K, generator=_gen(0))
+    _check_inliers(res, is_out)
+    rot, tdir = _pose_errors(res.model, x1, x2, K, res.inliers, R, t)
+    assert rot.max().item() < ROT_TOL_DEG and tdir.max().item() < TDIR_TOL_DEG
+
+
+def test_refine_essential_noise_scale():
+    from trianflow_ros.geometry.ransac import refine_essential
+    x1, x2, K, R, t, _ = _scene(2, 800, seed=16, outliers=0.0)
+    y1, y2 = _rays(x1, K), _rays(x2, K)
+    L = torch.linalg.inv(K)[:, :2, :2].transpose(1, 2)
+    E0 = skew(t) @ R @ so3_exp(torch.tensor([[2e-3, 0.0, -1e-3]], dtype=x1.dtype))
+    w = torch.ones(2, 800, dtype=x1.dtype)
+    for noise_scale in (0.0, 2.0):
+        E = refine_essential(E0, y1, y2, L, L, w, 0.5, noise_scale=noise_scale)
+        assert E.shape == (2, 3, 3)
+        assert torch.allclose(E.flatten(1).norm(dim=1), torch.ones(2, dtype=E.dtype))
+        rot, tdir = _pose_errors(E, x1, x2, K, w > 0, R, t)
+        assert rot.max().item() < ROT_TOL_DEG and tdir.max().item() < TDIR_TOL_DEG

@@ -257,7 +257,14 @@ _MONOMIALS = _CUBIC + _BASIS
 
 
 def _five_point_tables():
-    """Monomial product table (20, 20, 20) and the rows of the action matrix of x."""
+    """
+    Product tables of the five-point polynomials and the rows of the action matrix of x.
+
+    A linear polynomial has the 4 coefficients of monomials 16-19 (x, y, z, 1), a quadratic one
+    the 10 of monomials 10-19. ``lin_lin`` (16, 10) maps the outer product of two linear
+    coefficient vectors (row 4 a + b) to the quadratic product; ``quad_lin`` (40, 20) maps that of
+    a quadratic and a linear one (row 4 a + b) to the cubic product over all 20 monomials.
+    """
     index = {m: i for i, m in enumerate(_MONOMIALS)}
     n = len(_MONOMIALS)
     product = torch.zeros(n, n, n, dtype=torch.float64)
@@ -266,14 +273,16 @@ def _five_point_tables():
             mc = tuple(i + j for i, j in zip(ma, mb))
             if mc in index:
                 product[a, b, index[mc]] = 1.0
+    lin_lin = product[16:, 16:, 10:].reshape(16, 10).contiguous()
+    quad_lin = product[10:, 16:].reshape(40, n).contiguous()
     # x * basis_j is either a cubic monomial (an elimination row) or again a basis monomial
     source = [(_CUBIC.index(mc), True) if mc in _CUBIC else (_BASIS.index(mc), False)
               for mc in ((m[0] + 1, m[1], m[2]) for m in _BASIS)]
-    return (product, torch.tensor([s for s, _ in source]),
+    return (lin_lin, quad_lin, torch.tensor([s for s, _ in source]),
             torch.tensor([c for _, c in source]))
 
 
-_PRODUCT, _ACTION_SOURCE, _ACTION_IS_CUBIC = _five_point_tables()
+_LIN_LIN, _QUAD_LIN, _ACTION_SOURCE, _ACTION_IS_CUBIC = _five_point_tables()
 
 
 def five_point(y1: torch.Tensor, y2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -300,26 +309,28 @@ def five_point(y1: torch.Tensor, y2: torch.Tensor) -> Tuple[torch.Tensor, torch.
     s = A.shape[0]
     # null space: the last 4 columns of the complete QR factorisation of A^T
     Q, _ = torch.linalg.qr(A.transpose(1, 2), mode='complete')
-    N = Q[:, :, 5:].transpose(1, 2).reshape(s, 4, 3, 3)                 # X, Y, Z, W
-    # polynomial products through monomial tables; E is linear: 4 coefficients (x, y, z, 1)
-    T11 = _PRODUCT[16:, 16:].to(A)                                        # (4, 4, 20)
-    T21 = _PRODUCT[:, 16:].to(A)                                          # (20, 4, 20)
-    E = N.permute(0, 2, 3, 1)                                             # (S, 3, 3, 4)
-
-    def mul11(p, q):
-        return torch.einsum('sa,sb,abc->sc', p, q, T11)
-
-    def mul21(p, q):
-        return torch.einsum('sa,sb,abc->sc', p, q, T21)
-
-    EEt = torch.einsum('sika,sjkb,abc->sijc', E, E, T11)                  # (S, 3, 3, 20)
-    trace = EEt[:, 0, 0] + EEt[:, 1, 1] + EEt[:, 2, 2]
-    cubic = 2.0 * torch.einsum('sika,skjb,abc->sijc', EEt, E, T21) - \
-        torch.einsum('sa,sijb,abc->sijc', trace, E, T21)                  # (S, 3, 3, 20)
-    det = mul21(mul11(E[:, 1, 1], E[:, 2, 2]) - mul11(E[:, 1, 2], E[:, 2, 1]), E[:, 0, 0]) - \
-        mul21(mul11(E[:, 1, 0], E[:, 2, 2]) - mul11(E[:, 1, 2], E[:, 2, 0]), E[:, 0, 1]) + \
-        mul21(mul11(E[:, 1, 0], E[:, 2, 1]) - mul11(E[:, 1, 1], E[:, 2, 0]), E[:, 0, 2])
-    M = torch.cat((cubic.reshape(s, 9, 20), det.unsqueeze(1)), dim=1)     # (S, 10, 20)
+    N = Q[:, :, 5:]                                                       # (S, 9, 4): X Y Z W
+    # E_ij as a linear polynomial: 4 coefficients (x, y, z, 1); products of polynomials are
+    # outer products of coefficient vectors mapped by the monomial tables (one matmul each)
+    E = N.reshape(s, 3, 3, 4)
+    lin_lin, quad_lin = _LIN_LIN.to(A), _QUAD_LIN.to(A)
+    # E E^T: rows (i, a) x (j, b) of sum_k E_ik,a E_jk,b, then the quadratic product table
+    Ea = E.transpose(2, 3).reshape(s, 12, 3)                              # [(i, a), k]
+    EEt = (Ea @ Ea.transpose(1, 2)).reshape(s, 3, 4, 3, 4).transpose(2, 3)
+    EEt = EEt.reshape(s, 9, 16) @ lin_lin                                 # (S, 9, 10)
+    # 2 E E^T E - tr(E E^T) E, all quadratic x linear products, one table product
+    EEtE = (EEt.reshape(s, 3, 3, 10).transpose(2, 3).reshape(s, 30, 3) @ E.reshape(s, 3, 12))
+    EEtE = EEtE.reshape(s, 3, 10, 3, 4).transpose(2, 3).reshape(s, 9, 10, 4)
+    trace = EEt[:, 0] + EEt[:, 4] + EEt[:, 8]                             # (S, 10)
+    cubic = (2.0 * EEtE - trace[:, None, :, None] * E.reshape(s, 9, 1, 4)).reshape(s, 9, 40)
+    cubic = cubic @ quad_lin                                              # (S, 9, 20)
+    # det E = sum_j E_0j C_j with the cofactors C_j = E_1(j+1) E_2(j+2) - E_1(j+2) E_2(j+1)
+    # (indices mod 3, read from rows 1-2 repeated twice) of the first row (quadratic)
+    E2 = torch.cat((E[:, 1:], E[:, 1:]), dim=2)                           # (S, 2, 6, 4)
+    cof = (E2[:, 0, 1:4, :, None] * E2[:, 1, 2:5, None, :]
+           - E2[:, 0, 2:5, :, None] * E2[:, 1, 1:4, None, :]).reshape(s, 3, 16) @ lin_lin
+    det = (cof.unsqueeze(-1) * E[:, 0].unsqueeze(2)).sum(1).reshape(s, 1, 40) @ quad_lin
+    M = torch.cat((cubic, det), dim=1)                                    # (S, 10, 20)
     # Gauss-Jordan elimination: cubic_m = -C[m] . basis; degenerate samples give inf/nan and
     # are flagged below
     C = torch.linalg.solve_ex(M[:, :, :10], M[:, :, 10:])[0]
@@ -330,10 +341,11 @@ def five_point(y1: torch.Tensor, y2: torch.Tensor) -> Tuple[torch.Tensor, torch.
     action = torch.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)
     vals, vecs = torch.linalg.eig(action)                                 # columns = solutions
     one = vecs[:, 9]                                                      # the monomial 1
-    xyz = (vecs[:, 6:9] / torch.where(one.abs() > 1e-12, one, torch.ones_like(one)).unsqueeze(1))
-    valid = (vals.imag.abs() <= 1e-6 * (1.0 + vals.real.abs())) & (one.abs() > 1e-12)
-    coeff = torch.cat((xyz.real, torch.ones_like(xyz.real[:, :1])), dim=1)  # (S, 4, 10)
-    Es = torch.einsum('skn,skij->snij', coeff, N)
+    nonzero = one.abs() > 1e-12
+    # (x, y, z, 1) of every solution: the eigenvector entries of the monomials x, y, z, 1
+    coeff = (vecs[:, 6:] / torch.where(nonzero, one, 1.0).unsqueeze(1)).real   # (S, 4, 10)
+    valid = (vals.imag.abs() <= 1e-6 * (1.0 + vals.real.abs())) & nonzero
+    Es = (N @ coeff).transpose(1, 2).reshape(s, 10, 3, 3)
     valid = valid & torch.isfinite(Es).flatten(-2).all(-1)
     Es = torch.nan_to_num(Es, nan=0.0, posinf=0.0, neginf=0.0)
     return Es.reshape(*lead, 10, 3, 3), valid.reshape(*lead, 10)

@@ -11,11 +11,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from trianflow_ros.geometry.camera import to_homogeneous
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.se3 import make_pose
 from trianflow_ros.geometry.threads import one_cpu_thread
-from trianflow_ros.geometry.triangulation import midpoint_channels_first
+
+
+_W_PAIR = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+                        [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+_T_SIGNS = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], dtype=torch.float64)
 
 
 @dataclass
@@ -55,14 +58,11 @@ def decompose_essential(E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     U, _, Vh = torch.linalg.svd(E)
     # Flipping the sign of U or V^T keeps U diag(1, 1, 0) V^T up to the sign of E, which the
     # epipolar constraint does not see; it makes both proper rotations.
-    U = U * torch.where(torch.linalg.det(U) < 0, -1.0, 1.0).to(E.dtype)[:, None, None]
-    Vh = Vh * torch.where(torch.linalg.det(Vh) < 0, -1.0, 1.0).to(E.dtype)[:, None, None]
-    W = E.new_tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    Ra = U @ W @ Vh
-    Rb = U @ W.T @ Vh
-    u3 = U[:, :, 2]
-    R = torch.stack((Ra, Ra, Rb, Rb), dim=1)
-    t = torch.stack((u3, -u3, u3, -u3), dim=1)
+    U = U * torch.linalg.det(U).sign()[:, None, None]
+    Vh = Vh * torch.linalg.det(Vh).sign()[:, None, None]
+    W = _W_PAIR.to(E)                                                     # W, W^T
+    R = ((U.unsqueeze(1) @ W) @ Vh.unsqueeze(1)).repeat_interleave(2, dim=1)
+    t = U[:, None, :, 2] * _T_SIGNS.to(E)
     return R, t
 
 
@@ -72,10 +72,12 @@ def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.
     """
     Choose the (R, t) of E that puts most correspondences in front of both cameras.
 
-    All four candidates of :func:`decompose_essential` triangulate every correspondence with the
-    mid-point method of :mod:`trianflow_ros.geometry.triangulation` (all batch elements and
-    candidates at once, each element with its own K and E), and the candidate with the most
-    points at depths in (0, max_depth) in both cameras wins (H&Z Sec. 9.6.3). As in
+    All four candidates of :func:`decompose_essential` get the depths of every correspondence
+    in both cameras (all batch elements and candidates at once, each element with its own K and
+    E), and the candidate with the most points at depths in (0, max_depth) in both cameras wins
+    (H&Z Sec. 9.6.3). The depths solve z1 R y1 + t = z2 y2 in closed form (its cross products
+    with y2 and with R y1; exact for consistent matches, and for noisy ones equal in sign to a
+    triangulation except for nearly parallel rays, which lie beyond ``max_depth``). As in
     cv2.recoverPose, points farther than ``max_depth`` (in units of the baseline) are not
     counted: their sign is decided by noise.
 
@@ -102,7 +104,9 @@ def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.
     check_shape(mask, 'mask', (b, n))
     mask = mask > 0
     dtype = x1.dtype
-    E, K1, K2 = E.detach().to(dtype), K1.detach().to(dtype), K2.detach().to(dtype)
+    same_K = K2 is K1
+    E, K1 = E.detach().to(dtype), K1.detach().to(dtype)
+    K2 = K1 if same_K else K2.detach().to(dtype)
     x1, x2 = x1.detach(), x2.detach()
 
     with one_cpu_thread(x1.device):
@@ -115,19 +119,25 @@ def _cheirality(E, x1, x2, K1, K2, mask, max_depth) -> PoseResult:
     # the SVD in float64 even for float32 inputs: a float32 SVD leaves R orthonormal only to a
     # few 1e-7, which a VO chaining many relative poses accumulates
     R, t = (v.to(E.dtype) for v in decompose_essential(E.double()))      # (B, 4, 3, 3), (B, 4, 3)
-    # rays of every pair with its own K, channels-first (B, 3, N); camera 2 of candidate k sits
-    # at c2 = -R_k^T t_k and its rays are R_k^T y2 (frame 1). Candidates 1 and 3 are 0 and 2
-    # with t negated: the mid-point is linear in c2, so their depths are exactly the negated
-    # depths of 0 and 2 and only those two are triangulated.
-    y1 = torch.linalg.inv(K1) @ to_homogeneous(x1).transpose(1, 2)
-    y2 = torch.linalg.inv(K2) @ to_homogeneous(x2).transpose(1, 2)
+    # rays of every pair with its own K, channels-first (B, 3, N), y = K^-1 [x, 1]
+    K1i = torch.linalg.inv(K1)
+    K2i = K1i if K2 is K1 else torch.linalg.inv(K2)
+    y1 = torch.baddbmm(K1i[:, :, 2:], K1i[:, :, :2], x1.transpose(1, 2))
+    y2 = torch.baddbmm(K2i[:, :, 2:], K2i[:, :, :2], x2.transpose(1, 2))
+    # depths of z1 a + t = z2 y2 (a = R y1): the cross products with y2 and with a give
+    # z1 = ((t.y2)(a.y2) - (t.a)|y2|^2) / d and z2 = ((t.y2)|a|^2 - (t.a)(a.y2)) / d with
+    # d = |a x y2|^2 = |a|^2 |y2|^2 - (a.y2)^2 and |a| = |y1|. Candidates 1 and 3 are 0 and 2
+    # with t negated, which negates both depths: only two rotations are evaluated.
     R2, t2 = R[:, 0::2], t[:, 0::2]                                       # (B, 2, 3, 3), (B, 2, 3)
-    Rt = R2.transpose(-1, -2)
-    d2 = Rt @ y2.unsqueeze(1)                                             # (B, 2, 3, N)
-    c2 = -(Rt @ t2.unsqueeze(-1))                                         # (B, 2, 3, 1)
-    X = midpoint_channels_first(y1.unsqueeze(1), d2, c2)                  # (B, 2, 3, N)
-    z1 = X[:, :, 2]
-    z2 = (R2[:, :, 2:3] @ X)[:, :, 0] + t2[:, :, 2:3]
+    a = R2 @ y1.unsqueeze(1)                                              # (B, 2, 3, N)
+    ay2 = (a * y2.unsqueeze(1)).sum(2)                                    # (B, 2, N)
+    ta = (t2.unsqueeze(2) @ a).squeeze(2)
+    ty2 = t2 @ y2
+    aa = y1.square().sum(1, keepdim=True)                                 # (B, 1, N)
+    yy = y2.square().sum(1, keepdim=True)
+    d = (aa * yy - ay2.square()).clamp_(min=1e-30)                        # 0: parallel rays
+    z1 = (ty2 * ay2 - ta * yy) / d
+    z2 = (ty2 * aa - ta * ay2) / d
     z1 = torch.stack((z1, -z1), dim=2).flatten(1, 2)                      # (B, 4, N)
     z2 = torch.stack((z2, -z2), dim=2).flatten(1, 2)
     ok = (z1 > 0) & (z2 > 0) & (z1 < max_depth) & (z2 < max_depth) & mask.unsqueeze(1)

@@ -11,7 +11,8 @@ random subset of the points, and the best ones are refined by Sampson-reweighted
 their inliers with a shrinking threshold (LO-RANSAC, Chum et al. 2003; for E on a random subset
 of large point sets). The essential matrix is finally refined on all points near the model by
 robust Gauss-Newton over (R, t) on the Sampson distance (H&Z Sec. 11.4.3, A6.2), with the
-curvature of the robust loss and early termination.
+curvature of the robust loss, a Cauchy scale set by the noise level of the pair, and early
+termination (for large point sets: iterations on a subset, then one step on all points).
 
 Internally point sets are channels-first, (B, 3, N) homogeneous, which keeps the per-point
 arithmetic in contiguous rows. References are to Hartley & Zisserman, 2nd ed. (H&Z).
@@ -23,12 +24,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from trianflow_ros.geometry.camera import to_homogeneous
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
-                                             five_point, normalize_points,
-                                             project_to_essential)
-from trianflow_ros.geometry.pose import decompose_essential
+                                             five_point, normalize_points)
 from trianflow_ros.geometry.sampling import sample_minimal_sets
 from trianflow_ros.geometry.se3 import skew
 from trianflow_ros.geometry.threads import one_cpu_thread
@@ -39,7 +37,7 @@ LO_SPAN = 16.0      # first local-optimisation threshold, in multiples of the fi
 HYP_SPAN = 8.0      # threshold that ranks the minimal-set hypotheses, in multiples of the final
 LO_TOPK = 4         # best hypotheses that each get the local optimisation
 SCORE_POINTS = 512  # points (drawn by weight) on which all hypotheses are ranked
-LO_POINTS = 512    # points (drawn by weight) of the local optimisation (if N > 4x)
+LO_POINTS = 512     # points (drawn by weight) of the local optimisation (if N > 4x)
 CHUNK_SETS = 8      # five-point sets solved per adaptive round
 CONFIDENCE = 0.999  # probability of an all-inlier set behind the adaptive stop
 COUNT_SPAN = 1.0    # inlier ratio of the adaptive stop: at this many thresholds
@@ -47,8 +45,15 @@ REFINE_ROUNDS = 2   # at most this many refinements, each on the points near the
 REFINE_CHANGE = 0.01  # another refinement round only if the near set changed by more
 REFINE_TOL = 1e-6   # relative cost change that ends the refinement early
 REFINE_STEP = 0.5   # refinement stop: step norm (rad) below this * median Sampson / focal
+NOISE_SCALE = 2.0   # Cauchy scale of the refinement: this times the median Sampson distance
+SCALE_MIN = 1.0 / 16  # ... clamped to [SCALE_MIN, 1] times the threshold
+REFINE_POINTS = 1024  # LM iterations on every k-th point, k = N // REFINE_POINTS if >= 2, ...
+SUBSET_TOL = 10.0   # ... stopped at SUBSET_TOL x the step tolerance, then one step on all points
 REFINE_SPAN = 2.0   # points within REFINE_SPAN * threshold of the LO model enter the refinement
-_GENERATORS = skew(torch.eye(3, dtype=torch.float64))  # [e_k]_x, (3, 3, 3)
+# I and the generators [e_k]_x of so(3), (4, 3, 3)
+_E_GENERATORS = torch.cat((torch.eye(3, dtype=torch.float64)[None],
+                           skew(torch.eye(3, dtype=torch.float64))))
+_W90 = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
 
 @dataclass
@@ -114,36 +119,96 @@ def _residuals(M: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Te
     return (e[:, 0], den[:, 0]) if single else (e, den)
 
 
-def _kron_rows(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-    """Per-point Kronecker products Z = y2 (x) y1 (row 3 i + j = y2_i y1_j), (B, 9, N)."""
-    return (y2.unsqueeze(2) * y1.unsqueeze(1)).flatten(1, 2)
-
-
-def _residuals_kron(M: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _quadratic_map() -> torch.Tensor:
     """
-    :func:`_residuals` of models M (B, K, 3, 3) on points given as Z = y2 (x) y1 (B, 9, N).
+    Map (18, 17) from two quadratic forms [M | N] (entries 3 i + j) to :func:`_sampson_features`.
 
-    With y1[2] = y2[2] = 1, Z holds y1 (rows 6-8) and y2 (rows 2, 5, 8) too, so e and the four
-    gradient entries of every model come from one matrix product.
+    y1^T M y1 + y2^T N y2 (y1[2] = y2[2] = 1) is the dot product of ``[vec M, vec N] @ map``
+    with the point features: u v terms land on the products y_a y_b (a, b < 2), linear terms on
+    the rows of Z = y2 (x) y1 that hold y1 (6, 7) and y2 (2, 5), constants on its row 8.
     """
-    b, k = M.shape[:2]
-    rows = Z.new_zeros(b, 5, k, 9)
-    rows[:, 0] = M.reshape(b, k, 9)
-    rows[:, 1:3, :, 6:] = (L2.unsqueeze(1) @ M[:, :, :2]).transpose(1, 2)
-    rows[:, 3:, :, 2::3] = (L1.unsqueeze(1) @ M.transpose(-1, -2)[:, :, :2]).transpose(1, 2)
-    P = (rows.reshape(b, 5 * k, 9) @ Z).view(b, 5, k, -1)
-    den = P[:, 1].square()
-    for c in range(2, 5):
-        den.addcmul_(P[:, c], P[:, c])
-    return P[:, 0], den.clamp_(min=1e-30)
+    m = torch.zeros(18, 17, dtype=torch.float64)
+    for side, quad, lin in ((0, 9, (6, 7)), (1, 13, (2, 5))):
+        for i in range(3):
+            for j in range(3):
+                if i < 2 and j < 2:
+                    col = quad + 2 * i + j
+                elif i == 2 and j == 2:
+                    col = 8
+                else:
+                    col = lin[min(i, j)]
+                m[9 * side + 3 * i + j, col] = 1.0
+    return m
 
 
-def _hypothesis_r2(M: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
-                   L2: torch.Tensor) -> torch.Tensor:
-    """Squared pixel Sampson distances (B, H, S) of models (B, H, 3, 3) on (B, 3, S) points."""
-    e, den = _residuals(M, y1, y2, L1, L2)
-    return e.square_().div_(den)
+_QUAD_MAP = _quadratic_map()
+
+
+def _sampson_features(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+    """
+    Per-point features (B, 17, N) of :func:`_sampson_rows`, from rays (B, 3, N) with y[2] = 1.
+
+    Rows 0-8: Z = y2 (x) y1 (row 3 i + j = y2_i y1_j); rows 9-12: y1_a y1_b, rows 13-16:
+    y2_a y2_b (row 2 a + b, a, b < 2).
+    """
+    b = y1.shape[0]
+    return torch.cat(((y2.unsqueeze(2) * y1.unsqueeze(1)).reshape(b, 9, -1),
+                      (y1[:, :2, None] * y1[:, None, :2]).reshape(b, 4, -1),
+                      (y2[:, :2, None] * y2[:, None, :2]).reshape(b, 4, -1)), dim=1)
+
+
+def _sampson_rows(Q: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor, pairwise: bool = True
+                  ) -> torch.Tensor:
+    """
+    Rows (B, 2 K, 17) that give, on :func:`_sampson_features`, the Sampson terms of K models.
+
+    Row k (< K) gives e_k = y2^T Q_k y1; row K + k gives sum_c g_c(Q_0) g_c(Q_k) (pairwise) or
+    sum_c g_c(Q_k)^2, where g(Q) = (L2 (Q y1)_{1,2}, L1 (Q^T y2)_{1,2}) are the pixel-gradient
+    components of the epipolar residual (H&Z eq. 11.9): the squared Sampson denominator s^2 of
+    every model, or, pairwise, that of Q_0 for k = 0 and s ds_k when Q_k is the derivative of
+    Q_0 along parameter k. Each g_c is linear in y1 or y2, so the products are quadratic forms
+    y1^T M_k y1 + y2^T N_k y2 (M_k = a_0^T a_k or a_k^T a_k with a_k = L2 (Q_k)_{1,2},
+    likewise N_k): two values per point and model instead of five.
+
+    :param Q: models (B, K, 3, 3), pairwise: Q_0 the model itself.
+    :param L1: shape (B, 2, 2).
+    :param L2: shape (B, 2, 2).
+    :param pairwise: products with the gradient of Q_0 instead of the model's own.
+    """
+    b, k = Q.shape[:2]
+    a = L2.unsqueeze(1) @ Q[:, :, :2]                                     # (B, K, 2, 3), on y1
+    c = L1.unsqueeze(1) @ Q.transpose(-1, -2)[:, :, :2]                   # on y2
+    a0, c0 = (a[:, :1], c[:, :1]) if pairwise else (a, c)
+    quad = torch.cat(((a0.transpose(-1, -2) @ a).reshape(b, k, 9),
+                      (c0.transpose(-1, -2) @ c).reshape(b, k, 9)), dim=2)
+    return torch.cat((torch.nn.functional.pad(Q.reshape(b, k, 9), (0, 8)),
+                      quad @ _QUAD_MAP.to(Q)), dim=1)
+
+
+def _model_terms(M: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Algebraic residuals and squared Sampson denominators (B, K, N) of K models on features W.
+
+    :param M: models in y coordinates, shape (B, K, 3, 3).
+    :param W: :func:`_sampson_features` of the points, shape (B, 17, N).
+    :return: e = y2^T M y1 and |grad e|^2 in pixels: the squared pixel Sampson distance is
+        e^2 / den (H&Z eq. 11.9).
+    """
+    k = M.shape[1]
+    P = _sampson_rows(M, L1, L2, pairwise=False) @ W                       # (B, 2 K, N)
+    return P[:, :k], P[:, k:].clamp(min=1e-30)
+
+
+def _unit_essential(M: torch.Tensor) -> torch.Tensor:
+    """
+    Closest essential matrices (..., 3, 3) of unit Frobenius norm: U diag(1, 1, 0) V^T / sqrt 2.
+
+    Same direction as :func:`~trianflow_ros.geometry.epipolar.project_to_essential` (H&Z
+    Sec. 11.7.3) followed by the normalisation, from the SVD alone.
+    """
+    U, _, Vh = torch.linalg.svd(M)
+    return (U[..., :2] @ Vh[..., :2, :]).mul_(0.5 ** 0.5)
 
 
 def _msac(r2: torch.Tensor, w: torch.Tensor, thr2: float) -> torch.Tensor:
@@ -159,9 +224,14 @@ def _design_rows(y1n: torch.Tensor, y2n: torch.Tensor) -> torch.Tensor:
                         torch.ones_like(u1)), dim=1)
 
 
-def _normal_matrices(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """A^T W A (B, K, 9, 9) for K weight vectors w (B, K, N) and rows A (B, 9, N)."""
-    return (A.unsqueeze(1) * w.unsqueeze(2)) @ A.transpose(1, 2).unsqueeze(1)
+def _outer_rows(A: torch.Tensor) -> torch.Tensor:
+    """Per-point outer products A_i A_i^T of rows A (B, 9, N), flattened: (B, N, 81)."""
+    return (A.unsqueeze(1) * A.unsqueeze(2)).flatten(1, 2).transpose(1, 2)
+
+
+def _normal_matrices(AA: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A^T W A (B, K, 9, 9) for K weight vectors w (B, K, N), AA = :func:`_outer_rows` of A."""
+    return (w @ AA).unflatten(-1, (9, 9))
 
 
 def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -171,29 +241,29 @@ def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     Wide, flat images (KITTI: 3.3 : 1) leave the v axis badly scaled under isotropic Hartley
     normalisation; scaling the axes separately conditions the 8-point system better.
 
-    :param y: points, channels-first (B, 3, N).
-    :param w: weights (B, N).
-    :return: T (B, 3, 3) with T y centred and of unit RMS along u and v.
+    :param y: points, channels-first (..., 3, N).
+    :param w: weights (..., N), broadcast against y.
+    :return: T (..., 3, 3) with T y centred and of unit RMS along u and v.
     """
-    wn = w / w.sum(1, keepdim=True).clamp(min=1e-30)
-    mean = (y[:, :2] * wn.unsqueeze(1)).sum(-1)                           # (B, 2)
-    var = ((y[:, :2] - mean.unsqueeze(-1)).square() * wn.unsqueeze(1)).sum(-1)
-    scale = var.clamp(min=1e-30).rsqrt()                                  # (B, 2)
-    T = torch.zeros(y.shape[0], 3, 3, dtype=y.dtype, device=y.device)
-    T[:, 0, 0], T[:, 1, 1], T[:, 2, 2] = scale[:, 0], scale[:, 1], 1.0
-    T[:, :2, 2] = -scale * mean
+    wn = (w / w.sum(-1, keepdim=True).clamp(min=1e-30)).unsqueeze(-2)
+    mean = (y[..., :2, :] * wn).sum(-1)                                   # (..., 2)
+    var = ((y[..., :2, :] - mean.unsqueeze(-1)).square() * wn).sum(-1)
+    scale = var.clamp(min=1e-30).rsqrt()                                  # (..., 2)
+    T = y.new_zeros(y.shape[:-2] + (3, 3))
+    T[..., 0, 0], T[..., 1, 1], T[..., 2, 2] = scale[..., 0], scale[..., 1], 1.0
+    T[..., :2, 2] = -scale * mean
     return T
 
 
-def _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w, thr_h2, num_hypotheses,
+def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypotheses,
                            generator):
     """
     Adaptive five-point hypotheses: minimal sets in chunks until the RANSAC bound is met.
 
     Chunks of ``CHUNK_SETS`` sets (all batch elements at once) are solved and scored on the
-    subset (sy1, sy2, sw) until, for every batch element, the number of sets drawn reaches
-    log(1 - p) / log(1 - w^5) (H&Z Sec. 4.7.1, p = ``CONFIDENCE``) for the best inlier ratio w
-    seen so far (at the ranking threshold), or the cap num_hypotheses // 4 is reached.
+    subset (features sW, weights sw) until, for every batch element, the number of sets drawn
+    reaches log(1 - p) / log(1 - w^5) (H&Z Sec. 4.7.1, p = ``CONFIDENCE``) for the best ratio w
+    seen so far of points within ``COUNT_SPAN`` thresholds, or the cap num_hypotheses // 4.
 
     :return: models (B, H, 3, 3), unit Frobenius norm, and their MSAC quality (B, H) on the
         subset (-1 for complex or degenerate roots).
@@ -217,7 +287,8 @@ def _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w, thr_h2, num
         models = models.reshape(b, sets * 10, 3, 3)
         valid = valid.reshape(b, sets * 10)
         models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
-        r2 = _hypothesis_r2(models.float(), sy1, sy2, L1f, L2f)             # (B, 10 S, P)
+        e, den = _model_terms(models.float(), sW, L1f, L2f)                # (B, 10 S, P)
+        r2 = e.square_().div_(den)
         quality = torch.where(valid, _msac(r2, sw.unsqueeze(1), thr_h2), -1.0)
         frac = ((r2 < thr_h2 * (COUNT_SPAN / HYP_SPAN) ** 2).float() @ sw.unsqueeze(-1)
                 ).squeeze(-1) / wsum.unsqueeze(1)
@@ -235,10 +306,12 @@ def _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w, thr_h2, num
 
 def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor,
              w: torch.Tensor, threshold_px: float, num_hypotheses: int, lo_iters: int,
-             generator: Optional[torch.Generator], essential: bool, five: bool = False
-             ) -> Tuple[torch.Tensor, torch.Tensor]:
+             generator: Optional[torch.Generator], essential: bool, five: bool = False,
+             W_all: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Shared LO-MSAC core in affine-normalised coordinates y (float64, channels-first).
+
+    W_all: optional :func:`_sampson_features` of all the points, for the final distances.
 
     :return: the best model (B, 3, 3) in y coordinates and its squared pixel Sampson
         distances (B, N).
@@ -247,21 +320,24 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     thr2 = float(threshold_px) ** 2
 
     def normalize(y1, y2, w):
-        # normalisation of the y coordinates (H&Z Alg. 11.1 (i), per axis); models are mapped
-        # back with T1, T2 by to_model
-        T1, T2 = _axis_normalization(y1, w), _axis_normalization(y2, w)
-        return (T1, T2, T1[:, :2, :2] @ y1[:, :2] + T1[:, :2, 2:],       # (B, 2, N)
-                T2[:, :2, :2] @ y2[:, :2] + T2[:, :2, 2:])
+        # normalisation of the y coordinates (H&Z Alg. 11.1 (i), per axis), both images at
+        # once; models are mapped back by to_model with vec(M) = vec(Fn) kron(T2, T1)
+        y = torch.stack((y1, y2), dim=1)                                  # (B, 2, 3, N)
+        T = _axis_normalization(y, w.unsqueeze(1))                        # (B, 2, 3, 3)
+        yn = T[..., :2, :2] @ y[..., :2, :] + T[..., :2, 2:]              # (B, 2, 2, N)
+        kron = (T[:, 1, :, None, :, None] * T[:, 0, None, :, None, :]).reshape(b, 9, 9)
+        return kron, yn[:, 0], yn[:, 1]
 
-    T1 = T2 = None
     if not five:
-        T1, T2, y1n, y2n = normalize(y1, y2, w)
+        kron, y1n, y2n = normalize(y1, y2, w)
 
     def to_model(Fn: torch.Tensor) -> torch.Tensor:
-        # back from the normalised coordinates: M = T2^T Fn T1 (H&Z Alg. 11.1 (iv))
-        shape = (b,) + (1,) * (Fn.dim() - 3) + (3, 3)
-        M = T2.transpose(1, 2).reshape(shape) @ Fn @ T1.reshape(shape)
-        M = project_to_essential(M) if essential else enforce_rank2(M)
+        # back from the normalised coordinates: M = T2^T Fn T1 (H&Z Alg. 11.1 (iv)), for
+        # flattened models Fn (B, K, 9)
+        M = (Fn @ kron).unflatten(-1, (3, 3))
+        if essential:
+            return _unit_essential(M)
+        M = enforce_rank2(M)
         return M / M.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
 
     # 1. hypotheses from random minimal sets, drawn in proportion to the weights
@@ -277,11 +353,11 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         sw = (torch.gather(w, 1, sub) > 0).float()
     else:
         sy1, sy2, sw = y1, y2, w.float()
-    sy1, sy2, L1f, L2f = sy1.float(), sy2.float(), L1.float(), L2.float()
+    sW, L1f, L2f = _sampson_features(sy1, sy2).float(), L1.float(), L2.float()
     thr_h2 = thr2 * HYP_SPAN ** 2
     if five:
-        models, quality = _five_point_hypotheses(y1, y2, sy1, sy2, L1f, L2f, sw, sample_w,
-                                                 thr_h2, num_hypotheses, generator)
+        models, quality = _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2,
+                                                 num_hypotheses, generator)
     else:
         k = MIN_POINTS
         idx = sample_minimal_sets(sample_w, k, num_hypotheses, generator).reshape(b, -1)
@@ -293,9 +369,9 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         # complete QR factorisation of A^T, cheaper and better conditioned than A^T A
         Q, _ = torch.linalg.qr(_design_matrix(sets1, sets2).transpose(-1, -2),
                                mode='complete')
-        models = to_model(Q[..., 8].reshape(b, num_hypotheses, 3, 3))
-        quality = _msac(_hypothesis_r2(models.float(), sy1, sy2, L1f, L2f), sw.unsqueeze(1),
-                        thr_h2)
+        models = to_model(Q[..., 8])
+        e, den = _model_terms(models.float(), sW, L1f, L2f)
+        quality = _msac(e.square_().div_(den), sw.unsqueeze(1), thr_h2)
     topk = min(LO_TOPK if five else 2 * LO_TOPK, models.shape[1])
     pick = quality.topk(topk, dim=1).indices
     best = models[torch.arange(b, device=y1.device)[:, None], pick]      # (B, k, 3, 3)
@@ -305,27 +381,28 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     # algebraic error (y2^T M y1)^2 (equal for the normalised points) becomes the squared
     # Sampson distance (H&Z Sec. 11.4.3). The inlier threshold shrinks geometrically from
     # LO_SPAN * thr to thr (Lebeda et al. 2012).
-    # on a weighted random subset of the points: the final refinement uses all of them
+    # for E and more than 4 x LO_POINTS points, on a weighted random subset (drawn afresh: the
+    # ranking subset would favour hypotheses that happen to fit it); the final refinement uses
+    # all of them
     full = (y1, y2, w)
     if five and n > 4 * LO_POINTS:
         sub = torch.multinomial(sample_w, LO_POINTS, replacement=True, generator=generator)
         y1, y2 = (torch.gather(y, 2, sub.unsqueeze(1).expand(-1, 3, -1)) for y in (y1, y2))
         w = (torch.gather(w, 1, sub) > 0).to(w.dtype)
-    T1, T2, y1n, y2n = normalize(y1, y2, w)
-    design = _design_rows(y1n, y2n)                                       # (B, 9, N)
+    kron, y1n, y2n = normalize(y1, y2, w)
+    AA = _outer_rows(_design_rows(y1n, y2n))                              # (B, N, 81)
     wk = w.unsqueeze(1)
-    Z = _kron_rows(y1, y2)
-    e, den = _residuals_kron(best, Z, L1, L2)                             # (B, k, N)
+    W = _sampson_features(y1, y2)
+    e, den = _model_terms(best, W, L1, L2)                                # (B, k, N)
     r2 = cur_r2 = e.square() / den
     scores = _msac(r2, wk, thr2)                                          # (B, k)
     for it in range(lo_iters):
         span = LO_SPAN ** ((lo_iters - 1 - it) / (lo_iters - 1)) if lo_iters > 1 else 1.0
         lo_w = wk * (cur_r2 < thr2 * span ** 2) / den
-        lo_w = lo_w / lo_w.amax(dim=-1, keepdim=True).clamp(min=1e-30)
         usable = (lo_w > 0).sum(-1) >= MIN_POINTS
-        _, vecs = torch.linalg.eigh(_normal_matrices(design, lo_w))
-        cand = to_model(vecs[..., 0].reshape(b, topk, 3, 3))
-        cand_e, cand_den = _residuals_kron(cand, Z, L1, L2)
+        _, vecs = torch.linalg.eigh(_normal_matrices(AA, lo_w))
+        cand = to_model(vecs[..., 0])
+        cand_e, cand_den = _model_terms(cand, W, L1, L2)
         cand_r2 = cand_e.square() / cand_den
         cand_score = _msac(cand_r2, wk, thr2)
         # continue from the candidate; keep the best model seen at the final threshold
@@ -341,6 +418,9 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     if y1 is full[0]:
         return model, r2[ar, choice]
     # the LO ran on a subset: the distances of its model to all the points
+    if W_all is not None:
+        e, den = _model_terms(model.unsqueeze(1), W_all, L1, L2)
+        return model, e[:, 0].square().div_(den[:, 0])
     e, den = _residuals(model, full[0], full[1], L1, L2)
     return model, e.square_().div_(den)
 
@@ -365,11 +445,12 @@ def _prepare(x1, x2, weights, threshold_px, num_hypotheses, lo_iters):
     check_shape(x1, 'x1', ('B', 'N', 2))
     check_shape(x2, 'x2', x1.shape)
     if weights is None:
-        weights = torch.ones_like(x1[..., 0])
-    check_shape(weights, 'weights', x1.shape[:2])
-    weights = weights.detach().to(torch.float64)
-    if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
-        raise ValueError('weights must be finite and non-negative')
+        weights = torch.ones(x1.shape[:2], dtype=torch.float64, device=x1.device)
+    else:
+        check_shape(weights, 'weights', x1.shape[:2])
+        weights = weights.detach().to(torch.float64)
+        if not bool((weights >= 0).all()) or not bool(torch.isfinite(weights).all()):
+            raise ValueError('weights must be finite and non-negative')
     if not threshold_px > 0:
         raise ValueError(f'threshold_px must be positive, got {threshold_px}')
     if num_hypotheses < 1:
@@ -390,7 +471,8 @@ def _failed(x1: torch.Tensor) -> RansacResult:
 
 def _channels_first(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Homogeneous y = A [x, 1] of pixels (B, N, 2) as (B, 3, N), float64."""
-    return A @ to_homogeneous(x.detach().to(torch.float64)).transpose(1, 2)
+    x = x.detach().to(torch.float64).transpose(1, 2)
+    return torch.baddbmm(A[:, :, 2:], A[:, :, :2], x)
 
 
 def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[torch.Tensor] = None,
@@ -438,6 +520,12 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
 _SKEW_MAP = torch.zeros(3, 9, dtype=torch.float64)
 _SKEW_MAP[2, 1], _SKEW_MAP[1, 2], _SKEW_MAP[2, 3] = -1.0, 1.0, 1.0
 _SKEW_MAP[0, 5], _SKEW_MAP[1, 6], _SKEW_MAP[0, 7] = -1.0, -1.0, 1.0
+# the LM step (omega, delta) (B, 5) -> the rotation increments of R and of the frame
+# F = [b1, b2, t] of t, (B, 2, 3): F exp([(-delta_2, delta_1, 0)]_x) moves t by b1 delta_1 +
+# b2 delta_2 to first order
+_STEP_MAP = torch.zeros(5, 6, dtype=torch.float64)
+_STEP_MAP[0, 0], _STEP_MAP[1, 1], _STEP_MAP[2, 2] = 1.0, 1.0, 1.0
+_STEP_MAP[3, 4], _STEP_MAP[4, 3] = 1.0, -1.0
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -445,137 +533,141 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
     return (v @ _SKEW_MAP.to(v)).unflatten(-1, (3, 3))
 
 
-def _rotation(phi: torch.Tensor) -> torch.Tensor:
-    """Rodrigues' formula for small axis-angle steps (B, 3) -> rotations (B, 3, 3)."""
-    theta2 = phi.square().sum(-1, keepdim=True).unsqueeze(-1)             # (B, 1, 1)
-    W = _skew(phi)
-    # sin(t) / t and (1 - cos t) / t^2 by their Taylor series to t^8 (steps are < 0.1 rad;
-    # truncation error below 1e-12 there), exact closed forms for larger steps
-    a = 1.0 - theta2 / 6.0 * (1.0 - theta2 / 20.0 * (1.0 - theta2 / 42.0 * (1.0 - theta2 / 72.0)))
-    b = 0.5 - theta2 / 24.0 * (1.0 - theta2 / 30.0 * (1.0 - theta2 / 56.0 * (1.0 - theta2 / 90.0)))
-    if bool((theta2 > 1e-2).any()):
-        t = theta2.sqrt().clamp(min=1e-30)
-        big = theta2 > 1e-2
-        a = torch.where(big, torch.sin(t) / t, a)
-        b = torch.where(big, (1.0 - torch.cos(t)) / t.square(), b)
-    return torch.eye(3, dtype=phi.dtype, device=phi.device) + a * W + b * (W @ W)
+def _cayley(phi: torch.Tensor) -> torch.Tensor:
+    """
+    Rotations (I - [phi/2]_x)^-1 (I + [phi/2]_x) of increments phi (..., 3), (..., 3, 3).
+
+    The Cayley map agrees with the exponential map to second order in phi, so it serves as the
+    retraction of the Gauss-Newton steps (their Jacobians are those of the exponential) at a
+    handful of tensor operations, and its result is exactly orthonormal. Closed form with
+    a = phi / 2: I + 2 ([a]_x + [a]_x^2) / (1 + |a|^2).
+    """
+    a = phi * 0.5
+    W = _skew(a)
+    k = 2.0 / (1.0 + a.square().sum(-1))
+    return torch.eye(3, dtype=phi.dtype, device=phi.device) + k[..., None, None] * (W + W @ W)
 
 
-def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis (B, 3, 2) of the plane orthogonal to unit vectors t (B, 3)."""
+def _tangent_frame(t: torch.Tensor) -> torch.Tensor:
+    """Rotations [b1, b2, t] (B, 3, 3) whose last column is the unit vector t (B, 3)."""
     eye = torch.eye(3, dtype=t.dtype, device=t.device)
     a = torch.where(t[:, :1].abs() > 0.9, eye[1], eye[0])
     b1 = a - (a * t).sum(-1, keepdim=True) * t
     b1 = b1 / b1.norm(dim=-1, keepdim=True)
-    b2 = torch.linalg.cross(t, b1)
-    return torch.stack((b1, b2), dim=-1)
+    return torch.stack((b1, torch.linalg.cross(t, b1), t), dim=-1)
 
 
-def _sampson_rt(R: torch.Tensor, t: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor,
-                L2: torch.Tensor, c2: float, w: torch.Tensor
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sampson_rt(RF: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor, c2,
+                w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Robust cost and Gauss-Newton system of the Sampson residuals of E = [t]_x R.
 
     With r = e / s, e = y2^T E y1 and s^2 = |L2 (E y1)_{1,2}|^2 + |L1 (E^T y2)_{1,2}|^2, every
-    derivative of E is a matrix Q_k: E [e_k]_x for R exp([omega]_x) and [b_k]_x R for t + B delta.
-    All of e, de_k and the gradient rows of s come from ONE matrix product with the per-point
-    Kronecker products Z = y2 (x) y1 (B, 9, N): since y1[2] = y2[2] = 1, Z also holds y1 (rows
-    6-8) and y2 (rows 2, 5, 8). The exact Jacobian is dr = (de - r ds) / s.
+    derivative of E is a matrix Q_k: E [e_k]_x for R exp([omega]_x) and [b_k]_x R for
+    t + b1 delta_1 + b2 delta_2, so de_k = y2^T Q_k y1. e, the five de_k, s^2 and the five
+    s ds_k come from ONE matrix product with the point features (:func:`_sampson_rows`). The
+    exact Jacobian is dr = (de - r ds) / s (the denominator term matters near the epipole).
 
-    :param Z: rows y2_i y1_j at row 3 i + j, shape (B, 9, N).
+    :param RF: R and the frame [b1, b2, t] of t, shape (B, 2, 3, 3).
+    :param W: :func:`_sampson_features` of the points, shape (B, 17, N).
+    :param L1: K1^-1[:2, :2]^T, shape (B, 2, 2).
+    :param L2: K2^-1[:2, :2]^T, shape (B, 2, 2).
+    :param c2: squared Cauchy scale, a float or (B, 1).
     :param w: point weights (B, N).
-    :return: Cauchy cost sum_i w_i log(1 + r_i^2 / c2) (B,), the 6 x 6 matrix
-        [J; r] W [J; r]^T with Cauchy IRLS weights W (its 5 x 5 block is the Gauss-Newton
-        matrix, its last column the gradient) (B, 6, 6), and the tangent basis of t (B, 3, 2).
+    :return: Cauchy cost sum_i w_i log(1 + r_i^2 / c2) (B,), the Gauss-Newton matrix
+        J W_N J^T (B, 5, 5) with the Newton weights of the loss W_N, the gradient
+        J W_I r (B, 5) with its IRLS weights W_I, and the residuals r (B, N).
     """
-    b, n = Z.shape[0], Z.shape[2]
-    E = _skew(t) @ R
-    Bt = _tangent_basis(t)                                                # (B, 3, 2)
-    Q = torch.cat((E.unsqueeze(1), E.unsqueeze(1) @ _GENERATORS.to(E),
-                   _skew(Bt.transpose(1, 2)) @ R.unsqueeze(1)), dim=1)   # (B, 6, 3, 3)
-    rows = Z.new_zeros(b, 5, 6, 9)            # (value, 4 gradient components) x (Q_0..Q_5)
-    rows[:, 0] = Q.reshape(b, 6, 9)                                       # e_k = <Q_k, Z>
-    rows[:, 1:3, :, 6:] = (L2.unsqueeze(1) @ Q[:, :, :2]).transpose(1, 2)  # on y1
-    rows[:, 3:, :, 2::3] = (L1.unsqueeze(1) @ Q.transpose(-1, -2)[:, :, :2]).transpose(1, 2)
-    P = (rows.reshape(b, 30, 9) @ Z).view(b, 5, 6, n)
-    num = P[:, 0]                                                         # e, de_k: (B, 6, N)
-    s2 = P[:, 1, 0].square()
-    ds = P[:, 1, 1:] * P[:, 1, :1]                                        # s ds_k, (B, 5, N)
-    for c in range(2, 5):
-        s2.addcmul_(P[:, c, 0], P[:, c, 0])
-        ds.addcmul_(P[:, c, 1:], P[:, c, :1])
-    inv_s = s2.clamp_(min=1e-30).rsqrt_()                                 # (B, N)
+    SR = _skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                     # [b1]x R, [b2]x R, E
+    # E, E [e_k]_x (k = 1, 2, 3), [b1]x R, [b2]x R
+    Q = torch.cat((SR[:, 2:] @ _E_GENERATORS.to(SR), SR[:, :2]), dim=1)   # (B, 6, 3, 3)
+    P = _sampson_rows(Q, L1, L2) @ W                                      # (B, 12, N)
+    num, sds = P[:, :6], P[:, 6:]                                         # e, de_k; s^2, s ds_k
+    inv_s = sds[:, 0].clamp_(min=1e-30).rsqrt_()                          # (B, N)
     r = num[:, 0] * inv_s
-    Jr = torch.empty_like(num)
-    torch.mul(num[:, 1:] - ds * (r * inv_s).unsqueeze(1), inv_s.unsqueeze(1), out=Jr[:, :5])
-    Jr[:, 5] = r
-    q = r.square().div_(c2)
+    # J = (de - r ds) / s, in place in the s ds rows
+    J = sds[:, 1:].mul_((r * inv_s).neg_().unsqueeze(1)).add_(num[:, 1:]).mul_(inv_s.unsqueeze(1))
+    q = r.square() / c2
     cost = (w * torch.log1p(q)).sum(-1)                                   # Cauchy loss
     # Newton weights of the Cauchy loss, w (1 - q) / (1 + q)^2 (the IRLS weight w / (1 + q)
     # plus the loss curvature, floored at 0), converge much faster than plain IRLS
-    iq = 1.0 / (1.0 + q)
-    hw = w * iq * (1.0 - q).clamp_(min=0.0) * iq
-    H = (Jr[:, :5] * hw.unsqueeze(1)) @ Jr[:, :5].transpose(1, 2)
-    g = Jr[:, :5] @ (w * iq * r).unsqueeze(-1)
-    return cost, torch.cat((H, g), dim=2), Bt
+    iq = (1.0 + q).reciprocal_()
+    wiq = w * iq
+    hw = wiq * iq * (1.0 - q).clamp_(min=0.0)
+    g = (J @ (wiq * r).unsqueeze(-1)).squeeze(-1)
+    J.mul_(hw.sqrt_().unsqueeze(1))
+    H = J @ J.transpose(1, 2)
+    return cost, H, g, r
 
 
-def _sampson_rt_residuals(E: torch.Tensor, Z: torch.Tensor, L1: torch.Tensor,
-                          L2: torch.Tensor) -> torch.Tensor:
-    """Signed pixel Sampson distances (B, N) of E on the points Z = y2 (x) y1 (B, 9, N)."""
-    b = E.shape[0]
-    rows = Z.new_zeros(b, 5, 9)
-    rows[:, 0] = E.reshape(b, 9)
-    rows[:, 1:3, 6:] = L2 @ E[:, :2]
-    rows[:, 3:, 2::3] = L1 @ E.transpose(1, 2)[:, :2]
-    P = rows @ Z
-    return P[:, 0] * P[:, 1:].square().sum(1).clamp_(min=1e-30).rsqrt_()
+def _sampson_rt_residuals(E: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
+                          ) -> torch.Tensor:
+    """Signed pixel Sampson distances (B, N) of E (B, 3, 3) on the point features W."""
+    P = _sampson_rows(E.unsqueeze(1), L1, L2) @ W                         # (B, 2, N)
+    return P[:, 0] * P[:, 1].clamp(min=1e-30).rsqrt_()
 
 
-def _levenberg_marquardt(R, t, Z, L1, L2, c2, w, iters, step_tol):
-    """LM iterations of :func:`refine_essential` on the points Z (B, 9, N); returns R, t."""
-    cost, M6, Bt = _sampson_rt(R, t, Z, L1, L2, c2, w)
+def _levenberg_marquardt(RF, W, L1, L2, c2, w, iters, step_tol):
+    """LM iterations of :func:`refine_essential` on the point features W; returns RF."""
+    cost, H, g, _ = _sampson_rt(RF, W, L1, L2, c2, w)
     lam = torch.full_like(cost, 1e-3)
-    eye = torch.eye(5, dtype=R.dtype, device=R.device)
+    eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
+    step_map = _STEP_MAP.to(RF)
     for _ in range(iters):
-        H = M6[:, :5, :5]
-        Hd = H + lam[:, None, None] * (H * eye + 1e-9 * eye)
-        step = -torch.linalg.solve(Hd, M6[:, :5, 5])
-        R_new = R @ _rotation(step[:, :3])
-        t_new = t + (Bt @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
-        t_new = t_new / t_new.norm(dim=-1, keepdim=True)
+        damp = lam[:, None, None] * (H * eye + 1e-9 * eye)
+        step = torch.linalg.solve_ex(H + damp, -g)[0]       # singular: non-finite, rejected
+        RF_new = RF @ _cayley((step @ step_map).reshape(-1, 2, 3))
         if bool((step.norm(dim=1) < step_tol).all()):
             # converged: a step this small is taken without evaluating it
-            return R_new, t_new
-        cost_new, M6_new, Bt_new = _sampson_rt(R_new, t_new, Z, L1, L2, c2, w)
-        better = (cost_new < cost) & torch.isfinite(cost_new)
+            return RF_new
+        cost_new, H_new, g_new, _ = _sampson_rt(RF_new, W, L1, L2, c2, w)
+        better = cost_new < cost        # False for a non-finite cost
         done = ((cost_new - cost).abs() <= REFINE_TOL * cost) | ~torch.isfinite(cost_new)
-        R = torch.where(better[:, None, None], R_new, R)
-        t = torch.where(better[:, None], t_new, t)
-        M6 = torch.where(better[:, None, None], M6_new, M6)
-        Bt = torch.where(better[:, None, None], Bt_new, Bt)
+        RF = torch.where(better[:, None, None, None], RF_new, RF)
+        H = torch.where(better[:, None, None], H_new, H)
+        g = torch.where(better[:, None], g_new, g)
         cost = torch.where(better, cost_new, cost)
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-9, 1e6)
+        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp_(1e-9, 1e6)
         if bool(done.all()):
             break
-    return R, t
+    return RF
+
+
+def _final_step(RF, W, L1, L2, c2, w):
+    """
+    One Gauss-Newton step of :func:`refine_essential`, kept per pair if it lowers the cost.
+
+    :return: the model RF and its signed Sampson distances (B, N) on the points.
+    """
+    cost, H, g, r = _sampson_rt(RF, W, L1, L2, c2, w)
+    eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
+    step = torch.linalg.solve_ex(H + 1e-9 * (H * eye + eye), -g)[0]
+    RF_new = RF @ _cayley((step @ _STEP_MAP.to(RF)).reshape(-1, 2, 3))
+    r_new = _sampson_rt_residuals(_skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
+    better = (w * torch.log1p(r_new.square() / c2)).sum(-1) <= cost
+    return (torch.where(better[:, None, None, None], RF_new, RF),
+            torch.where(better[:, None], r_new, r))
 
 
 def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
-                     L2: torch.Tensor, w: torch.Tensor, scale_px: float, iters: int = 8
-                     ) -> torch.Tensor:
+                     L2: torch.Tensor, w: torch.Tensor, scale_px: float, iters: int = 8,
+                     noise_scale: float = 0.0) -> torch.Tensor:
     """
     Robust Levenberg-Marquardt refinement of E = [t]_x R on the pixel Sampson distance.
 
-    Minimises sum_i w_i log(1 + r_i^2 / c^2) (Cauchy loss, c = ``scale_px``) over R (right
-    increments R exp([omega]_x)) and the unit translation t (two tangent-plane increments),
-    where r_i is the signed pixel Sampson distance (H&Z eq. 11.9), with its exact Jacobian
-    (denominator included) and Cauchy IRLS weights (iteratively reweighted Gauss-Newton with
-    Levenberg damping, H&Z A6.2; the Gauss-Newton matrix carries the curvature of the loss,
-    weights w (1 - q) / (1 + q)^2 floored at 0, q = r^2 / c^2, which converges in a few
-    iterations). All pairs are refined at once; a step is kept per pair only if it lowers that
-    pair's cost (then the damping shrinks, else it grows).
+    Minimises sum_i w_i log(1 + r_i^2 / c^2) (Cauchy loss, scale c) over R (right increments
+    R exp([omega]_x)) and the unit translation t (two tangent-plane increments), where r_i is
+    the signed pixel Sampson distance (H&Z eq. 11.9), with its exact Jacobian (denominator
+    included) and Cauchy IRLS weights (iteratively reweighted Gauss-Newton with Levenberg
+    damping, H&Z A6.2; the Gauss-Newton matrix carries the curvature of the loss, weights
+    w (1 - q) / (1 + q)^2 floored at 0, q = r^2 / c^2, which converges in a few iterations).
+    Steps are applied with the Cayley map (a second-order retraction). All pairs are refined
+    at once; a step is kept per pair only if it lowers that pair's cost (then the damping
+    shrinks, else it grows). With at least 2 ``REFINE_POINTS`` points, the iterations run on
+    every k-th point (k = N // ``REFINE_POINTS``) and stop at ``SUBSET_TOL`` times the step
+    tolerance; one Gauss-Newton step on all points (kept if it lowers their cost) follows:
+    from that close to the optimum it lands on it far below the noise, at the cost of one
+    evaluation on all points instead of several.
 
     :param E: initial essential matrices in ray coordinates, shape (B, 3, 3).
     :param y1: rays K1^-1 [x1, 1], channels-first, shape (B, 3, N).
@@ -583,40 +675,78 @@ def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: to
     :param L1: K1^-1[:2, :2]^T, shape (B, 2, 2).
     :param L2: K2^-1[:2, :2]^T, shape (B, 2, 2).
     :param w: point weights, shape (B, N).
-    :param scale_px: Cauchy scale in pixels.
+    :param scale_px: Cauchy scale c in pixels; with ``noise_scale`` > 0, its upper bound.
     :param iters: at most this many LM iterations; they stop once every pair's step is below
         ``REFINE_STEP`` times its median Sampson distance over the focal length (the noise
         level; a noise-free pair runs all of them) or its cost no longer changes.
+    :param noise_scale: if > 0, the Cauchy scale of each pair is ``noise_scale`` times the
+        median Sampson distance of E over the weighted points (a robust estimate of the noise),
+        clamped to [``scale_px`` * ``SCALE_MIN``, ``scale_px``].
     :return: refined E = [t]_x R / sqrt(2) (unit Frobenius norm), shape (B, 3, 3).
         Not differentiable.
     """
-    R4, t4 = decompose_essential(E)
-    R, t = R4[:, 0], t4[:, 0]
-    b = y1.shape[0]
+    return _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale)[0]
+
+
+def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, r2=None, W=None
+            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """
+    Run :func:`refine_essential`; also return the signed Sampson distances of the result.
+
+    :param r2: squared pixel Sampson distances (B, N) of E on the points, if known.
+    :param W: :func:`_sampson_features` of y1, y2, if known.
+    :return: E (B, 3, 3) and its signed pixel Sampson distances (B, N) on all the points when
+        they were computed on the way (the final step on all points), else None.
+    """
+    # one (R, t) of E (H&Z Result 9.19): R = U W V^T made proper, t = u3; any of the four
+    # candidates gives the same E up to sign, which the Sampson distance does not see
+    U, _, Vh = torch.linalg.svd(E)
+    R = U @ _W90.to(E) @ Vh
+    R = R * torch.linalg.det(R).sign()[:, None, None]
+    RF = torch.stack((R, _tangent_frame(U[:, :, 2])), dim=1)              # (B, 2, 3, 3)
+    # stop once a step is far below the noise: REFINE_STEP times the median Sampson distance
+    # (pixels) over the focal length (pixels), i.e. a fraction of the angular noise of a ray
+    if r2 is None:
+        e, den = _residuals(E, y1[:, :, ::8], y2[:, :, ::8], L1, L2)
+        r2 = e.square() / den
+    else:
+        r2 = r2[:, ::8]
+    sigma = torch.where(w[:, ::8] > 0, r2, float('nan')).nanmedian(dim=1).values.sqrt_()
+    sigma = sigma.nan_to_num(nan=float(scale_px))
     # only the points of positive weight (padded with zero weights to the batch's largest
     # count) when that saves enough to pay for the gather
     used = w > 0
     m = int(used.sum(1).max())
-    if m < 0.75 * w.shape[1]:
+    gathered = m < 0.75 * w.shape[1]
+    if gathered:
         keep = torch.argsort((~used).to(torch.int8), dim=1, stable=True)[:, :max(m, 1)]
         y1 = torch.gather(y1, 2, keep.unsqueeze(1).expand(-1, 3, -1))
         y2 = torch.gather(y2, 2, keep.unsqueeze(1).expand(-1, 3, -1))
         w = torch.gather(w, 1, keep)
-    Z = (y2.unsqueeze(2) * y1.unsqueeze(1)).reshape(b, 9, -1)             # y2 (x) y1
-    c2 = float(scale_px) ** 2
-    # stop once a step is far below the noise: REFINE_STEP times the median Sampson distance
-    # (pixels) over the focal length (pixels), i.e. a fraction of the angular noise of a ray
-    r2 = _sampson_rt_residuals(E, Z[:, :, ::8], L1, L2).square()
-    sigma = torch.where(w[:, ::8] > 0, r2, float('nan')).nanmedian(dim=1).values.sqrt()
+    if gathered or W is None:
+        W = _sampson_features(y1, y2)
     inv_f = (L1.det().abs() * L2.det().abs()) ** 0.25                    # 1 / focal, (B,)
-    step_tol = REFINE_STEP * sigma.nan_to_num(nan=0.0) * inv_f
-    R, t = _levenberg_marquardt(R, t, Z, L1, L2, c2, w, iters, step_tol)
-    return skew(t) @ R / (2.0 ** 0.5)
+    step_tol = REFINE_STEP * sigma * inv_f
+    c2 = float(scale_px) ** 2
+    if noise_scale > 0:
+        c = (noise_scale * sigma).clamp(min=scale_px * SCALE_MIN, max=scale_px)
+        c2 = c.square().unsqueeze(1)
+    k = W.shape[-1] // REFINE_POINTS
+    r = None
+    if k < 2:
+        RF = _levenberg_marquardt(RF, W, L1, L2, c2, w, iters, step_tol)
+    else:
+        # the iterations on every k-th point, then one step on all of them (from so close to
+        # their optimum, one Gauss-Newton step reaches it to well below the noise)
+        RF = _levenberg_marquardt(RF, W[:, :, ::k].contiguous(), L1, L2, c2,
+                                  w[:, ::k].contiguous(), iters, step_tol * SUBSET_TOL)
+        RF, r = _final_step(RF, W, L1, L2, c2, w)
+    return _skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
 
 
 def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
                      weights: Optional[torch.Tensor] = None, *, threshold_px: float = 0.5,
-                     num_hypotheses: int = 256, lo_iters: int = 5,
+                     num_hypotheses: int = 256, lo_iters: int = 3,
                      generator: Optional[torch.Generator] = None,
                      refine_iters: int = 4, minimal_solver: str = 'five') -> RansacResult:
     """
@@ -628,12 +758,14 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     needs no focal-length conversion: every model is scored by its exact pixel Sampson distance,
     that of F = K2^-T E K1^-1 (H&Z eq. 11.9), evaluated in ray coordinates (exact also for
     fx != fy). Five-point sets are drawn ``CHUNK_SETS`` at a time until, for every pair, their
-    number reaches log(1 - p) / log(1 - w^5) (p = ``CONFIDENCE``, w = best inlier ratio so far)
-    or num_hypotheses // 4. The ``LO_TOPK`` best hypotheses get ``lo_iters`` Sampson-reweighted
-    8-point refits on their inliers (on ``LO_POINTS`` points drawn by weight when N is more than
-    4 times that), then :func:`refine_essential` (Cauchy scale = threshold) over (R, t) on the
-    points within ``REFINE_SPAN`` thresholds, repeated (at most ``REFINE_ROUNDS`` times) while that
-    set changes. Computed in float64 (hypothesis ranking in float32).
+    number reaches log(1 - p) / log(1 - w^5) (p = ``CONFIDENCE``, w = best ratio so far of points
+    within ``COUNT_SPAN`` thresholds) or num_hypotheses // 4. The ``LO_TOPK`` best hypotheses get
+    ``lo_iters`` Sampson-reweighted 8-point refits on their inliers (on ``LO_POINTS`` points
+    drawn by weight when N is more than 4 times that), then
+    :func:`refine_essential` over (R, t) on the points within ``REFINE_SPAN`` thresholds, with
+    a Cauchy scale of ``NOISE_SCALE`` times the median Sampson distance of the pair (at most the
+    threshold), repeated (at most ``REFINE_ROUNDS`` times) while that set changes. Computed in
+    float64 (hypothesis ranking in float32).
     On CPU the call runs on one intra-op thread (restored afterwards, see
     :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
 
@@ -651,7 +783,8 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         ``LO_TOPK`` best hypotheses.
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
     :param refine_iters: at most this many Levenberg-Marquardt iterations per refinement round
-        (0 disables the refinement); it stops earlier once a step is far below the noise.
+        (0 disables the refinement); it stops earlier once a step is far below the noise. With
+        N >= 2 ``REFINE_POINTS`` they run on every k-th point and one more step on all.
     :param minimal_solver: ``'five'`` (default):
         :func:`~trianflow_ros.geometry.epipolar.five_point` on num_hypotheses // 4 minimal sets
         (up to 10 real solutions each, all scored); ``'eight'``: 8-point minimal sets projected
@@ -671,18 +804,23 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     ok = (w > 0).sum(1) >= MIN_POINTS
     with one_cpu_thread(x1.device):
         K1i = torch.linalg.inv(K1.detach().to(torch.float64))
-        K2i = torch.linalg.inv(K2.detach().to(torch.float64))
+        K2i = K1i if K2 is K1 else torch.linalg.inv(K2.detach().to(torch.float64))
         y1, y2 = _channels_first(x1, K1i), _channels_first(x2, K2i)
         L1, L2 = K1i[:, :2, :2].transpose(1, 2), K2i[:, :2, :2].transpose(1, 2)
+        W = _sampson_features(y1, y2)
         E, r2 = _lo_msac(y1, y2, L1, L2, w, threshold_px, num_hypotheses, lo_iters, generator,
-                         essential=True, five=minimal_solver == 'five')
+                         essential=True, five=minimal_solver == 'five', W_all=W)
         near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
         for round_ in range(REFINE_ROUNDS if refine_iters > 0 else 0):
             # each round refines on the points near the current model; a further round only
             # runs while that set still changes (more than REFINE_CHANGE of the points)
-            E = refine_essential(E, y1, y2, L1, L2, near, threshold_px, refine_iters)
-            e, den = _residuals(E, y1, y2, L1, L2)
-            r2 = e.square() / den
+            E, r = _refine(E, y1, y2, L1, L2, near, threshold_px, refine_iters, NOISE_SCALE,
+                           r2, W)
+            if r is None:
+                e, den = _model_terms(E.unsqueeze(1), W, L1, L2)
+                r2 = e[:, 0].square().div_(den[:, 0])
+            else:
+                r2 = r.square()
             if round_ + 1 < REFINE_ROUNDS:
                 new_near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
                 changed = ((new_near > 0) != (near > 0)).sum(1)
