@@ -12,7 +12,8 @@ from trianflow_ros.nets.depth_net import DepthNet, disp_to_depth
 from trianflow_ros.nets.feature_pyramid import FeaturePyramid
 from trianflow_ros.nets.flow_net import FlowNet
 from trianflow_ros.nets.posenet import FlowPoseNet, pose_from_vector, PoseNet
-from trianflow_ros.nets.pwc_decoder import cost_volume, PWCDecoder, upsample_flow
+from trianflow_ros.nets.pwc_decoder import cost_volume, normalize_feature_pair, PWCDecoder
+from trianflow_ros.nets.pwc_decoder import upsample_flow
 
 KEYS_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'checkpoint_keys'
 H, W = 64, 128
@@ -153,6 +154,48 @@ def test_cost_volume_is_the_channel_mean_of_shifted_products():
             inside = 0 <= yy < 7 and 0 <= xx < 9
             want = (f1[:, :, y, x] * f2[:, :, yy, xx]).mean(1) if inside else torch.zeros(2)
             torch.testing.assert_close(cv[:, k, y, x], want.to(cv.dtype))
+
+
+def test_normalized_cost_volume_is_affine_invariant_and_per_sample():
+    g = torch.Generator().manual_seed(3)
+    f1 = torch.randn(3, 6, 5, 8, generator=g, dtype=torch.float64)
+    f2 = torch.randn(3, 6, 5, 8, generator=g, dtype=torch.float64)
+    n1, n2 = normalize_feature_pair(f1, f2)
+    both = torch.cat((n1, n2), dim=3)                                    # (B, C, H, 2W)
+    torch.testing.assert_close(both.mean(dim=(2, 3)), torch.zeros(3, 6, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(both.pow(2).mean(dim=(1, 2, 3)),
+                               torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-8)
+    # a per-sample gain and per-channel offset of the features change nothing
+    gain = torch.tensor([1e-2, 3.0, 250.0], dtype=torch.float64).view(3, 1, 1, 1)
+    offset = torch.randn(3, 6, 1, 1, generator=g, dtype=torch.float64)
+    ref = cost_volume(f1, f2, 4, normalize=True)
+    got = cost_volume(gain * f1 + offset, gain * f2 + offset, 4, normalize=True)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)   # eps / sigma^2 = 1e-6
+    assert not torch.allclose(cost_volume(gain * f1, gain * f2, 4), cost_volume(f1, f2, 4))
+    # each sample on its own: the result of sample 0 does not depend on the others
+    torch.testing.assert_close(cost_volume(f1[:1], f2[:1], 4, normalize=True), ref[:1])
+    # identical maps correlate to mean_c n^2 at zero displacement; a constant map stays finite
+    same = cost_volume(f1, f1, 4, normalize=True)[:, 40]
+    torch.testing.assert_close(same, normalize_feature_pair(f1, f1)[0].pow(2).mean(1))
+    flat = cost_volume(torch.ones(1, 4, 3, 3), torch.ones(1, 4, 3, 3), 2, normalize=True)
+    assert torch.isfinite(flat).all() and flat.abs().max() == 0
+    assert torch.autograd.gradcheck(
+        lambda a, b: cost_volume(a, b, 1, normalize=True),
+        (f1[:1, :2, :3, :4].clone().requires_grad_(), f2[:1, :2, :3, :4].clone().requires_grad_()))
+
+
+def test_flow_net_cost_volume_norm_comes_from_the_config_and_keeps_the_keys():
+    from trianflow_ros.config import load_config
+    plain = FlowNet.from_config(load_config(None, []))
+    normed = FlowNet.from_config(load_config(None, ['flow_net.cost_volume_norm=true']))
+    assert not plain.pwc_model.cost_volume_norm and normed.pwc_model.cost_volume_norm
+    assert list(plain.state_dict()) == list(normed.state_dict())
+    normed.load_state_dict(plain.state_dict())
+    img = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = plain(img, img.flip(-1))[0], normed(img, img.flip(-1))[0]
+    assert torch.isfinite(b).all() and not torch.allclose(a, b)
 
 
 def test_pwc_warp_with_zero_flow_is_the_identity_and_integer_flow_shifts():

@@ -65,6 +65,9 @@ class FlowNetConfig:
     width_mult: float = param(1.0, 'channel multiplier of every layer: 1 = the paper network '
                               '(original checkpoints), 0.5 = the small variant of the shipped '
                               'models/default.pth', range=(0.125, 1.0))
+    cost_volume_norm: bool = param(False, 'normalise the feature pair of each level (mean, std) '
+                                   'before the cost volume: not in the original (its weights '
+                                   'need false); trains from scratch far faster')
 
 
 @dataclasses.dataclass

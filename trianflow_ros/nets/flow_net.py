@@ -32,13 +32,16 @@ def _check_pair(img1: torch.Tensor, img2: torch.Tensor) -> None:
 class FlowNet(nn.Module):
     """Optical flow network: ``fpyramid`` (FeaturePyramid) + ``pwc_model`` (PWCDecoder)."""
 
-    def __init__(self, *, search_range: int = 4, width_mult: float = 1.0):
+    def __init__(self, *, search_range: int = 4, width_mult: float = 1.0,
+                 cost_volume_norm: bool = False):
         """
         Build the network.
 
         :param search_range: cost-volume search range in pixels per level (the original: 4).
         :param width_mult: channel multiplier of every layer, in (0, 1] (the original: 1;
             ``flow_net.width_mult`` of the config, e.g. 0.5 for the shipped small weights).
+        :param cost_volume_norm: normalise the features of each level before the cost volume
+            (``flow_net.cost_volume_norm``; not in the original, whose weights need False).
         """
         super().__init__()
         self.width_mult = float(width_mult)
@@ -47,19 +50,23 @@ class FlowNet(nn.Module):
         self.pwc_model = PWCDecoder(
             search_range=search_range, pyramid_channels=pyramid,
             estimator_channels=scaled_channels(ESTIMATOR_CHANNELS, self.width_mult),
-            context_channels=scaled_channels([c for _, c in CONTEXT_LAYERS], self.width_mult))
+            context_channels=scaled_channels([c for _, c in CONTEXT_LAYERS], self.width_mult),
+            cost_volume_norm=cost_volume_norm)
 
     @classmethod
     def from_config(cls, cfg) -> 'FlowNet':
         """
-        Build the network a configuration describes (``flow_net.search_range``, ``width_mult``).
+        Build the network a configuration describes.
+
+        Reads ``flow_net.search_range``, ``width_mult`` and ``cost_volume_norm``.
 
         :param cfg: a ``trianflow_ros.config.Config`` (e.g. the one stored in a checkpoint).
         :return: a new, untrained FlowNet.
         """
         section = cfg.flow_net
         return cls(search_range=section.search_range,
-                   width_mult=float(getattr(section, 'width_mult', 1.0)))
+                   width_mult=float(getattr(section, 'width_mult', 1.0)),
+                   cost_volume_norm=bool(getattr(section, 'cost_volume_norm', False)))
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> List[torch.Tensor]:
         """

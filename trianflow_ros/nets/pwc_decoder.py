@@ -42,8 +42,39 @@ CONTEXT_LAYERS = ((1, 128), (2, 128), (4, 128), (8, 96), (16, 64), (1, 32))
 LEVELS = (6, 5, 4, 3, 2)
 
 
+def normalize_feature_pair(feature1: torch.Tensor, feature2: torch.Tensor,
+                           eps: float = 1e-10) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Centre and scale two feature maps jointly, per sample (before the cost volume).
+
+    ``mu_c`` = mean of channel c over the pixels of both maps, ``sigma^2`` = mean over channels
+    and pixels of both centred maps squared; returns ``((f1 - mu) / sigma, (f2 - mu) / sigma)``.
+    The cost volume of the result is invariant to an affine change ``a f + b_c`` of the features
+    (a > 0, a^2 sigma^2 >> eps) and of order 1 whatever their magnitude, as in the correlation
+    layers of self-supervised flow methods (UFlow, Jonschkowski et al., ECCV 2020). The original
+    TrianFlow does not normalise (its cost volume is ~1e-4 at initialisation, so a network
+    trained from scratch ignores it for many thousands of steps); ``flow_net.cost_volume_norm``
+    switches this on. Each sample is normalised on its own, so a result never depends on the
+    other elements of the batch. Computed in float32 at least (safe under autocast).
+
+    :param feature1: features of image 1, shape (B, C, H, W).
+    :param feature2: (warped) features of image 2, shape (B, C, H, W).
+    :param eps: added to sigma^2 (a constant map stays finite: it becomes 0).
+    :return: the two normalised maps, shapes (B, C, H, W), dtype of the inputs. Differentiable.
+    """
+    dtype = feature1.dtype
+    f1 = feature1.float() if dtype in (torch.float16, torch.bfloat16) else feature1
+    f2 = feature2.float() if dtype in (torch.float16, torch.bfloat16) else feature2
+    mu = 0.5 * (f1.mean(dim=(2, 3), keepdim=True) + f2.mean(dim=(2, 3), keepdim=True))
+    f1, f2 = f1 - mu, f2 - mu
+    var = 0.5 * (f1.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+                 + f2.pow(2).mean(dim=(1, 2, 3), keepdim=True))
+    inv = torch.rsqrt(var + eps)
+    return (f1 * inv).to(dtype), (f2 * inv).to(dtype)
+
+
 def cost_volume(feature1: torch.Tensor, feature2: torch.Tensor,
-                search_range: int = 4) -> torch.Tensor:
+                search_range: int = 4, normalize: bool = False) -> torch.Tensor:
     """
     Correlation of ``feature1`` with shifted ``feature2``, averaged over channels.
 
@@ -54,11 +85,15 @@ def cost_volume(feature1: torch.Tensor, feature2: torch.Tensor,
     :param feature1: features of image 1, shape (B, C, H, W).
     :param feature2: (warped) features of image 2, shape (B, C, H, W).
     :param search_range: d, the maximum displacement in pixels.
+    :param normalize: first normalise the pair with :func:`normalize_feature_pair` (not in
+        the original; ``flow_net.cost_volume_norm``).
     :return: cost volume, shape (B, (2 d + 1)^2, H, W). Differentiable.
     """
     if feature1.shape != feature2.shape or feature1.dim() != 4:
         raise ValueError('cost_volume needs two (B, C, H, W) tensors of equal shape, got '
                          f'{tuple(feature1.shape)} and {tuple(feature2.shape)}')
+    if normalize:
+        feature1, feature2 = normalize_feature_pair(feature1, feature2)
     d = search_range
     h, w = feature1.shape[-2:]
     padded = F.pad(feature2, (d, d, d, d), value=0.0)
@@ -102,7 +137,8 @@ class PWCDecoder(nn.Module):
     def __init__(self, *, search_range: int = 4,
                  pyramid_channels: Sequence[int] = PYRAMID_CHANNELS,
                  estimator_channels: Sequence[int] = ESTIMATOR_CHANNELS,
-                 context_channels: Sequence[int] = tuple(c for _, c in CONTEXT_LAYERS)):
+                 context_channels: Sequence[int] = tuple(c for _, c in CONTEXT_LAYERS),
+                 cost_volume_norm: bool = False):
         """
         Build the estimators and the context network (PyTorch default initialisation).
 
@@ -112,12 +148,16 @@ class PWCDecoder(nn.Module):
             ``ESTIMATOR_CHANNELS``; a small variant passes fewer, same key names).
         :param context_channels: widths of dc_conv1 .. dc_conv6 (the original: those of
             ``CONTEXT_LAYERS``).
+        :param cost_volume_norm: normalise each feature pair before the correlation
+            (:func:`normalize_feature_pair`; no parameters, so the key names do not change;
+            False = the original network, which the released weights need).
         """
         super().__init__()
         if len(estimator_channels) != 5 or len(context_channels) != len(CONTEXT_LAYERS):
             raise ValueError('estimator_channels needs 5 and context_channels '
                              f'{len(CONTEXT_LAYERS)} entries')
         self.search_range = int(search_range)
+        self.cost_volume_norm = bool(cost_volume_norm)
         num_costs = (2 * self.search_range + 1) ** 2
         a, b, c, d, e = (int(x) for x in estimator_channels)
         for level in LEVELS:
@@ -199,13 +239,14 @@ class PWCDecoder(nn.Module):
         for level in LEVELS:
             c1, c2 = features1[level - 1], features2[level - 1]
             if flow is None:
-                x = cost_volume(c1, c2, self.search_range)
+                x = cost_volume(c1, c2, self.search_range, self.cost_volume_norm)
                 delta, x4 = self.estimate(level, x)
                 flow = delta
             else:
                 up = upsample_flow(flow, c1.shape[-2:])
                 warped = self.warp(c2, up)
-                x = torch.cat((cost_volume(c1, warped, self.search_range), c1, up), dim=1)
+                cv = cost_volume(c1, warped, self.search_range, self.cost_volume_norm)
+                x = torch.cat((cv, c1, up), dim=1)
                 delta, x4 = self.estimate(level, x)
                 flow = delta + up
             flows[level] = flow
