@@ -87,7 +87,8 @@ def bench_config(mode: str, args: argparse.Namespace, steps: int, lr: float) -> 
         f'train.batch_size={args.batch}', f'train.lr={lr}', f'train.num_iterations={steps}',
         f'train.seed={args.seed}', 'train.num_workers=0',
         f'train.log_interval={max(1, steps // 10)}',
-        f'train.val_interval={steps}', f'train.save_interval={steps}'])
+        f'train.val_interval={steps}', f'train.save_interval={steps}',
+        f'flow_net.cost_volume_norm={str(args.cost_volume_norm).lower()}'])
 
 
 def train_stage(cfg: Config, out: Path, train_set, val_set, **kwargs) -> Trainer:
@@ -200,15 +201,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--kitti-width', type=int, default=192,
                         help='KITTI network width (its frames are 3.3:1)')
     parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--flow-steps', type=int, default=250)
-    parser.add_argument('--depth-steps', type=int, default=150)
-    parser.add_argument('--kitti-steps', type=int, default=150)
-    parser.add_argument('--flow-lr', type=float, default=3e-4)
+    parser.add_argument('--flow-steps', type=int, default=600)
+    parser.add_argument('--depth-steps', type=int, default=300)
+    parser.add_argument('--kitti-steps', type=int, default=300)
+    parser.add_argument('--flow-lr', type=float, default=1e-3)
     parser.add_argument('--depth-lr', type=float, default=2e-4)
     parser.add_argument('--train-frames', type=int, default=12,
                         help='frames per synthetic training sequence')
     parser.add_argument('--held-frames', type=int, default=6,
                         help='frames per held-out synthetic sequence')
+    parser.add_argument('--no-cost-volume-norm', dest='cost_volume_norm', action='store_false',
+                        help='train the original network (no feature normalisation before '
+                             'the cost volume; learns far more slowly)')
     parser.add_argument('--parts', default='synthetic,kitti',
                         help='comma-separated parts to run: synthetic, kitti')
     parser.add_argument('--seed', type=int, default=0)
@@ -307,7 +311,8 @@ def print_report(args: argparse.Namespace, figures: Dict[str, float]) -> None:
                 'batch': args.batch,
                 'flow_steps': args.flow_steps, 'depth_steps': args.depth_steps,
                 'kitti_steps': args.kitti_steps, 'flow_lr': args.flow_lr,
-                'depth_lr': args.depth_lr, 'quick': args.quick, 'parts': args.parts}
+                'depth_lr': args.depth_lr, 'cost_volume_norm': args.cost_volume_norm,
+                'quick': args.quick, 'parts': args.parts}
     print(json.dumps({**{k: round(v, 5) for k, v in figures.items()}, **settings}))
 
 

@@ -19,25 +19,32 @@ SA4Depth-style LM pose refinement: VO with / without it, and the small-scale gen
 
 2. Generalisation (TrianFlow's finding, at a very small scale): on the same synthetic training
    set (forward, seeds 0-3, 64x192, pairs at stride 1) train for a small fixed number of Adam
-   steps (batch 4, one CPU thread, a minimal loop over ``model(batch, mode)`` /
-   ``model.total_loss``):
+   steps (``--steps``, default 300, ``--flow-steps`` for the flow system; batch 4, one CPU
+   thread, a minimal loop over ``model(batch, mode)`` / ``model.total_loss``; lr ``--lr`` 1e-3
+   for both PoseNets, ``--flow-lr`` 1e-3 for the flow):
 
    - PoseNet (``PoseNetModel``, the odo_posenet loss weights);
    - PoseNet + refinement (``RefinedPoseNetModel``: the same, the pose LM-refined on learned
      features before the losses); tested with the PoseNet alone (as SA4Depth) and with the
      refinement at test time;
-   - the flow/triangulation system: the flow stage (``TrianFlowModel``, mode 'flow'), run in
-     ``VisualOdometry`` with the trained flow (E + triangulation, classical scale);
-     DIS flow (no training) is listed for reference.
+   - the flow/triangulation system: the flow stage (``TrianFlowModel``, mode 'flow', with
+     ``flow_net.cost_volume_norm`` true unless ``--no-cost-volume-norm``: the original
+     PWC-Net's ~1e-4 cost volume is ignored from scratch for thousands of steps), run in
+     ``VisualOdometry`` with the trained FlowNet object (E + triangulation, classical scale:
+     the first translation has norm ``vo.initial_scale``, so its |t| ratio is 1/3 by
+     construction and is not reported); DIS flow (no training) is listed for reference.
 
    Tested on held-out sequences (seeds 100, 101; 13 frames) at stride 1 and stride 3 (3x faster
    motion, never seen in training): ATE (Sim3), RPE, the mean per-pair rotation error (deg)
    and the translation-norm ratio (median |t_est| / |t_gt| of the pairs, divided by the same
-   ratio at stride 1: 1 = the speed generalises, 1/3 = the net still predicts stride-1 motion).
+   ratio at stride 1: 1 = the speed generalises, 1/3 = the net still predicts stride-1 motion);
+   lost / held: VO frames LOST or held as standstill (T = I).
 
-Run from the repository root (one intra-op thread; ~10 minutes on the shared 2-core VM)::
+Run from the repository root (one intra-op thread; ~1-1.4 s per training step and system on
+the shared 2-core VM, i.e. ~30 minutes for 500 steps of each, plus ~10 minutes for part 1)::
 
-    .venv/bin/python bench/refine.py            # the numbers in docs/BENCHMARKS.md
+    .venv/bin/python bench/refine.py                    # both parts
+    .venv/bin/python bench/refine.py --skip-vo --steps 500  # part 2 in docs/BENCHMARKS.md
     .venv/bin/python bench/refine.py --quick    # smoke test
 
 The last printed line is one JSON object.
@@ -58,7 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from trianflow_ros.config import Config  # noqa: E402
+from trianflow_ros.config import Config, load_config  # noqa: E402
 from trianflow_ros.data.kitti_odometry import KittiOdometrySequence  # noqa: E402
 from trianflow_ros.data.sample import collate_samples  # noqa: E402
 from trianflow_ros.data.synthetic import make_sequence  # noqa: E402
@@ -179,9 +186,15 @@ def fmt_row(r: Dict[str, float]) -> str:
 # 2. generalisation: PoseNet, PoseNet + refinement, flow/triangulation
 # --------------------------------------------------------------------------------------------
 
-def train_config(mode: str, h: int, w: int, refine: bool = False) -> Config:
-    """Return the model config of one system (odo_posenet loss weights for the PoseNets)."""
-    cfg = Config()
+def train_config(mode: str, h: int, w: int, refine: bool = False,
+                 cost_volume_norm: bool = True) -> Config:
+    """
+    Return the model config of one system (odo_posenet loss weights for the PoseNets).
+
+    :param cost_volume_norm: ``flow_net.cost_volume_norm`` (used by the flow system: without
+        it the from-scratch PWC-Net ignores its ~1e-4 cost volume for thousands of steps).
+    """
+    cfg = load_config(None, [f'flow_net.cost_volume_norm={str(cost_volume_norm).lower()}'])
     cfg.train.mode = mode
     cfg.data.img_height, cfg.data.img_width = h, w
     cfg.data.bgr = False
@@ -214,7 +227,7 @@ def train(model: torch.nn.Module, mode: str, dataset, steps: int, batch: int, lr
         losses.append(float(total.detach()))
     model.eval()
     k = max(1, min(5, len(losses) // 2))
-    return {'steps': steps, 'loss_first': float(np.mean(losses[:k])),
+    return {'steps': steps, 'lr': lr, 'loss_first': float(np.mean(losses[:k])),
             'loss_last': float(np.mean(losses[-k:])), 'seconds': time.perf_counter() - t0}
 
 
@@ -232,20 +245,22 @@ def posenet_trajectory(model, seq, refine: bool = False) -> np.ndarray:
     return np.stack(poses)
 
 
-def vo_trajectory(flow, seq) -> (np.ndarray, int):
-    """Run the classical-scale VO with a flow provider; return poses and lost count."""
+def vo_trajectory(flow, seq) -> (np.ndarray, Dict[str, int]):
+    """Run the classical-scale VO with a flow provider; return poses, lost / held counts."""
     cfg = vo_config(seq.height, seq.width, False)
     cfg.vo.num_matches = 2000
     vo = VisualOdometry(cfg, flow, None)
     res = [vo.step(float(i), im, seq.K.numpy()) for i, im in enumerate(seq.images_uint8())]
-    return np.stack([r.T_world_cam for r in res]), sum(r.state == TrackingState.LOST
-                                                       for r in res)
+    return np.stack([r.T_world_cam for r in res]), {
+        'lost': sum(r.state == TrackingState.LOST for r in res),
+        'held': sum(r.method == 'hold' for r in res)}     # standstill: T = I
 
 
 def generalization(args) -> Dict[str, Dict]:
     """Part 2 (see the module docstring)."""
     h, w = 64, 192
     steps = 2 if args.quick else args.steps
+    flow_steps = 2 if args.quick else (args.steps if args.flow_steps is None else args.flow_steps)
     n_train = 6 if args.quick else 12
     train_set = SyntheticPairDataset(kinds=('forward',), seeds=(0, 1, 2, 3), num_frames=n_train,
                                      height=h, width=w, stride=1)
@@ -262,16 +277,19 @@ def generalization(args) -> Dict[str, Dict]:
     systems['PoseNet+refine'] = {'train': train(pr, 'posenet', train_set, steps, 4, args.lr)}
     print('trained PoseNet+refine', systems['PoseNet+refine']['train'], flush=True)
     torch.manual_seed(0)
-    fl = TrianFlowModel(train_config('flow', h, w))
-    systems['flow/triangulation'] = {'train': train(fl, 'flow', train_set, steps, 4, args.lr)}
+    fl = TrianFlowModel(train_config('flow', h, w, cost_volume_norm=args.cost_volume_norm))
+    systems['flow/triangulation'] = {'train': train(fl, 'flow', train_set, flow_steps, 4,
+                                                    args.flow_lr)}
     print('trained flow', systems['flow/triangulation']['train'], flush=True)
+    # the VO runs this trained FlowNet object, so it keeps the training's cost_volume_norm
+    assert fl.flow_net.pwc_model.cost_volume_norm == args.cost_volume_norm
     systems['PoseNet+refine (test-time refine)'] = {}
     systems['DIS/triangulation (no training)'] = {}
 
     evaluators = {
-        'PoseNet': lambda s: (posenet_trajectory(pn, s), 0),
-        'PoseNet+refine': lambda s: (posenet_trajectory(pr, s), 0),
-        'PoseNet+refine (test-time refine)': lambda s: (posenet_trajectory(pr, s, True), 0),
+        'PoseNet': lambda s: (posenet_trajectory(pn, s), {}),
+        'PoseNet+refine': lambda s: (posenet_trajectory(pr, s), {}),
+        'PoseNet+refine (test-time refine)': lambda s: (posenet_trajectory(pr, s, True), {}),
         'flow/triangulation': lambda s: vo_trajectory(
             NetworkFlowProvider(fl.flow_net, device='cpu', bgr=False), s),
         'DIS/triangulation (no training)': lambda s: vo_trajectory(DISFlowProvider('medium'), s),
@@ -280,9 +298,10 @@ def generalization(args) -> Dict[str, Dict]:
         for stride, seqs in test_seqs.items():
             per = []
             for s in seqs:
-                est, lost = fn(s)
+                est, counts = fn(s)
                 e = trajectory_errors(est, s.poses.numpy())
-                e['lost'] = lost
+                e['lost'] = counts.get('lost', 0)
+                e['held'] = counts.get('held', 0)
                 per.append(e)
             systems[name][f'stride{stride}'] = {k: float(np.mean([p[k] for p in per]))
                                                 for k in per[0]}
@@ -306,14 +325,17 @@ def print_tables(vo_rows: Dict, gen: Optional[Dict]) -> None:
     if not gen:
         return
     print('\n| system | stride | ATE (Sim3) m | RPE t m | RPE deg | pair rot err deg | '
-          '|t| ratio vs stride 1 | lost |')
+          '|t| ratio vs stride 1 | lost / held |')
     print('|---|---|---|---|---|---|---|---|')
     for name, r in gen.items():
         for stride in (1, 3):
             e = r[f'stride{stride}']
             ratio = f"{e['norm_ratio_vs_stride1']:.2f}" if stride == 3 else '1'
+            if 'triangulation' in name:     # classical scale: 1st |t| = vo.initial_scale
+                ratio = 'n/a'
             print(f"| {name} | {stride} | {e['ate']:.3f} | {e['rpe_t']:.3f} | "
-                  f"{e['rpe_r']:.3f} | {e['pair_rot_deg']:.3f} | {ratio} | {e['lost']:.1f} |")
+                  f"{e['rpe_r']:.3f} | {e['pair_rot_deg']:.3f} | {ratio} | {e['lost']:.1f} / "
+                  f"{e['held']:.1f} |")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -321,8 +343,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--quick', action='store_true', help='smoke test (few frames/steps)')
     parser.add_argument('--frames', type=int, default=20, help='synthetic VO frames')
-    parser.add_argument('--steps', type=int, default=60, help='training steps per system')
-    parser.add_argument('--lr', type=float, default=5e-4, help='Adam learning rate')
+    parser.add_argument('--steps', type=int, default=300,
+                        help='training steps of each PoseNet system (and of the flow system '
+                             'unless --flow-steps)')
+    parser.add_argument('--flow-steps', type=int, default=None,
+                        help='training steps of the flow system (default: --steps)')
+    parser.add_argument('--lr', type=float, default=1e-3,
+                        help='Adam learning rate of both PoseNet systems')
+    parser.add_argument('--flow-lr', type=float, default=1e-3,
+                        help='Adam learning rate of the flow system')
+    parser.add_argument('--no-cost-volume-norm', dest='cost_volume_norm', action='store_false',
+                        help='train the flow system with the original PWC-Net cost volume '
+                             '(flow_net.cost_volume_norm false)')
     parser.add_argument('--kitti-finest-level', type=int, default=2,
                         help='geometry.refine.finest_level on KITTI (2 = 64x208, 0 = 256x832)')
     parser.add_argument('--skip-vo', action='store_true', help='only the generalisation test')
@@ -336,6 +368,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print_tables(vo_rows, gen)
     summary = {'vo': vo_rows, 'generalization': gen, 'quick': args.quick,
                'steps': None if args.skip_train else (2 if args.quick else args.steps),
+               'flow_steps': None if args.skip_train else (
+                   2 if args.quick else args.flow_steps or args.steps),
+               'lr': args.lr, 'flow_lr': args.flow_lr, 'cost_volume_norm': args.cost_volume_norm,
                'seconds': time.perf_counter() - t0, 'machine': platform.processor() or
                platform.machine(), 'torch': torch.__version__}
     print(json.dumps(summary))
