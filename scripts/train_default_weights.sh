@@ -4,11 +4,13 @@
 #   scripts/train_default_weights.sh [RUN_DIR]      (default RUN_DIR: runs/default_weights)
 #
 # Stage 1 (flow) and stage 2 (depth, flow frozen) of TrianFlow, small variant (width 0.5),
-# 128 x 384, BGR, config/default_weights.yaml. Training data: synthetic sequences rendered by
+# 64 x 192, BGR, config/default_weights.yaml. Training data: synthetic sequences rendered by
 # trianflow_ros.data.synthetic (kinds forward + handheld, seeds 0-7, 12 frames each) and the
 # 51 real frames of KITTI odometry sequence 06 (image_0) in ../shared/data/kitti_odometry_seq06
 # when present. Held-out evaluation data (never trained on): synthetic seeds 100, 101, 2000.
-# Steps: FLOW_STEPS (default 600) and DEPTH_STEPS (default 400); stop a stage early with
+# Steps: FLOW_STEPS (default 800, lr FLOW_LR 1e-3) and DEPTH_STEPS (default 600, lr DEPTH_LR
+# 2e-4); the flow net normalises its features before the cost volume (flow_net.cost_volume_norm,
+# see docs/BENCHMARKS.md: the original network does not learn in a CPU budget). Stop a stage early with
 # Ctrl-C / kill and continue with the latest checkpoint (constant learning rate).
 # The final checkpoint is written with scripts/train_default_weights.sh's export step:
 # optimizer state stripped, the resolved config (with the variant) kept.
@@ -18,7 +20,8 @@ RUN="${1:-$ROOT/runs/default_weights}"
 # Environment: STAGE, FLOW_STEPS, DEPTH_STEPS, DEVICE (cpu | cuda | auto), EXPORT (the output /
 # evaluated file, default models/default.pth), EVAL_FRAMES (default 30), OMP_NUM_THREADS.
 STAGE="${STAGE:-all}"            # all (flow, depth, export) | flow | depth | export | eval
-export FLOW_STEPS="${FLOW_STEPS:-600}" DEPTH_STEPS="${DEPTH_STEPS:-400}"
+export FLOW_STEPS="${FLOW_STEPS:-800}" DEPTH_STEPS="${DEPTH_STEPS:-600}"
+export FLOW_LR="${FLOW_LR:-1e-3}" DEPTH_LR="${DEPTH_LR:-2e-4}"
 export RUN ROOT STAGE
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$ROOT/scripts/with_env.sh" "${PYTHON:-$ROOT/.venv/bin/python}" - <<'PY'
@@ -86,9 +89,10 @@ def train(mode, steps, lr, **init):
 
 
 if stage in ('all', 'flow'):
-    train('flow', int(os.environ['FLOW_STEPS']), 3e-4)
+    train('flow', int(os.environ['FLOW_STEPS']), float(os.environ['FLOW_LR']))
 if stage in ('all', 'depth'):
-    train('depth', int(os.environ['DEPTH_STEPS']), 2e-4, init_flow=run / 'flow' / 'last.pth')
+    train('depth', int(os.environ['DEPTH_STEPS']), float(os.environ['DEPTH_LR']),
+          init_flow=run / 'flow' / 'last.pth')
 if stage in ('all', 'export'):
     ckpt = torch.load(run / 'depth' / 'last.pth', map_location='cpu', weights_only=True)
     keep = {k: v for k, v in ckpt['model_state_dict'].items()

@@ -225,4 +225,7 @@ def test_node_runs_from_the_launch_command_line(installed, ros_env, tmp_path):
             proc.wait()
     text = log.read_text()
     assert proc.returncode == 0, text
-    assert 'working resolution=416x128' in text and 'flow=dis' in text, text
+    # the installed package ships models/default.pth: an empty checkpoint parameter uses it, with
+    # the explicit input size of the parameter file
+    assert 'working resolution=416x128' in text, text
+    assert 'flow=net depth=net' in text and 'share/trianflow_ros/models/default.pth' in text, text

@@ -71,7 +71,10 @@ def test_demo_smoke(tmp_path, ros_env):
     assert tum.shape == (8, 8)
     np.testing.assert_allclose(tum[:, 0], 1000 + np.arange(8) / 10.0, atol=1e-6)
     np.testing.assert_allclose(tum[0, 1:], [0, 0, 0, 0, 0, 0, 1], atol=1e-9)
-    assert tum[-1, 3] > 0.1            # forward driving: the camera moved along its z axis
+    # forward driving: the camera moved along its z axis (the scale is the depth net's with the
+    # shipped weights, the first step's with the classical pipeline: compare directions)
+    print('demo final position', tum[-1, 1:4])
+    assert tum[-1, 3] > 3.0 * np.abs(tum[-1, 1:3]).max()
     assert np.loadtxt(out / 'poses_kitti.txt').shape == (8, 12)
     depths = sorted((out / 'depth').glob('*.png'))
     assert 1 <= len(depths) <= 4

@@ -26,7 +26,12 @@ from trianflow_ros.eval.alignment import umeyama
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 128, 416
-SMALL = ['-p', f'data.img_height:={HEIGHT}', '-p', f'data.img_width:={WIDTH}']
+#: The node's mechanics (topics, TF, reset, delivery, errors) are tested on the classical
+#: pipeline, whose geometry these tests check exactly; the shipped learned default is covered by
+#: test_ros_demo.py, test_launch.py and test_weights.py.
+CLASSICAL = ['-p', 'vo.flow_provider:=dis', '-p', 'vo.depth_provider:=none']
+SIZE = ['-p', f'data.img_height:={HEIGHT}', '-p', f'data.img_width:={WIDTH}']
+SMALL = SIZE + CLASSICAL
 
 
 @pytest.fixture(scope='module')
@@ -489,8 +494,8 @@ def test_startup_errors_exit_nonzero_with_the_fix(ros_env, tmp_path):
         'no_config': start_node(ros_env, tmp_path, ['-p', 'config_file:=nonexistent.yaml'],
                                 'no_config'),
         'config': start_node(ros_env, tmp_path, ['-p', 'config_file:=nyu.yaml', '-p',
-                                                 'data.img_width:=640'], 'config'),
-        'fallback': start_node(ros_env, tmp_path, SMALL + [
+                                                 'data.img_width:=640'] + CLASSICAL, 'config'),
+        'fallback': start_node(ros_env, tmp_path, SIZE + [
             '-p', f'checkpoint:={corrupt}', '-p', 'fallback_to_classical:=true', '-p',
             'image_qos:=sensor_data', '-p', 'use_compressed:=true'], 'fallback'),
     }

@@ -33,7 +33,8 @@ def test_images_subcommand_writes_every_output(image_folder, tmp_path, capsys):
     root, seq = image_folder
     out = tmp_path / 'run'
     argv = ['images', str(root), '--intrinsics', str(root / 'K.txt'), '--out', str(out),
-            '--rate', '5', '--quiet', '--profile', '--set', 'vo.resolution=native',
+            '--rate', '5', '--quiet', '--profile', '--flow', 'dis',
+            '--set', 'vo.resolution=native',
             '--set', 'vo.num_matches=1000']
     assert main(argv) == 0
     captured = capsys.readouterr().out
@@ -88,7 +89,7 @@ def test_usage_errors_exit_2(image_folder, tmp_path, capsys):
 def test_kitti_subcommand_on_six_real_frames(tmp_path, capsys):
     out = tmp_path / 'kitti'
     assert main(['kitti', str(KITTI), '--sequence', '06', '--max-frames', '6', '--out',
-                 str(out), '--quiet', '--set', 'vo.num_matches=2000']) == 0
+                 str(out), '--quiet', '--flow', 'dis', '--set', 'vo.num_matches=2000']) == 0
     summary = last_json(capsys)
     assert summary['frames'] == 6 and summary['lost'] == 0
     for name in ('poses_kitti.txt', 'poses_tum.txt', 'trajectory.png', 'metrics.json',

@@ -53,7 +53,8 @@ from trianflow_ros.eval.plots import plot_trajectories
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
 from trianflow_ros.nets.checkpoint import CheckpointError
 from trianflow_ros.vo.odometry import STAGES, VisualOdometry
-from trianflow_ros.vo.providers import network_config, resolve_checkpoint
+from trianflow_ros.vo.providers import find_default_checkpoint, network_config
+from trianflow_ros.vo.providers import resolve_checkpoint
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 PROG = 'trianflow-vo'
@@ -155,8 +156,9 @@ def _common_options() -> argparse.ArgumentParser:
                    help='use every N-th frame (the paper tests stride 3 on KITTI)')
     p.add_argument('--max-frames', type=int, default=None, help='process at most N frames')
     p.add_argument('--flow', choices=('dis', 'net'), default=None,
-                   help='flow provider: dis (OpenCV, no weights; default) or net (needs '
-                        '--checkpoint)')
+                   help='flow provider: dis (OpenCV, no weights) or net (needs --checkpoint); '
+                        'default: net with the shipped models/default.pth when neither '
+                        '--flow, --depth, --checkpoint nor the config choose, else dis')
     p.add_argument('--depth', choices=('none', 'net'), default=None,
                    help='depth provider: none (scale propagated by triangulation) or net; '
                         'default: net when --checkpoint is given, else none')
@@ -221,6 +223,17 @@ def resolve_config(args, log=None) -> Config:
         def log(text: str) -> None:
             print(f'{PROG}: {text}', file=sys.stderr)
     cfg = config_from_args(args)
+    default_vo = Config().vo
+    if (not (args.checkpoint or args.flow or args.depth or cfg.vo.checkpoint)
+            and cfg.vo.flow_provider == default_vo.flow_provider
+            and cfg.vo.depth_provider == default_vo.depth_provider):
+        shipped = find_default_checkpoint()
+        if shipped is not None:
+            # the learned pipeline with the shipped weights is the default (--flow dis: classical)
+            log(f'using the shipped weights {shipped} (learned flow + depth; --flow dis for the '
+                'classical pipeline)')
+            cfg.vo.checkpoint = 'default'
+            cfg.vo.flow_provider = cfg.vo.depth_provider = 'net'
     if args.checkpoint:
         cfg.vo.checkpoint = args.checkpoint
     if args.flow:

@@ -67,8 +67,9 @@ DIS_PRESETS = {'ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
 _LUMA = (0.299, 0.587, 0.114)
 #: Config fields a checkpoint's stored configuration defines (see the module docstring).
 NETWORK_FIELDS = ('data.img_height', 'data.img_width', 'data.bgr', 'flow_net.search_range',
-                  'flow_net.width_mult', 'flow_net.cost_volume_norm', 'depth_net.num_layers', 'depth_net.num_disp_scales',
-                  'depth_net.width_mult', 'depth_net.min_depth', 'depth_net.max_depth')
+                  'flow_net.width_mult', 'flow_net.cost_volume_norm', 'depth_net.num_layers',
+                  'depth_net.num_disp_scales', 'depth_net.width_mult', 'depth_net.min_depth',
+                  'depth_net.max_depth')
 #: The network fields an explicit user setting overrides (the networks are convolutional).
 INPUT_SIZE_FIELDS = ('data.img_height', 'data.img_width')
 #: The shipped weights, relative to the package share folder or the source tree.
