@@ -98,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra = ['--quiet', '--overwrite']
     if args.checkpoint:
         extra += ['--flow', 'net', '--checkpoint', args.checkpoint]
+    else:   # trianflow-vo would pick the shipped models/default.pth by default
+        extra += ['--flow', 'dis']
     if args.quick:
         extra += ['--max-frames', str(args.quick)]
     provider = 'net' if args.checkpoint else 'dis'
