@@ -401,7 +401,24 @@ def _module(spec, attr: str, kind: type, cfg: Optional[Config]) -> nn.Module:
                     f'got {type(spec).__name__}')
 
 
-class NetworkFlowProvider(FlowProvider):
+class _NetworkRunner:
+    """Shared part of the network providers: the wrapped net, its device and channel order."""
+
+    def _wrap(self, spec, attr: str, kind: type, device, bgr: bool,
+              cfg: Optional[Config]) -> None:
+        self.net = _module(spec, attr, kind, cfg)
+        if device is not None:
+            self.net.to(device)
+        self.net.eval()
+        self.bgr = bgr
+
+    def _inputs(self, *images: torch.Tensor) -> List[torch.Tensor]:
+        """Images moved to the net's device, in BGR order when ``bgr``."""
+        dev = next(self.net.parameters()).device
+        return [x.to(dev).flip(1) if self.bgr else x.to(dev) for x in images]
+
+
+class NetworkFlowProvider(_NetworkRunner, FlowProvider):
     """
     The learned flow network (``FlowNet.forward_backward``, full-resolution output).
 
@@ -421,26 +438,19 @@ class NetworkFlowProvider(FlowProvider):
         :param bgr: feed BGR (``data.bgr``).
         :param cfg: network options when loading from a path.
         """
-        self.net = _module(flow_net, 'flow_net', FlowNet, cfg)
-        if device is not None:
-            self.net.to(device)
-        self.net.eval()
-        self.bgr = bgr
+        self._wrap(flow_net, 'flow_net', FlowNet, device, bgr, cfg)
 
     @torch.no_grad()
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """Return (flow_12, flow_21), each (1, 2, H, W), on the images' device."""
         _check_image(img_prev, 'img_prev')
         _check_image(img_cur, 'img_cur')
-        dev = next(self.net.parameters()).device
-        a, b = img_prev.to(dev), img_cur.to(dev)
-        if self.bgr:
-            a, b = a.flip(1), b.flip(1)
+        a, b = self._inputs(img_prev, img_cur)
         f12, f21 = self.net.forward_backward(a, b)
         return f12[0].float().to(img_prev.device), f21[0].float().to(img_prev.device)
 
 
-class NetworkDepthProvider(DepthProvider):
+class NetworkDepthProvider(_NetworkRunner, DepthProvider):
     """The learned depth network; depth = disp_to_depth(disp, min_depth, max_depth)."""
 
     def __init__(self, depth_net, device: Optional[Union[str, torch.device]] = None,
@@ -453,20 +463,13 @@ class NetworkDepthProvider(DepthProvider):
         :param bgr: feed BGR (``data.bgr``).
         :param cfg: network options when loading from a path.
         """
-        self.net = _module(depth_net, 'depth_net', DepthNet, cfg)
-        if device is not None:
-            self.net.to(device)
-        self.net.eval()
-        self.bgr = bgr
+        self._wrap(depth_net, 'depth_net', DepthNet, device, bgr, cfg)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
         """Return the predicted depth (1, 1, H, W) on the image's device."""
         _check_image(image, 'image')
-        dev = next(self.net.parameters()).device
-        x = image.to(dev)
-        if self.bgr:
-            x = x.flip(1)
+        x, = self._inputs(image)
         return self.net.predict_depth(x).float().to(image.device)
 
 
