@@ -15,7 +15,11 @@ lr 1e-4).
       ground-truth valid pixels) of the untrained vs the trained flow net, and their ratio;
    b. depth stage from the trained flow net (``--init-flow``, flow frozen); depth AbsRel after
       per-image median scaling of ``depth_net.predict_depth(image1)`` against the ground-truth
-      depth of the held-out frames (all pixels, 1e-3..100 m), untrained vs trained.
+      depth of the held-out frames (all pixels, 1e-3..100 m), untrained vs trained, and the
+      AbsRel of a constant depth map (the level of a net that learned no structure). The
+      depth stage uses ``loss.tri_min_parallax_px`` (default 1 px; ``--tri-min-parallax-px 0``
+      is the original's filter, under which this stage learns a constant depth); with
+      ``--init-flow`` it starts from a stored flow checkpoint instead of training one.
 
 2. Real KITTI frames: odometry sequence 06, frames 0-50 of the left grey camera
    (``../shared/data/kitti_odometry_seq06``). A flow stage from scratch on the pairs of frames
@@ -70,6 +74,7 @@ from trianflow_ros.geometry.se3 import skew  # noqa: E402
 from trianflow_ros.losses.photometric import flow_photometric_loss  # noqa: E402
 from trianflow_ros.model import build_model  # noqa: E402
 from trianflow_ros.train.trainer import Trainer  # noqa: E402
+from trianflow_ros.vo.providers import load_networks  # noqa: E402
 
 DEFAULT_KITTI = REPO_ROOT.parent / 'shared' / 'data' / 'kitti_odometry_seq06'
 KINDS = ('forward', 'handheld')
@@ -88,7 +93,8 @@ def bench_config(mode: str, args: argparse.Namespace, steps: int, lr: float) -> 
         f'train.seed={args.seed}', 'train.num_workers=0',
         f'train.log_interval={max(1, steps // 10)}',
         f'train.val_interval={steps}', f'train.save_interval={steps}',
-        f'flow_net.cost_volume_norm={str(args.cost_volume_norm).lower()}'])
+        f'flow_net.cost_volume_norm={str(args.cost_volume_norm).lower()}',
+        f'loss.tri_min_parallax_px={args.tri_min_parallax_px}'])
 
 
 def train_stage(cfg: Config, out: Path, train_set, val_set, **kwargs) -> Trainer:
@@ -127,12 +133,19 @@ def flow_epe(flow_net: torch.nn.Module, dataset, batch: int) -> float:
 
 
 @torch.no_grad()
-def depth_abs_rel(depth_net: torch.nn.Module, dataset, batch: int) -> float:
-    """Mean AbsRel after per-image median scaling of the predicted depth of image 1."""
-    depth_net.eval()
+def depth_abs_rel(depth_net: Optional[torch.nn.Module], dataset, batch: int) -> float:
+    """
+    Mean AbsRel after per-image median scaling of the predicted depth of image 1.
+
+    ``depth_net=None`` scores a constant depth map: the level of a net that has learned no
+    structure (a constant is median-scaled to the median of the ground truth).
+    """
+    if depth_net is not None:
+        depth_net.eval()
     evaluator = DepthEvaluator(min_depth=1e-3, max_depth=100.0, crop=None)
     for b in _loader(dataset, batch):
-        pred = depth_net.predict_depth(b['image1'])
+        pred = (torch.ones_like(b['depth1']) if depth_net is None
+                else depth_net.predict_depth(b['image1']))
         for k in range(pred.shape[0]):
             evaluator.add(b['depth1'][k, 0].numpy(), pred[k, 0].numpy())
     return float(evaluator.summary().means['abs_rel'])
@@ -213,6 +226,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--no-cost-volume-norm', dest='cost_volume_norm', action='store_false',
                         help='train the original network (no feature normalisation before '
                              'the cost volume; learns far more slowly)')
+    parser.add_argument('--tri-min-parallax-px', type=float,
+                        default=Config().loss.tri_min_parallax_px,
+                        help='parallax floor of the triangulated points (0: the original '
+                        'filter, under which the depth net collapses to a constant depth)')
+    parser.add_argument('--init-flow', type=Path, default=None,
+                        help='skip the synthetic flow stage: start the depth stage from this '
+                        'flow checkpoint (e.g. OUT/syn_flow/last.pth of an earlier run)')
     parser.add_argument('--parts', default='synthetic,kitti',
                         help='comma-separated parts to run: synthetic, kitti')
     parser.add_argument('--seed', type=int, default=0)
@@ -255,13 +275,21 @@ def synthetic_part(args: argparse.Namespace, figures: Dict[str, float]) -> None:
     untrained = build_model(cfg_flow)
     figures['flow_epe_untrained'] = flow_epe(untrained.flow_net, held, args.batch)
     figures['depth_absrel_untrained'] = depth_abs_rel(untrained.depth_net, held, args.batch)
-    flow_trainer = train_stage(cfg_flow, args.out / 'syn_flow', train, held)
-    figures['flow_epe_trained'] = flow_epe(flow_trainer.model.flow_net, held, args.batch)
+    figures['depth_absrel_constant'] = depth_abs_rel(None, held, args.batch)
+    init_flow = args.init_flow
+    if init_flow is None:
+        flow_trainer = train_stage(cfg_flow, args.out / 'syn_flow', train, held)
+        trained_flow = flow_trainer.model.flow_net
+        init_flow = args.out / 'syn_flow' / 'last.pth'
+    else:
+        print(f'  flow stage: taken from {init_flow}', flush=True)
+        trained_flow, _ = load_networks(init_flow, depth=False)
+    figures['flow_epe_trained'] = flow_epe(trained_flow, held, args.batch)
     figures['epe_factor'] = figures['flow_epe_untrained'] / figures['flow_epe_trained']
 
     cfg_depth = bench_config('depth', args, args.depth_steps, args.depth_lr)
     depth_trainer = train_stage(cfg_depth, args.out / 'syn_depth', train, held,
-                                init_flow=args.out / 'syn_flow' / 'last.pth')
+                                init_flow=init_flow)
     figures['depth_absrel_trained'] = depth_abs_rel(depth_trainer.model.depth_net, held,
                                                     args.batch)
     figures['synthetic_seconds'] = time.perf_counter() - t_start
@@ -294,6 +322,8 @@ def print_report(args: argparse.Namespace, figures: Dict[str, float]) -> None:
     rows = [('synthetic flow EPE (px, held-out)', 'flow_epe_untrained', 'flow_epe_trained'),
             ('synthetic depth AbsRel (median-scaled)', 'depth_absrel_untrained',
              'depth_absrel_trained'),
+            ('  (a constant depth map scores)', 'depth_absrel_constant',
+             'depth_absrel_constant'),
             ('KITTI 06 photometric (L1+SSIM)', 'kitti_photo_before', 'kitti_photo_after'),
             ('KITTI 06 epipolar Sampson (px, GT F)', 'kitti_epipolar_before',
              'kitti_epipolar_after'),
@@ -312,6 +342,8 @@ def print_report(args: argparse.Namespace, figures: Dict[str, float]) -> None:
                 'flow_steps': args.flow_steps, 'depth_steps': args.depth_steps,
                 'kitti_steps': args.kitti_steps, 'flow_lr': args.flow_lr,
                 'depth_lr': args.depth_lr, 'cost_volume_norm': args.cost_volume_norm,
+                'tri_min_parallax_px': args.tri_min_parallax_px,
+                'init_flow': None if args.init_flow is None else str(args.init_flow),
                 'quick': args.quick, 'parts': args.parts}
     print(json.dumps({**{k: round(v, 5) for k, v in figures.items()}, **settings}))
 

@@ -10,7 +10,7 @@ import torch
 from trianflow_ros.geometry.camera import project
 from trianflow_ros.geometry.se3 import make_pose, so3_exp
 from trianflow_ros.geometry.triangulation import (
-    midpoint_triangulate, positive_depth_mask, ray_angle_mask, reproject)
+    midpoint_triangulate, min_angle_for_parallax, positive_depth_mask, ray_angle_mask, reproject)
 
 FX, CX, CY, WIDTH, HEIGHT = 718.9, 607.2, 185.2, 1241, 376
 
@@ -108,6 +108,43 @@ def test_ray_angle_mask_threshold():
     assert not bool(ray_angle_mask(x1, x2r, K5, K5, R).any())
     with pytest.raises(ValueError, match='T_21'):
         ray_angle_mask(x1, x2, K5, K5, torch.eye(4)[None, :3])
+
+
+def test_ray_angle_mask_per_pair_threshold():
+    """A (B, 1) tensor threshold applies one angle per pair, as a number does for all."""
+    K = _K(2)
+    T = make_pose(torch.eye(3, dtype=torch.float64)[None].expand(2, 3, 3),
+                  torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64).expand(2, 3))
+    depth = torch.tensor([10.0, 100.0, 1000.0], dtype=torch.float64)
+    X1 = torch.stack((torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                      depth), dim=-1)[None].expand(2, 3, 3)
+    x1, _, x2, _ = reproject(X1, T, K, K)
+    threshold = torch.tensor([[0.25], [1.0]], dtype=torch.float64)
+    assert ray_angle_mask(x1, x2, K, K, T, threshold).tolist() == [[True, True, False],
+                                                                   [True, False, False]]
+
+
+def test_min_angle_for_parallax():
+    """A parallax of p pixels at focal f is p / f rad; the floor holds; shape (B, 1)."""
+    K = _K(2)
+    K[1, :2] *= 0.1                                              # a 10x smaller image
+    angle = min_angle_for_parallax(1.0, K)
+    assert angle.shape == (2, 1)
+    assert angle[0, 0].item() == pytest.approx(math.degrees(1.0 / FX), rel=1e-12)
+    assert angle[1, 0].item() == pytest.approx(math.degrees(10.0 / FX), rel=1e-12)
+    floored = min_angle_for_parallax(1.0, K, min_angle_deg=0.5)
+    assert floored[:, 0].tolist() == [0.5, pytest.approx(math.degrees(10.0 / FX))]
+    assert min_angle_for_parallax(0.0, K, 0.05)[:, 0].tolist() == [0.05, 0.05]
+    # a point moving by more than the parallax passes, by less fails (1 m baseline, focal FX)
+    T = make_pose(torch.eye(3, dtype=torch.float64)[None],
+                  torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64))
+    z = torch.tensor([FX / 2.0, FX / 0.5], dtype=torch.float64)   # parallax 2 px and 0.5 px
+    X1 = torch.stack((torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                      z), dim=-1)[None]
+    x1, _, x2, _ = reproject(X1, T, K[:1], K[:1])
+    assert (x2 - x1).norm(dim=-1)[0].tolist() == [pytest.approx(2.0), pytest.approx(0.5)]
+    assert ray_angle_mask(x1, x2, K[:1], K[:1], T,
+                          min_angle_for_parallax(1.0, K[:1])).tolist() == [[True, False]]
 
 
 def test_positive_depth_mask_and_reproject():

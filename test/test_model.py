@@ -10,6 +10,7 @@ from trianflow_ros.config import load_config
 from trianflow_ros.data.sample import collate_samples
 from trianflow_ros.data.synthetic_dataset import SyntheticPairDataset
 from trianflow_ros.geometry.se3 import direction_error_deg, rotation_error_deg
+from trianflow_ros.geometry.triangulation import min_angle_for_parallax, ray_angle_mask
 from trianflow_ros.losses.photometric import flow_photometric_loss
 from trianflow_ros.model import (build_model, LOSS_KEYS, loss_weights, PoseNetModel,
                                  solve_two_view, TrianFlowModel)
@@ -213,8 +214,9 @@ def test_total_loss_is_the_weighted_sum_of_raw_losses(batch):
         model.total_loss({'no_such_loss': total})
 
 
-def test_ground_truth_flow_recovers_pose_and_depth(batch):
-    cfg = _config()
+@pytest.mark.parametrize('parallax_px, min_share', [(0.0, 0.5), (1.0, 0.3)])
+def test_ground_truth_flow_recovers_pose_and_depth(batch, parallax_px, min_share):
+    cfg = _config('kitti.yaml', f'loss.tri_min_parallax_px={parallax_px}')
     model = TrianFlowModel(cfg)
     f12, f21, K = batch['flow_12'], batch['flow_21'], batch['K']
     geo = solve_two_view(f12, f21, model.valid_mask(f12, f21), K, cfg,
@@ -224,9 +226,13 @@ def test_ground_truth_flow_recovers_pose_and_depth(batch):
     assert (rotation_error_deg(geo.T_21[:, :3, :3], T_gt[:, :3, :3]) < 1.0).all()
     assert (direction_error_deg(geo.T_21[:, :3, 3], T_gt[:, :3, 3]) < 3.0).all()
     assert torch.allclose(geo.T_21[:, :3, 3].norm(dim=1), torch.ones(2))
+    # every kept point has the configured parallax (focal x ray angle)
+    min_angle = min_angle_for_parallax(parallax_px, K, cfg.geometry.triangulation.min_angle_deg)
+    parallax_ok = ray_angle_mask(geo.x1, geo.x2, K, K, geo.T_21, min_angle)
+    assert not bool((geo.tri_ok & ~parallax_ok).any())
     for i in range(2):
         sel = geo.tri_ok[i]
-        assert int(sel.sum()) > 0.5 * int(geo.matches.count[i])
+        assert int(sel.sum()) > min_share * int(geo.matches.count[i])
         x = geo.x1[i, sel].round().long()
         gt = batch['depth1'][i, 0, x[:, 1], x[:, 0]]
         tri = geo.z1[i, sel] * T_gt[i, :3, 3].norm()       # unit baseline -> metres
@@ -239,6 +245,22 @@ def test_ground_truth_flow_recovers_pose_and_depth(batch):
         out = model(batch, 'depth')
     assert (direction_error_deg(out.T_21[:, :3, 3], T_gt[:, :3, 3]) < 3.0).all()
     assert out.diagnostics['geometry_ok_ratio'] == 1.0
+
+
+def test_parallax_floor_drops_low_parallax_points(batch):
+    """The pixel parallax floor keeps a subset of the original's points, the far ones go."""
+    f12, f21, K = batch['flow_12'], batch['flow_21'], batch['K']
+    geos = {}
+    for px in (0.0, 1.0):
+        cfg = _config('kitti.yaml', f'loss.tri_min_parallax_px={px}')
+        model = TrianFlowModel(cfg)
+        geos[px] = solve_two_view(f12, f21, model.valid_mask(f12, f21), K, cfg,
+                                  torch.Generator().manual_seed(0))
+    kept, dropped = geos[1.0].tri_ok, geos[0.0].tri_ok & ~geos[1.0].tri_ok
+    assert not bool((kept & ~geos[0.0].tri_ok).any())                   # same samples, subset
+    assert int(dropped.sum()) > 0
+    z = geos[0.0].z1
+    assert float(z[dropped].median()) > float(z[kept].median())         # far points go
 
 
 def test_a_failed_sample_is_masked_alone(rotation_batch):

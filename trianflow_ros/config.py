@@ -103,6 +103,9 @@ class LossConfig:
                                       range=(0.0, 1.0))
     depth_match_num: int = param(6000, 'correspondences triangulated per pair', range=(8, 10**6))
     ransac_points: int = param(6000, 'correspondences given to F-RANSAC', range=(8, 10**6))
+    tri_min_parallax_px: float = param(
+        1.0, 'triangulated points need this parallax (focal x ray angle, px); 0 keeps only '
+        'geometry.triangulation.min_angle_deg (the original)', range=(0.0, 100.0))
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ frame 1 and camera 2 at c2 = -R^T t. References are to Hartley & Zisserman, 2nd 
 """
 
 import math
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 
@@ -81,7 +81,8 @@ def midpoint_channels_first(d1: torch.Tensor, d2: torch.Tensor, c2: torch.Tensor
 
 
 def ray_angle_mask(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
-                   T_21: torch.Tensor, min_angle_deg: float = 0.25) -> torch.Tensor:
+                   T_21: torch.Tensor, min_angle_deg: Union[float, torch.Tensor] = 0.25
+                   ) -> torch.Tensor:
     """
     Keep correspondences whose viewing rays meet at a parallax angle of at least ``min_angle_deg``.
 
@@ -90,19 +91,45 @@ def ray_angle_mask(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: tor
     unreliable. With a KITTI-like focal of ~720 px and 0.3 px flow noise (0.024 deg), the default
     0.25 deg bounds the relative depth error to roughly 10 %. A pure rotation rejects every
     point. (The original TrianFlow test cos > 0.001 only rejected points within ~12 px of the
-    epipole.)
+    epipole.) :func:`min_angle_for_parallax` turns a parallax in pixels into this angle.
 
     :param x1: pixel coordinates in image 1, shape (B, N, 2).
     :param x2: pixel coordinates in image 2, shape (B, N, 2).
     :param K1: intrinsics of camera 1, shape (B, 3, 3).
     :param K2: intrinsics of camera 2, shape (B, 3, 3).
     :param T_21: relative pose mapping frame-1 points into frame 2, shape (B, 4, 4).
-    :param min_angle_deg: the smallest accepted angle between the two rays, in degrees.
+    :param min_angle_deg: the smallest accepted angle between the two rays, in degrees: a
+        number, or a tensor broadcastable to (B, N) (e.g. one angle per pair, shape (B, 1)).
     :return: mask, shape (B, N), bool. Not differentiable.
     """
     d1, d2, _ = _rays(x1, x2, K1, K2, T_21)
     cos = (d1 * d2).sum(-1) / (d1.norm(dim=-1) * d2.norm(dim=-1)).clamp(min=1e-30)
+    if isinstance(min_angle_deg, torch.Tensor):
+        return cos <= torch.cos(torch.deg2rad(min_angle_deg.to(cos.dtype)))
     return cos <= math.cos(math.radians(min_angle_deg))
+
+
+def min_angle_for_parallax(parallax_px: float, K: torch.Tensor,
+                           min_angle_deg: float = 0.0) -> torch.Tensor:
+    """
+    Ray angle (deg) that moves a point by ``parallax_px`` pixels, per camera.
+
+    The result is at least ``min_angle_deg``. A parallax of p pixels at focal f (mean of fx,
+    fy) is an angle of about p / f rad, so a threshold in pixels keeps the same depth accuracy
+    at every image resolution (0.05 deg is 0.4 px at KITTI's 832-px width but 0.06 px at
+    128 px). Points with less parallax than the flow noise get triangulated depths that are
+    noise, and the training's triangulation loss then cannot tell a good depth map from a
+    constant one.
+
+    :param parallax_px: smallest parallax in pixels (0: only ``min_angle_deg``).
+    :param K: intrinsics, shape (B, 3, 3).
+    :param min_angle_deg: floor of the result, degrees.
+    :return: angles in degrees, shape (B, 1), for :func:`ray_angle_mask`.
+    """
+    check_shape(K, 'K', ('B', 3, 3))
+    focal = 0.5 * (K[:, 0, 0].abs() + K[:, 1, 1].abs())
+    angle = torch.rad2deg(parallax_px / focal.clamp(min=1e-12))
+    return angle.clamp(min=min_angle_deg)[:, None]
 
 
 def positive_depth_mask(X1: torch.Tensor, T_21: torch.Tensor, min_depth: float = 0.01

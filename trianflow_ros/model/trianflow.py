@@ -14,8 +14,10 @@ Laid out like the paper's Fig. 2 (Zhao et al., CVPR 2020):
    D_e (epipolar distance of every pixel's flow) and M_r = [D_e < rigid_thres] / (1 + D_e);
    E = K^T F K -> (R, t) by the batch-correct cheirality test (unit-norm t).
 3. **Triangulation** (Sec. 3.4): ``loss.depth_match_num`` matches from the top
-   ``loss.depth_sample_ratio`` of M_r * M_s, mid-point triangulated, filtered by the ray angle,
-   positive depth in both views and projection inside both images.
+   ``loss.depth_sample_ratio`` of M_r * M_s, mid-point triangulated, filtered by the ray angle
+   (at least ``geometry.triangulation.min_angle_deg`` and a parallax of
+   ``loss.tri_min_parallax_px`` pixels), positive depth in both views and projection inside
+   both images.
 4. **Depth losses** (Sec. 3.4): the predicted depth of each image is aligned to the
    triangulated structure by one scale (closed-form least squares, no gradient through it, as
    the original's ``register_depth``); triangulation loss in views 1 and 2, dense reprojection
@@ -24,7 +26,10 @@ Laid out like the paper's Fig. 2 (Zhao et al., CVPR 2020):
    epipolar band loss on the flow (``geo_loss``).
 
 Fixes over the original (notes Sec. 6.2): correspondences without replacement and without the
-``topk``-on-binary-mask bias; cheirality per batch element; a sample whose geometry fails
+``topk``-on-binary-mask bias; cheirality per batch element; a parallax floor in pixels for the
+triangulated points (the original's ray test keeps points whose depth is flow noise; at 64x128
+they made the triangulation loss of a constant depth map equal that of the true depth, and the
+depth net collapsed to a constant: docs/BENCHMARKS.md, "Learning"); a sample whose geometry fails
 (fewer than MIN_MATCHES matches, a median match displacement below
 ``geometry.degeneracy.standstill_px`` (standstill), RANSAC failure or fewer than MIN_INLIERS
 inliers, fewer than MIN_INLIERS points in front of both cameras, fewer than 10 % (or
@@ -57,8 +62,8 @@ from trianflow_ros.geometry.flow_masks import (Correspondences, fb_consistency_m
 from trianflow_ros.geometry.pose import recover_pose
 from trianflow_ros.geometry.ransac import ransac_fundamental
 from trianflow_ros.geometry.scale import masked_median
-from trianflow_ros.geometry.triangulation import (midpoint_triangulate, positive_depth_mask,
-                                                  ray_angle_mask, reproject)
+from trianflow_ros.geometry.triangulation import (midpoint_triangulate, min_angle_for_parallax,
+                                                  positive_depth_mask, ray_angle_mask, reproject)
 from trianflow_ros.losses.depth import (align_and_triangulation_loss, depth_reprojection_loss,
                                         flow_rigid_loss)
 from trianflow_ros.losses.epipolar import epipolar_geo_loss
@@ -240,9 +245,11 @@ def solve_two_view(flow_12: torch.Tensor, flow_21: torch.Tensor, valid: torch.Te
         tri = sample_correspondences(rigid * score, f12, num=lc.depth_match_num,
                                      top_ratio=lc.depth_sample_ratio, generator=generator)
         X1 = midpoint_triangulate(tri.x1, tri.x2, K, K, T_21)
+        min_angle = min_angle_for_parallax(lc.tri_min_parallax_px, K,
+                                           gc.triangulation.min_angle_deg)
         x1, z1, x2, z2 = reproject(X1, T_21, K, K)
         tri_ok = (tri.valid & pose_ok[:, None] & torch.isfinite(X1).all(dim=-1)
-                  & ray_angle_mask(tri.x1, tri.x2, K, K, T_21, gc.triangulation.min_angle_deg)
+                  & ray_angle_mask(tri.x1, tri.x2, K, K, T_21, min_angle)
                   & positive_depth_mask(X1, T_21, gc.triangulation.min_depth)
                   & _inside(x1, h, w) & _inside(x2, h, w))
         num_tri = tri_ok.sum(dim=1)
