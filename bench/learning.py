@@ -36,6 +36,9 @@ lr 1e-4).
      lies on its own epipolar line through the focus of expansion), so the absolute figure
      alone favours an untrained net that predicts no motion; the relative one does not.
 
+   The same figures of OpenCV's DIS flow (medium preset) on the held-out pairs are printed as
+   the reference of a good classical flow.
+
 Run from the repository root (2 threads; meant to take < 15 minutes on an idle 2-core CPU;
 on the shared, loaded VM each part took ~13 minutes, see docs/BENCHMARKS.md)::
 
@@ -74,7 +77,7 @@ from trianflow_ros.geometry.se3 import skew  # noqa: E402
 from trianflow_ros.losses.photometric import flow_photometric_loss  # noqa: E402
 from trianflow_ros.model import build_model  # noqa: E402
 from trianflow_ros.train.trainer import Trainer  # noqa: E402
-from trianflow_ros.vo.providers import load_networks  # noqa: E402
+from trianflow_ros.vo.providers import DISFlowProvider, load_networks  # noqa: E402
 
 DEFAULT_KITTI = REPO_ROOT.parent / 'shared' / 'data' / 'kitti_odometry_seq06'
 KINDS = ('forward', 'handheld')
@@ -186,6 +189,20 @@ def kitti_errors(flow_net: torch.nn.Module, dataset, batch: int, w_ssim: float
         rel.extend((med / motion.clamp(min=1e-3)).tolist())
     return {'photo': float(np.mean(photo)), 'epipolar': float(np.mean(epi)),
             'epipolar_rel': float(np.mean(rel))}
+
+
+class DISFlowNet(torch.nn.Module):
+    """OpenCV DIS flow (medium) behind the flow net's call shape: a reference for KITTI."""
+
+    def __init__(self):
+        """Create the DIS provider."""
+        super().__init__()
+        self.dis = DISFlowProvider('medium')
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> List[torch.Tensor]:
+        """Return [flow 1 -> 2 of each pair], (B, 2, H, W)."""
+        return [torch.cat([self.dis(img1[k:k + 1], img2[k:k + 1])[0]
+                           for k in range(img1.shape[0])])]
 
 
 def synthetic_sets(args: argparse.Namespace):
@@ -309,11 +326,14 @@ def kitti_part(args: argparse.Namespace, figures: Dict[str, float]) -> None:
     kitti_trainer = train_stage(cfg_kitti, args.out / 'kitti_flow', kitti_train, kitti_held)
     after = kitti_errors(kitti_trainer.model.flow_net, kitti_held, args.batch,
                          cfg_kitti.loss.w_ssim)
+    dis = kitti_errors(DISFlowNet(), kitti_held, args.batch, cfg_kitti.loss.w_ssim)
     figures.update({'kitti_photo_before': before['photo'], 'kitti_photo_after': after['photo'],
                     'kitti_epipolar_before': before['epipolar'],
                     'kitti_epipolar_after': after['epipolar'],
                     'kitti_epipolar_rel_before': before['epipolar_rel'],
                     'kitti_epipolar_rel_after': after['epipolar_rel'],
+                    'kitti_photo_dis': dis['photo'], 'kitti_epipolar_dis': dis['epipolar'],
+                    'kitti_epipolar_rel_dis': dis['epipolar_rel'],
                     'kitti_seconds': time.perf_counter() - t_kitti})
 
 
@@ -334,8 +354,13 @@ def print_report(args: argparse.Namespace, figures: Dict[str, float]) -> None:
     for name, a, b in rows:
         if a in figures:
             print(f'| {name:<40} | {figures[a]:>10.4f} | {figures[b]:>10.4f} |')
-    factor = figures.get('epe_factor', float('nan'))
-    print(f'\nEPE factor {factor:.2f}x; total {figures["seconds"]:.0f} s '
+    if 'kitti_photo_dis' in figures:
+        print(f'KITTI 06 reference, OpenCV DIS flow: photometric {figures["kitti_photo_dis"]:.4f}'
+              f', Sampson {figures["kitti_epipolar_dis"]:.4f} px, Sampson / flow magnitude '
+              f'{figures["kitti_epipolar_rel_dis"]:.4f}')
+    if 'epe_factor' in figures:
+        print(f'\nEPE factor {figures["epe_factor"]:.2f}x')
+    print(f'total {figures["seconds"]:.0f} s '
           f'({platform.processor() or platform.machine()}, {args.threads} threads)')
     settings = {'height': args.height, 'width': args.width, 'kitti_width': args.kitti_width,
                 'batch': args.batch,

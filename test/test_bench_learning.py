@@ -23,6 +23,7 @@ def test_learning_bench_quick_prints_one_json_line(shared_data, capsys, tmp_path
     for key in ('flow_epe_untrained', 'flow_epe_trained', 'epe_factor',
                 'depth_absrel_untrained', 'depth_absrel_trained', 'kitti_photo_before',
                 'kitti_photo_after', 'kitti_epipolar_before', 'kitti_epipolar_after',
+                'kitti_epipolar_dis', 'kitti_epipolar_rel_dis', 'depth_absrel_constant',
                 'seconds'):
         assert math.isfinite(figures[key]) and figures[key] >= 0.0, key
     assert figures['quick'] is True
