@@ -306,6 +306,29 @@ def test_sync_queues_are_bounded():
     assert sync.flush(0) == 3 and sync.pending(0) == 0 and drops[-1][2] == 'flushed'
 
 
+def test_sync_per_input_queue_sizes_keep_infos_that_overtake_their_images():
+    """Infos arriving 6 frames ahead of their images: a shared queue of 3 loses them."""
+    for sizes, expect_pairs in ((3, 3), ((3, 10), 8)):
+        sync, pairs, drops = make_sync(queue_size=sizes)
+        for i in range(6):
+            sync.add(1, Msg(f'c{i}', float(i)))
+        for i in range(6, 8):
+            sync.add(1, Msg(f'c{i}', float(i)))
+            sync.add(0, Msg(f'i{i - 6}', float(i - 6)))
+        for i in range(2, 8):
+            sync.add(0, Msg(f'i{i}', float(i)))
+        assert len(pairs) == expect_pairs, (sizes, pairs, drops)
+        assert all(a[1:] == b[1:] for a, b in pairs)
+        if sizes == 3:     # infos c0-c4 evicted, so images i0-i4 can never pair
+            assert {(i, r) for i, _, r in drops} <= {(1, 'queue_full'), (0, 'queue_full'),
+                                                     (0, 'unmatched')}
+            assert sorted(m for i, m, _ in drops if i == 0) == [f'i{k}' for k in range(5)]
+        else:
+            assert drops == [] and sync.pending(0) == sync.pending(1) == 0
+    with pytest.raises(ValueError, match='queue_size'):
+        StampSynchronizer(print, queue_size=(3, 0))
+
+
 def test_sync_approximate_takes_the_nearest_within_slop():
     sync, pairs, drops = make_sync(queue_size=5, slop=0.02)
     sync.add(1, Msg('c1', 0.995))

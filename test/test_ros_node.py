@@ -128,7 +128,9 @@ class Camera:
                                      f'{what}:\n{proc.log_path.read_text()[-3000:]}')
             self.executor.spin_once(timeout_sec=0.05)
         log = proc.log_path.read_text()[-3000:] if proc is not None else ''
-        raise AssertionError(f'timed out after {timeout} s waiting for {what}\n{log}')
+        diag = self.last_diag()
+        raise AssertionError(f'timed out after {timeout} s waiting for {what}\nlast diagnostics: '
+                             f'{None if diag is None else diag[0]}\n{log}')
 
     def wait_connected(self, proc, timeout=60.0) -> None:
         """Wait until vo_node subscribes to image and camera_info and publishes odom."""

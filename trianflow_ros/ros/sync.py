@@ -24,7 +24,7 @@ account for every message.
 
 import bisect
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 #: reasons given to ``on_drop``.
 DROP_REASONS = ('queue_full', 'stale', 'unmatched', 'flushed')
@@ -43,24 +43,27 @@ class StampSynchronizer:
     called outside the lock, in the order of the pairs.
     """
 
-    def __init__(self, callback: Callable[[Any, Any], None], queue_size: int = 10,
-                 slop: float = 0.0,
+    def __init__(self, callback: Callable[[Any, Any], None],
+                 queue_size: Union[int, Tuple[int, int]] = 10, slop: float = 0.0,
                  on_drop: Optional[Callable[[int, Any, str], None]] = None):
         """
         Create the synchroniser.
 
         :param callback: called as ``callback(msg0, msg1)`` for every pair.
-        :param queue_size: messages kept per input (>= 1).
+        :param queue_size: messages kept per input (>= 1): one number for both, or
+            (images, infos). Camera infos are tiny and arrive before their (large) images when
+            the transport lags, so the node keeps more of them (see ``vo_node``).
         :param slop: largest stamp difference of a pair in seconds (0 = identical stamps).
         :param on_drop: called as ``on_drop(index, msg, reason)`` for every dropped message.
         """
-        if queue_size < 1:
-            raise ValueError(f'queue_size must be >= 1, got {queue_size}')
+        sizes = (queue_size, queue_size) if isinstance(queue_size, int) else tuple(queue_size)
+        if len(sizes) != 2 or min(sizes) < 1:
+            raise ValueError(f'queue_size must be >= 1 (or a pair of them), got {queue_size}')
         if not slop >= 0:
             raise ValueError(f'slop must be >= 0 seconds, got {slop}')
         self.callback = callback
         self.on_drop = on_drop
-        self.queue_size = int(queue_size)
+        self.queue_sizes = (int(sizes[0]), int(sizes[1]))
         self.slop_ns = int(round(slop * 1e9))
         self._queues: Tuple[List[Tuple[int, int, Any]], ...] = ([], [])
         self._last = [None, None]
@@ -92,7 +95,7 @@ class StampSynchronizer:
             else:
                 self._seq += 1
                 bisect.insort(queue, (stamp, self._seq, msg))
-                while len(queue) > self.queue_size:
+                while len(queue) > self.queue_sizes[index]:
                     _, _, old = queue.pop(0)
                     dropped.append((index, old, 'queue_full'))
                 self._match(pairs, dropped)

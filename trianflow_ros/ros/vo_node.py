@@ -103,6 +103,11 @@ PACKAGE = 'trianflow_ros'
 DEFAULT_WEIGHTS = DEFAULT_CHECKPOINT
 #: Seconds between repeated warnings of one kind.
 WARN_PERIOD = 5.0
+#: Smallest queue of camera_info messages (DDS history and stamp synchroniser). Infos are a few
+#: hundred bytes and overtake their multi-megabyte images when the transport lags; with the
+#: image queue's depth (10) they were evicted before their images arrived, and those images
+#: were dropped as 'unmatched' (or, for the last ones, stayed pending).
+INFO_QUEUE_MIN = 100
 #: Reasons a frame is rejected (keys of the diagnostics' rejected_* values).
 REJECT_REASONS = ('encoding', 'malformed', 'size', 'stamp', 'camera_info', 'no_camera_info',
                   'unsynchronised', 'error')
@@ -357,11 +362,14 @@ class VONode(Node):
             self._sync = None
         else:
             self.info['sync'] = 'own StampSynchronizer'
-            self._sync = StampSynchronizer(self._on_pair, p['queue_size'], p['sync_slop'],
+            info_depth = max(depth, INFO_QUEUE_MIN)
+            self._sync = StampSynchronizer(self._on_pair, (depth, info_depth), p['sync_slop'],
                                            on_drop=self._on_sync_drop)
             self.create_subscription(image_type, image_topic, self._on_image, qos,
                                      callback_group=group, event_callbacks=events)
-            self.create_subscription(CameraInfo, self.info_topic, self._on_info, qos,
+            info_qos = QoSProfile(depth=info_depth, history=HistoryPolicy.KEEP_LAST,
+                                  reliability=qos.reliability, durability=qos.durability)
+            self.create_subscription(CameraInfo, self.info_topic, self._on_info, info_qos,
                                      callback_group=group, event_callbacks=events)
 
     def _warn(self, key: str, text: str, period: float = WARN_PERIOD, once: bool = False,
