@@ -25,7 +25,6 @@ import json
 import os
 from pathlib import Path
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +79,7 @@ def run(args) -> Dict:
     from trianflow_ros.ros import demo
     from trianflow_ros.ros.bag import synthetic_source
     from trianflow_ros.ros.conversions import make_camera_info, numpy_to_image
+    from trianflow_ros.ros.process import stop_process
 
     domain = demo.pick_domain_id(args.domain_id)
     env = demo.ros_environment(domain)
@@ -177,12 +177,7 @@ def run(args) -> Dict:
     finally:
         stop.set()
         spinner.join(timeout=5)
-        if node_proc.poll() is None:
-            node_proc.send_signal(signal.SIGINT)
-            try:
-                node_proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node_proc.kill()
+        stop_process(node_proc)
         log.close()
         executor.shutdown()
         node.destroy_node()

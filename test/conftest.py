@@ -28,6 +28,27 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope='session')
+def write_image_folder():
+    """
+    Return ``write(root, frames, height, width, seed)``, a writer of image folders.
+
+    It writes a synthetic 'forward' sequence as ``frame_NNN.png`` (RGB saved as BGR) plus
+    ``K.txt`` (fx fy cx cy), the input of ``trianflow-vo images``, and returns the sequence.
+    """
+    import cv2
+    from trianflow_ros.data.synthetic import make_sequence
+
+    def write(root: Path, frames: int, height: int, width: int, seed: int):
+        seq = make_sequence('forward', frames, height, width, seed=seed)
+        for i, image in enumerate(seq.images_uint8()):
+            cv2.imwrite(str(root / f'frame_{i:03d}.png'), image[:, :, ::-1])
+        K = seq.K.numpy()
+        (root / 'K.txt').write_text(f'{K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n')
+        return seq
+    return write
+
+
 @pytest.fixture
 def ros_env():
     """

@@ -13,13 +13,13 @@ remapped topics.
 import importlib.util
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import time
 import types
 
 import pytest
+from trianflow_ros.ros.process import stop_process
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,12 +217,7 @@ def test_node_runs_from_the_launch_command_line(installed, ros_env, tmp_path):
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     text = log.read_text()
     assert proc.returncode == 0, text
     # the installed package ships models/default.pth: an empty checkpoint parameter uses it, with

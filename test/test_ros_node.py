@@ -12,7 +12,6 @@ the classical mode is up to scale) below 5 % of the ground-truth path length.
 
 import math
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from trianflow_ros.data.synthetic import make_sequence
 from trianflow_ros.eval.alignment import umeyama
+from trianflow_ros.ros.process import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 128, 416
@@ -52,13 +52,7 @@ def start_node(env, tmp_path: Path, args, name='node'):
 
 def stop_node(proc, timeout=20.0):
     """Stop the node with SIGINT; return (returncode, log text)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, timeout)
     proc.log_file.close()
     return proc.returncode, proc.log_path.read_text()
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from trianflow_ros.data.synthetic import make_sequence
 from trianflow_ros.eval.trajectory_io import read_kitti, read_tum
 from trianflow_ros.vo.cli import main
 
@@ -19,14 +18,9 @@ def last_json(capsys) -> dict:
 
 
 @pytest.fixture(scope='module')
-def image_folder(tmp_path_factory):
-    seq = make_sequence('forward', 8, 96, 320, seed=1)
+def image_folder(tmp_path_factory, write_image_folder):
     root = tmp_path_factory.mktemp('frames')
-    for i, image in enumerate(seq.images_uint8()):
-        cv2.imwrite(str(root / f'frame_{i:03d}.png'), image[:, :, ::-1])
-    K = seq.K.numpy()
-    (root / 'K.txt').write_text(f'{K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n')
-    return root, seq
+    return root, write_image_folder(root, 8, 96, 320, seed=1)
 
 
 def test_images_subcommand_writes_every_output(image_folder, tmp_path, capsys):

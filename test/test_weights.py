@@ -11,22 +11,20 @@ the names and shapes of the released ``kitti_odo.pth``) stands in for the releas
 
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from trianflow_ros.config import Config, dump_yaml, load_config
-from trianflow_ros.data.synthetic import make_sequence
 from trianflow_ros.nets.checkpoint import CheckpointError, state_dict_from_manifest
 from trianflow_ros.nets.depth_net import DepthNet
 from trianflow_ros.nets.flow_net import FlowNet
+from trianflow_ros.ros.process import stop_process
 from trianflow_ros.train.checkpoints import atomic_save, make_checkpoint
 from trianflow_ros.vo import cli, providers
 from trianflow_ros.vo.odometry import VisualOdometry
@@ -74,14 +72,10 @@ def original_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def image_folder(tmp_path_factory):
+def image_folder(tmp_path_factory, write_image_folder):
     """Four synthetic frames of 96x320 and their intrinsics file."""
-    seq = make_sequence('forward', 4, 96, 320, seed=3)
     root = tmp_path_factory.mktemp('frames')
-    for i, image in enumerate(seq.images_uint8()):
-        cv2.imwrite(str(root / f'frame_{i:03d}.png'), image[:, :, ::-1])
-    K = seq.K.numpy()
-    (root / 'K.txt').write_text(f'{K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n')
+    write_image_folder(root, 4, 96, 320, seed=3)
     return root
 
 
@@ -300,13 +294,7 @@ def test_node_logs_the_checkpoint_input_size(ros_env, tiny_checkpoint, tmp_path)
                 time.sleep(0.2)
     finally:
         for proc, log, _ in runs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             log.close()
     texts = {name: path.read_text() for name, (_, _, path) in runs.items()}
     assert all(proc.returncode == 0 for proc, _, _ in runs.values()), texts

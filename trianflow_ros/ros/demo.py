@@ -32,7 +32,6 @@ import json
 import os
 from pathlib import Path
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from trianflow_ros.eval.plots import plot_trajectories
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
 from trianflow_ros.ros.bag import (BagError, CAMERA_INFO_TOPIC, IMAGE_TOPIC, synthetic_source,
                                    write_bag)
+from trianflow_ros.ros.process import stop_process
 import yaml
 
 PROG = 'trianflow-demo'
@@ -99,20 +99,6 @@ def write_params_file(path: Path, params: Dict[str, object]) -> Path:
         node[parts[-1]] = value
     path.write_text(yaml.safe_dump({'/**': {'ros__parameters': tree}}, sort_keys=True))
     return path
-
-
-def _stop(proc: Optional[subprocess.Popen], timeout: float = 20.0) -> Optional[int]:
-    """SIGINT a child process and wait for it (kill after ``timeout``); return its status."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def _tail(path: Path, n: int = 25) -> str:
@@ -223,8 +209,8 @@ def run_pipeline(bag: Path, num_frames: int, workdir: Path, env: Optional[Dict] 
             time.sleep(0.05)
         wall = time.monotonic() - t_play
     finally:
-        result['player_rc'] = _stop(player)
-        result['node_rc'] = _stop(node)
+        result['player_rc'] = stop_process(player)
+        result['node_rc'] = stop_process(node)
         stop.set()
         spinner.join(timeout=5.0)
         node_log.close()

@@ -508,21 +508,21 @@ class VONode(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _on_pause(self, request, response):
+    def _set_paused(self, paused: bool, response, changed: str, unchanged: str):
+        """Set the pause flag; answer the Trigger with ``changed`` or ``unchanged``."""
         with self._cond:
             was = self._paused
-            self._paused = True
+            self._paused = paused
         response.success = True
-        response.message = 'already paused' if was else 'paused: frames are counted, not used'
+        response.message = changed if was != paused else unchanged
         return response
 
+    def _on_pause(self, request, response):
+        return self._set_paused(True, response, 'paused: frames are counted, not used',
+                                'already paused')
+
     def _on_resume(self, request, response):
-        with self._cond:
-            was = self._paused
-            self._paused = False
-        response.success = True
-        response.message = 'resumed' if was else 'was not paused'
-        return response
+        return self._set_paused(False, response, 'resumed', 'was not paused')
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         reason = self.params.check(params)
