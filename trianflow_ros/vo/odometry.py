@@ -421,7 +421,7 @@ class VisualOdometry:
         return img.clamp(0.0, 1.0), Kt[None].float().to(self.device)
 
     # ----------------------------------------------------------------------------------------
-    def step(self, stamp: float, image, K) -> FrameResult:
+    def step(self, stamp: float, image, K, distortion=None) -> FrameResult:
         """
         Process one frame.
 
@@ -429,6 +429,10 @@ class VisualOdometry:
         :param image: (H, W, 3) uint8 (RGB, or BGR if constructed with ``bgr=True``) or a
             (3, H, W) float tensor in [0, 1].
         :param K: (3, 3) intrinsics at the input resolution (numpy or tensor).
+        :param distortion: the lens distortion of the input image
+            (:class:`~trianflow_ros.geometry.distortion.Distortion`, a ``(model, coeffs)``
+            pair, or None for a pinhole / rectified image); the matches are undistorted
+            before any geometry, the depth stays on the raw pixel grid.
         :return: :class:`FrameResult`.
         :raises ValueError: malformed image or K (shape, dtype); bad pixel values (NaN) and
             untrackable frames are reported as LOST instead.
