@@ -150,9 +150,16 @@ class TriangulationConfig:
 class ScaleConfig:
     """Alignment of the depth-network scale to the triangulated structure."""
 
-    method: str = param('robust', 'scale estimator', choices=('median', 'lsq', 'robust'))
+    method: str = param('log', 'scale estimator: log (weighted mean log ratio of the '
+                        'consensus, unbiased; the VO default), robust (consensus + relative '
+                        'least squares, biased low by the relative variance), median, lsq',
+                        choices=('median', 'lsq', 'robust', 'log'))
     max_depth: float = param(50.0, 'ignore predicted depths beyond this (m)', range=(0.0, 1e5))
     min_points: int = param(100, 'fewer valid depth pairs -> PnP fallback', range=(1, 10**6))
+    threshold: float = param(0.1, 'consensus half-width on |log(scale * z / target)| of the '
+                             'robust and log fits', range=(1e-3, 10.0))
+    depth_sigma: float = param(0.1, 'relative (log) error assumed for a depth provider\'s '
+                               'depth: weighs it against the triangulation', range=(1e-3, 10.0))
 
 
 @dataclasses.dataclass
@@ -229,6 +236,10 @@ class VOConfig:
     min_flow_px: float = param(5.0, 'mean flow below this uses PnP instead of E (px)',
                                range=(0.0, 1000.0))
     device: str = param('auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N')
+    resize_interpolation: str = param('area', 'interpolation when the input is shrunk to the '
+                                      'working size: area (cv2.INTER_AREA) or linear '
+                                      '(cv2.INTER_LINEAR, what the original TrianFlow and its '
+                                      'released checkpoints used)', choices=('area', 'linear'))
     resolution: str = param('network', 'working resolution: network (data.img_height x '
                             'data.img_width, K rescaled) or native (input size; classical flow)',
                             choices=('network', 'native'))
@@ -247,11 +258,39 @@ class VOConfig:
     min_image_std: float = param(0.02, 'grey-level std below which a frame is untrackable '
                                  '(black, covered)', range=(0.0, 1.0))
     min_matches: int = param(100, 'fewer valid matches -> tracking lost', range=(8, 10**6))
-    min_valid_ratio: float = param(0.05, 'share of pixels with a consistent match (D_fb < 0.5 px) '
-                                   'below which the frame is lost', range=(0.0, 1.0))
-    keyframe_rotation_deg: float = param(5.0, 'without depth, pure rotations keep the reference '
-                                         'frame up to this angle (parallax accumulates)',
+    min_valid_ratio: float = param(0.0, 'share of pixels with a consistent match (D_fb < 0.5 '
+                                   'px) below which the frame is lost (0: only the absolute '
+                                   'count vo.min_matches; a share failed fast hand-held '
+                                   'motion with thousands of good matches)', range=(0.0, 1.0))
+    keyframe_rotation_deg: float = param(5.0, 'a new keyframe when the rotation from the '
+                                         'keyframe exceeds this (deg), whatever the parallax',
                                          range=(0.0, 180.0))
+    keyframe_parallax_px: float = param(8.0, 'a new keyframe when the median rotation-'
+                                        'compensated parallax of the matches reaches this '
+                                        '(px at the working resolution)', range=(0.0, 1e4))
+    keyframe_inlier_ratio: float = param(0.7, 'a new keyframe when the inliers fall below this '
+                                         'share of the keyframe\'s first pair (tracking '
+                                         'quality)', range=(0.0, 1.0))
+    sign_parallax_px: float = param(2.0, 'parallax (focal x ray angle, px) a match needs to '
+                                    'vote on the sign of E\'s translation', range=(0.0, 1e4))
+    pose_similar_ratio: float = param(0.7, 'E candidates with more than this share of the '
+                                      'winner\'s votes make the translation unobservable',
+                                      range=(0.0, 1.0))
+    pose_min_votes: int = param(30, 'fewer parallax votes for the winning E candidate: the '
+                                'translation is unobservable (rotation or PnP)',
+                                range=(1, 10**6))
+    scale_min_parallax_px: float = param(1.0, 'triangulated points need this parallax (px) to '
+                                         'enter the scale fit', range=(0.0, 1e4))
+    klt_window: int = param(13, 'Lucas-Kanade window (px) refining every match of the dense '
+                            'flow (removes its bias at large displacements); 0 = off',
+                            range=(0, 101))
+    map_points: int = param(4000, 'most tracked map points a keyframe keeps (the structure the '
+                            'scale is fitted to)', range=(0, 10**6))
+    map_process_sigma: float = param(0.01, 'log-depth sigma added to a map point each time it '
+                                     'is moved to a new keyframe', range=(0.0, 10.0))
+    map_fusion: bool = param(True, 'fuse the new keyframe\'s depth (triangulation, the '
+                             'previous keyframe\'s map, the depth network) in log depth; off: '
+                             'the depth provider\'s depth or the triangulation alone')
     min_inlier_ratio: float = param(0.25, 'E or PnP inliers / matches below this -> rejected',
                                     range=(0.0, 1.0))
     classify_points: int = param(1000, 'matches used by the motion classification (GRIC)',

@@ -80,6 +80,22 @@ def midpoint_channels_first(d1: torch.Tensor, d2: torch.Tensor, c2: torch.Tensor
     return 0.5 * (a.unsqueeze(-2) * d1 + c2 + b.unsqueeze(-2) * d2)
 
 
+def ray_angle(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
+              T_21: torch.Tensor) -> torch.Tensor:
+    """
+    Return the angle (rad) between the two viewing rays of every correspondence (the parallax).
+
+    :param x1: pixel coordinates in image 1, shape (B, N, 2).
+    :param x2: pixel coordinates in image 2, shape (B, N, 2).
+    :param K1: intrinsics of camera 1, shape (B, 3, 3).
+    :param K2: intrinsics of camera 2, shape (B, 3, 3).
+    :param T_21: relative pose mapping frame-1 points into frame 2, shape (B, 4, 4).
+    :return: angles in [0, pi], shape (B, N). Differentiable (atan2 of |cross| and dot).
+    """
+    d1, d2, _ = _rays(x1, x2, K1, K2, T_21)
+    return torch.atan2(torch.linalg.cross(d1, d2).norm(dim=-1), (d1 * d2).sum(-1))
+
+
 def ray_angle_mask(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
                    T_21: torch.Tensor, min_angle_deg: Union[float, torch.Tensor] = 0.25
                    ) -> torch.Tensor:

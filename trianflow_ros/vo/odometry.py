@@ -1,60 +1,55 @@
 """
 Stateful monocular visual odometry in the TrianFlow manner: ``VisualOdometry.step`` per frame.
 
-Per frame (image i) against the reference frame r (the last good frame):
+Per frame (image i) against the keyframe k:
 
 1. Input: an (H, W, 3) uint8 image (RGB, or BGR with ``bgr=True``) or a (3, H, W) float tensor
-   in [0, 1], and K at the input resolution. The working resolution is ``vo.resolution``:
-   'network' resizes to ``data.img_height x data.img_width`` (K rescaled with
-   ``resize_intrinsics``), 'native' keeps the input size (the classical flow needs no fixed
-   size). A frame without texture (grey std < ``vo.min_image_std``: black, covered,
-   saturated) or with non-finite pixels is LOST at once.
-2. Depth of frame i from the depth provider, computed once and kept with the frame for the
-   next pair.
-3. Flow r -> i and i -> r from the flow provider.
-4. Correspondences (:func:`select_correspondences`): valid = visible x forward-backward
-   consistent (``flow_valid_mask``) x photometrically consistent; score = M_s =
-   valid / (0.1 + D_fb); the image is cut into ``grid_rows x grid_cols`` cells and each cell
-   draws its share of ``vo.num_matches`` without replacement from its best ``top_ratio`` pixels
-   (``sample_correspondences`` per cell: the paper's top-share sampling, spatially spread
-   like DF-VO's local best-N). Fewer than ``vo.min_valid_ratio`` of the pixels with a
-   match consistent to 0.5 px (an unrelated or corrupted image) or fewer than
-   ``vo.min_matches`` matches: LOST. The epipolar part of TrianFlow's score (M_r) is applied to the
-   drawn matches by the E-RANSAC: only its Sampson inliers are triangulated and used for the
-   scale, instead of a second (F) RANSAC per frame to build a dense M_r.
-5. Geometry: one E-RANSAC (``ransac_essential``), then ``classify_motion`` (GRIC) on a random
-   subset of ``vo.classify_points`` matches with the E residuals (+inf when E failed):
+   in [0, 1], K at the input resolution and optionally the lens distortion. The working
+   resolution is ``vo.resolution``: 'network' resizes to ``data.img_height x data.img_width``
+   (K rescaled with ``resize_intrinsics``; ``vo.resize_interpolation``), 'native' keeps the
+   input size. A frame without texture (grey std < ``vo.min_image_std``) or with non-finite
+   pixels is LOST at once.
+2. Depth of frame i from the depth provider, if any.
+3. Flow k -> i and i -> k from the flow provider; matches (:mod:`~trianflow_ros.vo.matches`):
+   forward-backward and photometrically consistent, spread over a grid, undistorted into
+   pinhole pixels. Fewer than ``vo.min_matches`` consistent matches: LOST (no texture in
+   common, an unrelated image).
+4. Geometry: one E-RANSAC, the GRIC motion classification, and the parallax vote of
+   :func:`~trianflow_ros.geometry.pose.choose_pose` (only matches with at least
+   ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed), then
+   the first strategy of :mod:`~trianflow_ros.vo.strategies` that gives a pose:
 
-   - STANDSTILL: hold (T = I); the reference frame is kept, so slow motion accumulates.
-   - a depth of the reference exists and (mean flow < ``vo.min_flow_px``, PURE_ROTATION,
-     no valid E, or too few depth pairs for the scale): PnP (``pnp_ransac``) of the
-     back-projected reference depth (the original's fallback; it also recovers a small
-     translation that the rotation model would drop).
-   - PURE_ROTATION (no usable depth): R from the classification, t = 0; while the reference
-     has no depth and the rotation is below ``vo.keyframe_rotation_deg`` the reference is
-     kept, so that a slow translation accumulates parallax until E becomes usable.
-   - GENERAL: ``recover_pose`` (cheirality), mid-point triangulation of the E inliers
-     (``ray_angle_mask``, ``positive_depth_mask``), and the scale: robust fit (``fit_scale``,
-     ``geometry.scale.method``) of the triangulated depths to the reference depth at x1
-     (depths beyond ``geometry.scale.max_depth`` ignored); fewer than
-     ``geometry.scale.min_points`` pairs -> PnP; without any depth: the first pair gets
-     ``vo.initial_scale``, later ones the last translation norm (motion model).
-   - nothing worked: LOST.
+   - STANDSTILL: hold (T = I; the keyframe is kept, so slow motion accumulates);
+   - translation observable (E decided, not PURE_ROTATION): E + the scale of its translation
+     fitted to the keyframe depth (weighted log fit of the triangulated inliers); without
+     keyframe depth, ``vo.initial_scale`` for the first pair;
+   - keyframe depth exists: PnP on it;
+   - else rotation only (t = 0 relative to the keyframe);
+   - nothing: LOST (no model).
 
-Scale of the odometry (what one unit of translation is):
+5. Keyframes by parallax, as DF-VO and ORB-SLAM: the keyframe is kept until the median
+   rotation-compensated parallax of the inliers reaches ``vo.keyframe_parallax_px``, the
+   rotation ``vo.keyframe_rotation_deg``, or the inliers fall below
+   ``vo.keyframe_inlier_ratio`` of the keyframe's first pair (the flow degrades with the
+   baseline); the first translation-observable pair always makes one. Frames in between are posed against the keyframe (no drift accumulates between
+   keyframes).
+6. The new keyframe's depth map (:mod:`~trianflow_ros.geometry.depth_map`, ``vo.map_fusion``):
+   the log-depth fusion, weighted by inverse variances, of the triangulation of the pair
+   (sigma = noise / parallax), the previous keyframe's map moved along the flow, and the
+   depth provider's depth (sigma ``geometry.scale.depth_sigma``). The scale of each pair is
+   fitted against this map, so it is carried by many frames; with a depth network the odometry
+   unit is the network's and every keyframe pulls the map towards it (no drift, little noise).
 
-- depth network: the depth network's scale (as TrianFlow's VO; metric if the network is).
-- oracle depth (tests): metric.
-- no depth provider (classical): the first translation has norm ``vo.initial_scale``; every
-  later one is fitted to the depth triangulated (E) or transferred (PnP, rotation) into the
-  reference frame by the previous pairs, so the trajectory is consistent up to one global
-  scale (drifting slowly, as every monocular VO).
+Scale of the odometry: the depth network's (as TrianFlow's VO), metric for oracle depth, or
+without a depth provider (classical) the first translation has norm ``vo.initial_scale``.
 
-Failures: a LOST frame holds the last pose, reports :data:`~trianflow_ros.vo.covariance.
-BAD_VARIANCE` covariances and keeps the reference (the last good frame); the next frames are
-matched against it until one succeeds (RECOVERED, then TRACKING). No output is ever NaN.
+Failures: a LOST frame holds the last pose, reports
+:data:`~trianflow_ros.vo.covariance.BAD_VARIANCE` covariances and keeps the keyframe; the next
+frames are matched against it until one succeeds (RECOVERED, then TRACKING). No output is ever
+NaN.
 """
 
+import dataclasses
 import math
 import time
 from typing import Dict, Optional, Tuple, Union
@@ -65,31 +60,28 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config, validate
-from trianflow_ros.geometry.camera import (backproject_pixels, pixel_grid, project,
-                                           resize_intrinsics)
+from trianflow_ros.geometry.camera import resize_intrinsics
 from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
+from trianflow_ros.geometry.camera import backproject_pixels, project
+from trianflow_ros.geometry.depth_map import (fuse_log_depth, grid_points, sample_known,
+                                              transfer_flow_depth, triangulate_flow_depth)
+from trianflow_ros.geometry.distortion import (as_distortion, Distortion, distort_pixels,
+                                               undistort_pixels)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
-from trianflow_ros.geometry.flow_masks import (fb_difference, flow_valid_mask,
-                                               sample_correspondences, score_map)
-from trianflow_ros.geometry.pnp import pnp_ransac
-from trianflow_ros.geometry.pose import recover_pose
+from trianflow_ros.geometry.pose import choose_pose
 from trianflow_ros.geometry.ransac import ransac_essential
-from trianflow_ros.geometry.scale import fit_scale
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.threads import one_cpu_thread
-from trianflow_ros.geometry.triangulation import (midpoint_triangulate, positive_depth_mask,
-                                                  ray_angle_mask)
-from trianflow_ros.geometry.warp import backward_warp, sample_at
+from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
 from trianflow_ros.vo import covariance as cov
+from trianflow_ros.vo import strategies
+from trianflow_ros.vo.matches import match_validity, select_matches
 from trianflow_ros.vo.providers import DepthProvider, FlowProvider, make_providers
+from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, PairFailure
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'total')
-MAD_TO_SIGMA = 1.4826
-#: Forward-backward difference (px) of a "consistent" match for ``vo.min_valid_ratio``.
-GOOD_FB_PX = 0.5
-#: Share of the E inliers that must lie in front of both cameras.
-MIN_CHEIRALITY_RATIO = 0.5
+_INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
 
 
 def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
@@ -105,199 +97,8 @@ def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------------------------
-# per-pair building blocks (pure functions, B = 1)
-# --------------------------------------------------------------------------------------------
-
-def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor,
-                   flow_21: torch.Tensor, cfg: Config) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    Return the valid mask and the score of the pixels of image 1.
-
-    :param img1: (1, 3, H, W) image 1 in [0, 1].
-    :param img2: (1, 3, H, W) image 2.
-    :param flow_12: (1, 2, H, W); non-finite = no match.
-    :param flow_21: (1, 2, H, W).
-    :param cfg: ``flow_net.fb_alpha/fb_beta`` and ``vo.photometric_threshold`` are used.
-    :return: valid (1, 1, H, W) bool and the score M_s (1, 1, H, W) (0 where invalid).
-    """
-    fin1 = torch.isfinite(flow_12).all(1, keepdim=True)
-    fin2 = torch.isfinite(flow_21).all(1, keepdim=True)
-    f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
-    f21 = torch.nan_to_num(flow_21, nan=0.0, posinf=0.0, neginf=0.0)
-    valid = flow_valid_mask(f12, f21, consistency=True, alpha=cfg.flow_net.fb_alpha,
-                            beta=cfg.flow_net.fb_beta) > 0.5
-    valid = valid & fin1 & (backward_warp(fin2.float(), f12, 'zeros') > 0.999)
-    thr = cfg.vo.photometric_threshold
-    if thr > 0:
-        warped = backward_warp(img2, f12, 'zeros')
-        valid = valid & ((warped - img1).abs().mean(1, keepdim=True) < thr)
-    score = score_map(valid.float(), fb_difference(f12, f21))
-    return valid, torch.where(valid, score, torch.zeros_like(score))
-
-
-def select_correspondences(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor,
-                           flow_21: torch.Tensor, cfg: Config,
-                           generator: Optional[torch.Generator] = None
-                           ) -> Tuple[torch.Tensor, torch.Tensor, float]:
-    """
-    Draw spatially spread, flow-consistent matches (see the module docstring, step 4).
-
-    The image is padded (score 0) to a multiple of the grid; every cell draws
-    ``ceil(vo.num_matches / cells)`` matches without replacement from its best
-    ``vo.top_ratio`` share of pixels (``sample_correspondences``, uniform weighting).
-
-    :param img1: (1, 3, H, W) image 1.
-    :param img2: (1, 3, H, W) image 2.
-    :param flow_12: (1, 2, H, W).
-    :param flow_21: (1, 2, H, W).
-    :param cfg: the configuration.
-    :param generator: torch.Generator on the flow's device.
-    :return: x1, x2 of shape (1, N, 2) (only real matches; N may be 0) and the share of the
-        pixels whose match is consistent to :data:`GOOD_FB_PX` (an unrelated image gets
-        smooth, partly consistent flow from DIS, but almost none of it this consistent).
-    """
-    _, score = match_validity(img1, img2, flow_12, flow_21, cfg)
-    good_ratio = float((score > 1.0 / (0.1 + GOOD_FB_PX)).float().mean())
-    f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
-    _, _, h, w = score.shape
-    rows, cols = cfg.vo.grid_rows, cfg.vo.grid_cols
-    ch, cw = math.ceil(h / rows), math.ceil(w / cols)
-    pad = (0, cols * cw - w, 0, rows * ch - h)
-    s = F.pad(score, pad, value=0.0)
-    f = F.pad(f12, pad, value=0.0)
-
-    def cells(x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        return (x.reshape(c, rows, ch, cols, cw).permute(1, 3, 0, 2, 4)
-                .reshape(rows * cols, c, ch, cw))
-
-    quota = math.ceil(cfg.vo.num_matches / (rows * cols))
-    corr = sample_correspondences(cells(s), cells(f), num=quota, top_ratio=cfg.vo.top_ratio,
-                                  generator=generator)
-    r = torch.arange(rows * cols, device=score.device)
-    offset = torch.stack(((r % cols) * cw, torch.div(r, cols, rounding_mode='floor') * ch),
-                         -1).to(corr.x1.dtype)[:, None, :]                  # (cells, 1, 2)
-    keep = corr.valid.reshape(-1)
-    x1 = (corr.x1 + offset).reshape(-1, 2)[keep]
-    x2 = (corr.x2 + offset).reshape(-1, 2)[keep]
-    return x1[None], x2[None], good_ratio
-
-
-def triangulate_depth_map(flow_21: torch.Tensor, valid_2: torch.Tensor, K1: torch.Tensor,
-                          K2: torch.Tensor, T_21: torch.Tensor, *, min_angle_deg: float,
-                          min_depth: float, max_sampson_px: float) -> torch.Tensor:
-    """
-    Depth of every pixel of image 2 by mid-point triangulation along the backward flow.
-
-    :param flow_21: (1, 2, H, W) flow of image 2 into image 1.
-    :param valid_2: (1, 1, H, W) bool, pixels of image 2 with a trusted match.
-    :param K1: (1, 3, 3) intrinsics of image 1.
-    :param K2: (1, 3, 3) intrinsics of image 2.
-    :param T_21: (1, 4, 4) pose (scaled: the depth has its unit).
-    :param min_angle_deg: rays meeting at a smaller angle get no depth.
-    :param min_depth: cheirality margin.
-    :param max_sampson_px: matches farther from the epipolar geometry of T_21 (moving
-        objects, flow errors) get no depth.
-    :return: depth of image 2, (1, 1, H, W) float32, 0 = unknown.
-    """
-    _, _, h, w = flow_21.shape
-    dt = torch.float64
-    x2 = pixel_grid(1, h, w, flow_21.device, dt).reshape(1, 2, -1).transpose(1, 2)
-    f21 = torch.nan_to_num(flow_21.to(dt)).reshape(1, 2, -1).transpose(1, 2)
-    x1 = x2 + f21
-    K1d, K2d, T = K1.to(dt), K2.to(dt), T_21.to(dt)
-    X1 = midpoint_triangulate(x1, x2, K1d, K2d, T)
-    z2 = transform_points(T, X1)[..., 2]
-    ok = valid_2.reshape(1, -1) & ray_angle_mask(x1, x2, K1d, K2d, T, min_angle_deg)
-    ok = ok & positive_depth_mask(X1, T, min_depth) & torch.isfinite(z2)
-    R, t = T[:, :3, :3], T[:, :3, 3]
-    tx = torch.zeros(1, 3, 3, dtype=dt, device=T.device)
-    tx[0, 0, 1], tx[0, 0, 2], tx[0, 1, 2] = -t[0, 2], t[0, 1], -t[0, 0]
-    tx = tx - tx.transpose(1, 2)
-    Fm = fundamental_from_essential(tx @ R, K1d, K2d)
-    ok = ok & (sampson_distance(Fm, x1, x2) < max_sampson_px)
-    return torch.where(ok, z2, torch.zeros_like(z2)).reshape(1, 1, h, w).float()
-
-
-def transfer_depth(depth_1: torch.Tensor, flow_21: torch.Tensor, valid_2: torch.Tensor,
-                   K1: torch.Tensor, T_21: torch.Tensor) -> torch.Tensor:
-    """
-    Move a depth map of image 1 into image 2 with a known pose and the backward flow.
-
-    :param depth_1: (1, 1, H, W) depth of image 1, 0 = unknown.
-    :param flow_21: (1, 2, H, W) flow of image 2 into image 1.
-    :param valid_2: (1, 1, H, W) bool, pixels of image 2 with a trusted match.
-    :param K1: (1, 3, 3) intrinsics of image 1.
-    :param T_21: (1, 4, 4) pose mapping frame-1 points into frame 2.
-    :return: depth of image 2, (1, 1, H, W) float32, 0 = unknown.
-    """
-    _, _, h, w = flow_21.shape
-    dt = torch.float64
-    x2 = pixel_grid(1, h, w, flow_21.device, dt).reshape(1, 2, -1).transpose(1, 2)
-    x1 = x2 + torch.nan_to_num(flow_21.to(dt)).reshape(1, 2, -1).transpose(1, 2)
-    d1 = depth_1.to(dt)
-    known = sample_at((d1 > 0).to(dt), x1, 'zeros')[..., 0] > 0.999
-    z1 = sample_at(d1, x1, 'zeros')[..., 0]
-    X2 = transform_points(T_21.to(dt), backproject_pixels(x1, z1, K1.to(dt)))
-    z2 = X2[..., 2]
-    ok = valid_2.reshape(1, -1) & known & (z1 > 0) & (z2 > 0) & torch.isfinite(z2)
-    return torch.where(ok, z2, torch.zeros_like(z2)).reshape(1, 1, h, w).float()
-
-
-def _robust_sigma(values: torch.Tensor) -> float:
-    """Return 1.4826 * median |values| (0 for an empty tensor)."""
-    if values.numel() == 0:
-        return 0.0
-    return float(MAD_TO_SIGMA * values.abs().median())
-
-
-# --------------------------------------------------------------------------------------------
-# state
-# --------------------------------------------------------------------------------------------
-
-class _Frame:
-    """One prepared frame: image and K at the working resolution, its depth if any."""
-
-    def __init__(self, index: int, stamp: float, image: torch.Tensor, K: torch.Tensor,
-                 depth: Optional[torch.Tensor]):
-        self.index = index
-        self.stamp = stamp
-        self.image = image
-        self.K = K
-        self.depth = depth
-
-
-class _Reference:
-    """The frame new images are matched against, with its pose, covariance and depth."""
-
-    def __init__(self, frame: _Frame, T_world: np.ndarray, cov_left: np.ndarray,
-                 depth: Optional[torch.Tensor], depth_kind: str):
-        self.frame = frame
-        self.T_world = T_world
-        self.cov_left = cov_left
-        self.depth = depth
-        self.depth_kind = depth_kind          # 'depth' (provider), 'propagated' or 'none'
-
-
-class _Outcome:
-    """What the solver decided for one pair."""
-
-    def __init__(self, ok: bool, message: str = ''):
-        self.ok = ok
-        self.message = message
-        self.T_21 = np.eye(4)
-        self.method = 'lost'
-        self.motion: Optional[MotionType] = None
-        self.num_matches = 0
-        self.num_inliers = 0
-        self.scale = 1.0
-        self.scale_source = 'none'
-        self.sigma_px = 1.0
-        self.scale_sigma: Optional[float] = None
-        self.scene_depth = 0.0
-        self.new_depth: Optional[torch.Tensor] = None
-        self.advance = True
+def _rotation_deg(R: np.ndarray) -> float:
+    return math.degrees(math.acos(max(-1.0, min(1.0, (float(np.trace(R)) - 1.0) / 2.0))))
 
 
 class VisualOdometry:
@@ -336,12 +137,14 @@ class VisualOdometry:
         self.flow, self.depth = make_providers(flow, depth, self.cfg, self.device)
         self.bgr = bgr
         self._refiner = None    # geometry.refine: the LM pose refinement, built on first use
+        self._undistort_cache = None
         self.reset()
 
     # ----------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: the next frame starts a new odometry frame (INITIALIZING)."""
-        self._ref: Optional[_Reference] = None
+        self._kf: Optional[Keyframe] = None
+        self._kf_inliers: Optional[int] = None   # inliers of the keyframe's first pair
         self._T_world = np.eye(4)
         self._cov_left = cov.make_spd(np.zeros((6, 6)))
         self._count = 0
@@ -358,6 +161,11 @@ class VisualOdometry:
     def is_lost(self) -> bool:
         """Return True while the last frame was LOST."""
         return self._lost
+
+    @property
+    def keyframe_index(self) -> Optional[int]:
+        """Return the ``index`` of the current keyframe (None before the first frame)."""
+        return None if self._kf is None else self._kf.frame.index
 
     # ----------------------------------------------------------------------------------------
     def working_size(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -382,7 +190,8 @@ class VisualOdometry:
                 # faster than an antialiased float interpolate; K is rescaled below
                 shrink = dst[0] < image.shape[0] or dst[1] < image.shape[1]
                 resized = cv2.resize(np.ascontiguousarray(image), (dst[1], dst[0]),
-                                     interpolation=cv2.INTER_AREA if shrink
+                                     interpolation=_INTERPOLATION[
+                                         self.cfg.vo.resize_interpolation] if shrink
                                      else cv2.INTER_LINEAR)
                 src_hw = tuple(image.shape[:2])
                 image = resized
@@ -413,12 +222,30 @@ class VisualOdometry:
         dst = self.working_size(src)
         img = img[None].to(self.device)
         if dst != src:
+            shrink = dst[0] < src[0] or dst[1] < src[1]
             img = F.interpolate(img, size=dst, mode='bilinear', align_corners=False,
-                                antialias=dst[0] < src[0] or dst[1] < src[1])
+                                antialias=shrink and self.cfg.vo.resize_interpolation == 'area')
             Kt = resize_intrinsics(Kt[None], src, dst)[0]
         elif src_hw is not None:                                # resized by cv2 above
             Kt = resize_intrinsics(Kt[None], src_hw, dst)[0]
         return img.clamp(0.0, 1.0), Kt[None].float().to(self.device)
+
+    def _undistorter(self, distortion, K: torch.Tensor, hw: Tuple[int, int]):
+        """Return (undistort function or None, pinhole pixels of the raw grid or None)."""
+        dist = as_distortion(distortion)
+        if dist is None:
+            return None, None
+        key = (dist, tuple(K.flatten().tolist()), hw)
+        if self._undistort_cache is not None and self._undistort_cache[0] == key:
+            return self._undistort_cache[1], self._undistort_cache[2]
+        Kd = K.double()
+
+        def undistort(x: torch.Tensor) -> torch.Tensor:
+            return undistort_pixels(x.double(), Kd.to(x.device), dist)
+
+        grid = undistort(grid_points(hw[0], hw[1], K.device))
+        self._undistort_cache = (key, undistort, grid)
+        return undistort, grid
 
     # ----------------------------------------------------------------------------------------
     def step(self, stamp: float, image, K, distortion=None) -> FrameResult:
@@ -431,15 +258,17 @@ class VisualOdometry:
         :param K: (3, 3) intrinsics at the input resolution (numpy or tensor).
         :param distortion: the lens distortion of the input image
             (:class:`~trianflow_ros.geometry.distortion.Distortion`, a ``(model, coeffs)``
-            pair, or None for a pinhole / rectified image); the matches are undistorted
-            before any geometry, the depth stays on the raw pixel grid.
+            pair, a string, or None for a pinhole / rectified image); the matches are
+            undistorted before any geometry, the depth stays on the raw pixel grid.
         :return: :class:`FrameResult`.
-        :raises ValueError: malformed image or K (shape, dtype); bad pixel values (NaN) and
-            untrackable frames are reported as LOST instead.
+        :raises ValueError: malformed image, K or distortion (shape, dtype, model); bad pixel
+            values (NaN) and untrackable frames are reported as LOST instead.
         """
         t_start = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         img, Kw = self._prepare(image, K)
+        dist = as_distortion(distortion)
+        undistort, grid = self._undistorter(dist, Kw, tuple(img.shape[-2:]))
         index = self._count
         self._count += 1
 
@@ -465,96 +294,350 @@ class VisualOdometry:
                 depth = torch.nan_to_num(depth.float(), nan=0.0, posinf=0.0, neginf=0.0)
                 depth = depth.clamp(min=0.0)
         timings['depth'] = 1000.0 * (time.perf_counter() - t0)
-        frame = _Frame(index, float(stamp), img, Kw, depth)
+        frame = Frame(index, float(stamp), img, Kw, depth)
 
-        if self._ref is None:
+        if self._kf is None:
             self._T_world = np.eye(4)
             self._cov_left = cov.make_spd(np.zeros((6, 6)))
-            self._ref = _Reference(frame, np.eye(4), self._cov_left, depth,
-                                   'depth' if depth is not None else 'none')
+            d, s, kind = self._provider_map(depth)
+            self._kf = Keyframe(frame, np.eye(4), self._cov_left, d, s, kind)
+            self._kf_inliers = None
             self._lost = False
-            return finish(self._result(stamp, index, Kw, TrackingState.INITIALIZING, None,
-                                       'init', index, 0, 0, 1.0, 'none', depth,
-                                       np.eye(4), self._cov_left, np.zeros((6, 6)), ''))
+            return finish(self._result(frame, TrackingState.INITIALIZING, None, 'init', 0, 0,
+                                       1.0, 'none', depth, np.eye(4), self._cov_left,
+                                       np.zeros((6, 6)), ''))
 
-        ref = self._ref
+        kf = self._kf
         generator = torch.Generator(device=self.device).manual_seed(
             self.cfg.geometry.ransac.seed + index)
         t0 = time.perf_counter()
-        flow_12, flow_21 = self.flow(ref.frame.image, img)
+        flow_12, flow_21 = self.flow(kf.frame.image, img)
         timings['flow'] = 1000.0 * (time.perf_counter() - t0)
         with one_cpu_thread(self.device):   # thousands of small ops: one thread is fastest
-            outcome = self._solve(ref, frame, flow_12, flow_21, generator, timings)
-            if self.cfg.geometry.refine.enabled:
+            est = self._solve(kf, frame, flow_12, flow_21, undistort, generator, timings)
+            if self.cfg.geometry.refine.enabled and isinstance(est, PairEstimate):
                 if self._refiner is None:
-                    # imported here: vo.refinement imports this module
                     from trianflow_ros.vo.refinement import PoseRefiner
                     self._refiner = PoseRefiner(self.cfg, self.flow)
-                self._refiner.refine_outcome(outcome, ref, frame, timings)
-        if not outcome.ok:
-            result = self._lost_result(stamp, index, Kw, outcome.message)
-            result.num_matches = outcome.num_matches
-            result.num_inliers = outcome.num_inliers
-            result.reference_index = ref.frame.index
+                est = self._refiner.refine_estimate(est, kf, frame, timings)
+        if isinstance(est, PairFailure):
+            result = self._lost_result(stamp, index, Kw, est.message)
+            result.num_matches = est.num_matches
+            result.num_inliers = est.num_inliers
+            result.reference_index = kf.frame.index
             return finish(result)
 
-        T_ref_cur = np.linalg.inv(outcome.T_21)
-        T_world_cur = ref.T_world @ T_ref_cur
-        focal = 0.5 * float(Kw[0, 0, 0] + Kw[0, 1, 1])
-        t_norm = float(np.linalg.norm(T_ref_cur[:3, 3]))
-        cov_rel = cov.relative_covariance(
-            outcome.method, focal_px=focal, sigma_px=outcome.sigma_px,
-            num_inliers=outcome.num_inliers, translation_norm=t_norm,
-            scene_depth=outcome.scene_depth, scale_sigma=outcome.scale_sigma,
-            last_speed=self._last_speed,
-            standstill_px=self.cfg.geometry.degeneracy.standstill_px)
-        cov_left = cov.propagate(ref.cov_left, ref.T_world, cov_rel)
+        T_kf_cur = np.linalg.inv(est.T_21)
+        T_world_cur = kf.T_world @ T_kf_cur
         if not np.all(np.isfinite(T_world_cur)):
             return finish(self._lost_result(stamp, index, Kw, 'non-finite pose'))
+        focal = 0.5 * float(Kw[0, 0, 0] + Kw[0, 1, 1])
+        t_norm = float(np.linalg.norm(T_kf_cur[:3, 3]))
+        frames = max(index - kf.frame.index, 1)
+        cov_rel = cov.relative_covariance(
+            est.method, focal_px=focal, sigma_px=est.sigma_px, num_inliers=est.num_inliers,
+            translation_norm=t_norm, scene_depth=est.scene_depth, scale_sigma=est.scale_sigma,
+            last_speed=self._last_speed * frames,
+            standstill_px=self.cfg.geometry.degeneracy.standstill_px)
+        cov_left = cov.propagate(kf.cov_left, kf.T_world, cov_rel)
 
         state = TrackingState.RECOVERED if self._lost else TrackingState.TRACKING
         self._lost = False
-        if outcome.method in ('essential', 'pnp'):
-            self._last_speed = t_norm
+        if est.method in ('essential', 'pnp'):
+            self._last_speed = t_norm / frames
+            self._scale_defined = True
         T_prev_cur = np.linalg.inv(self._T_world) @ T_world_cur
         self._T_world = T_world_cur
         self._cov_left = cov_left
-        out_depth = outcome.new_depth
-        if outcome.advance:
-            kind = ('depth' if depth is not None else
-                    'propagated' if outcome.new_depth is not None else 'none')
-            self._ref = _Reference(frame, T_world_cur, cov_left,
-                                   depth if depth is not None else outcome.new_depth, kind)
-            out_depth = self._ref.depth
-        elif out_depth is None:
-            out_depth = depth if depth is not None else ref.depth
+
+        t0 = time.perf_counter()
+        message = est.message
+        advance, why = self._is_keyframe(est, kf)
+        out_depth = depth
+        with one_cpu_thread(self.device):
+            if advance:
+                d, s, kind = self._new_map(est, kf, frame, flow_21, flow_12, undistort, grid)
+                points = self._new_points(est, kf, frame, dist)
+                self._kf = Keyframe(frame, T_world_cur, cov_left, d, s, kind, points)
+                self._kf_inliers = None
+                if out_depth is None:
+                    out_depth = d
+            elif out_depth is None and kf.depth is not None:
+                valid_2 = self._valid_2(kf, frame, flow_21, flow_12)
+                out_depth, _ = transfer_flow_depth(
+                    kf.depth, None, flow_21, valid_2, kf.frame.K,
+                    torch.from_numpy(est.T_21)[None].to(kf.frame.K.device),
+                    undistort=undistort, grid_2=grid)
+        timings['scale'] += 1000.0 * (time.perf_counter() - t0)
+        if advance and why:
+            message = (message + '; ' if message else '') + why
         return finish(self._result(
-            stamp, index, Kw, state, outcome.motion, outcome.method, ref.frame.index,
-            outcome.num_matches, outcome.num_inliers, outcome.scale, outcome.scale_source,
-            out_depth, T_prev_cur, cov_left, cov_rel, outcome.message, T_ref_cur))
+            frame, state, est.motion, est.method, est.num_matches, est.num_inliers, est.scale,
+            est.scale_source, out_depth, T_prev_cur, cov_left, cov_rel, message, T_kf_cur,
+            ref_index=kf.frame.index))
 
     # ----------------------------------------------------------------------------------------
-    def _result(self, stamp, index, Kw, state, motion, method, ref_index, num_matches,
-                num_inliers, scale, scale_source, depth, T_prev_cur, cov_left, cov_rel,
-                message, T_ref_cur=None) -> FrameResult:
+    def _solve(self, kf: Keyframe, cur: Frame, flow_12: torch.Tensor, flow_21: torch.Tensor,
+               undistort, generator: torch.Generator, timings: Dict[str, float]
+               ) -> Union[PairEstimate, PairFailure]:
+        """Estimate the keyframe -> current motion (see the module docstring, step 4)."""
+        cfg = self.cfg
+        g = cfg.geometry
+        t0 = time.perf_counter()
+        m = select_matches(kf.frame.image, cur.image, flow_12, flow_21, cfg, undistort,
+                           generator, kf.points.x if kf.points is not None else None)
+        n = m.count
+        timings['select'] = 1000.0 * (time.perf_counter() - t0)
+        if m.num_consistent < cfg.vo.min_matches or m.consistent_ratio < cfg.vo.min_valid_ratio:
+            return PairFailure(
+                f'too few consistent matches ({m.num_consistent} pixels, '
+                f'{100 * m.consistent_ratio:.1f} %, with a forward-backward difference < 0.5 '
+                f'px; vo.min_matches {cfg.vo.min_matches}, vo.min_valid_ratio '
+                f'{cfg.vo.min_valid_ratio})', n)
+        if n < cfg.vo.min_matches:
+            return PairFailure(f'too few valid matches ({n} < vo.min_matches '
+                               f'{cfg.vo.min_matches})', n)
+
+        t0 = time.perf_counter()
+        K1, K2 = kf.frame.K.double(), cur.K.double()
+        ransac = ransac_essential(m.u1, m.u2, K1, K2, threshold_px=g.ransac.threshold_px,
+                                  num_hypotheses=g.ransac.num_hypotheses,
+                                  lo_iters=g.ransac.lo_iters, generator=generator)
+        num_e = int(ransac.num_inliers[0])
+        e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
+        F_est = fundamental_from_essential(ransac.model.double(), K1, K2)
+        residuals = sampson_distance(F_est, m.u1, m.u2)
+        noise = strategies.robust_sigma(residuals[ransac.inliers]) if e_ok else 1.0
+        if not e_ok:
+            residuals = torch.full_like(residuals, float('inf'))
+        k = min(n, cfg.vo.classify_points)
+        sub = torch.randperm(n, generator=generator, device=m.u1.device)[:k]
+        cls = classify_motion(m.u1[:, sub], m.u2[:, sub], K1, K2, residuals[:, sub],
+                              standstill_px=g.degeneracy.standstill_px,
+                              num_hypotheses=128, lo_iters=2, generator=generator)
+        ctx = strategies.PairContext(cfg=cfg, kf=kf, cur=cur, m=m, ransac=ransac, e_ok=e_ok,
+                                     residuals=residuals, cls=cls, generator=generator,
+                                     noise_px=noise, last_speed=self._last_speed,
+                                     scale_defined=self._scale_defined)
+        motion = ctx.motion
+        if motion == MotionType.STANDSTILL:
+            timings['solver'] = 1000.0 * (time.perf_counter() - t0)
+            return strategies.hold(ctx)
+        observable = False
+        choice = None
+        if e_ok and motion != MotionType.PURE_ROTATION:
+            choice = choose_pose(ransac.model.double(), m.u1, m.u2, K1, K2, ransac.inliers,
+                                 min_parallax_px=cfg.vo.sign_parallax_px,
+                                 similar_ratio=cfg.vo.pose_similar_ratio,
+                                 min_votes=cfg.vo.pose_min_votes)
+            observable = bool(choice.decided[0])
+        timings['solver'] = 1000.0 * (time.perf_counter() - t0)
+        notes = []
+        if observable:
+            t0 = time.perf_counter()
+            est = strategies.essential(ctx, choice)
+            timings['scale'] += 1000.0 * (time.perf_counter() - t0)
+            if est is not None:
+                return est
+            notes.append('too few points for the scale')
+        elif e_ok and choice is not None:
+            votes = choice.votes[0].tolist()
+            notes.append(f'translation not observable (parallax votes {votes})')
+        t0 = time.perf_counter()
+        est = strategies.pnp(ctx)
+        timings['solver'] += 1000.0 * (time.perf_counter() - t0)
+        if est is None and kf.depth is not None:
+            notes.append('PnP failed')
+        if est is None:
+            est = strategies.rotation(ctx)
+        if est is None:
+            return PairFailure(
+                f'no model: E {"ok" if e_ok else "failed"} ({num_e} inliers of {n} matches), '
+                f'{"; ".join(notes) + "; " if notes else ""}no rotation model', n, num_e)
+        if notes and motion != MotionType.PURE_ROTATION:
+            note = '; '.join(notes) + f': {est.method}'
+            est = dataclasses.replace(est, message=(est.message + '; ' if est.message else '')
+                                      + note)
+        return est
+
+    # ----------------------------------------------------------------------------------------
+    def _is_keyframe(self, est: PairEstimate, kf: Keyframe) -> Tuple[bool, str]:
+        """Decide whether the current frame becomes the keyframe (step 5) and say why."""
+        v = self.cfg.vo
+        if est.method == 'hold':
+            return False, ''
+        if est.method == 'essential' and not kf.has_structure:
+            return True, ''
+        angle = _rotation_deg(est.T_21[:3, :3])
+        if v.keyframe_rotation_deg > 0 and angle >= v.keyframe_rotation_deg:
+            return True, ''
+        if self._kf_inliers is None:
+            self._kf_inliers = est.num_inliers
+        elif est.num_inliers < v.keyframe_inlier_ratio * self._kf_inliers:
+            return True, ''
+        if est.method in ('essential', 'pnp') and est.parallax_px >= v.keyframe_parallax_px:
+            return True, ''
+        return False, ''
+
+    def _valid_2(self, kf: Keyframe, cur: Frame, flow_21: torch.Tensor,
+                 flow_12: torch.Tensor) -> torch.Tensor:
+        """Pixels of the current frame whose match is trusted for depth."""
+        valid, score = match_validity(cur.image, kf.frame.image, flow_21, flow_12, self.cfg)
+        # depth only from matches whose forward-backward difference is below the RANSAC
+        # threshold (M_s = 1 / (0.1 + D_fb)); the F-B gate of the matches (3 px) is too loose
+        return valid & (score > 1.0 / (0.1 + self.cfg.geometry.ransac.threshold_px))
+
+    def _provider_map(self, depth: Optional[torch.Tensor]):
+        """The depth provider's depth as a keyframe map: (depth, sigma, kind)."""
+        if depth is None:
+            return None, None, 'none'
+        d = depth
+        max_depth = self.cfg.geometry.scale.max_depth
+        if max_depth > 0:
+            d = torch.where(d < max_depth, d, torch.zeros_like(d))
+        return d, torch.where(d > 0, torch.full_like(d, self.cfg.geometry.scale.depth_sigma),
+                              torch.zeros_like(d)), 'depth'
+
+    def _new_map(self, est: PairEstimate, kf: Keyframe, cur: Frame, flow_21: torch.Tensor,
+                 flow_12: torch.Tensor, undistort, grid):
+        """The depth map of a new keyframe (step 6): (depth, sigma, kind)."""
+        cfg, g = self.cfg, self.cfg.geometry
+        net_d, net_s, kind = self._provider_map(cur.depth)
+        if not cfg.vo.map_fusion and net_d is not None:
+            return net_d, net_s, kind
+        T = torch.from_numpy(est.T_21)[None].to(cur.K.device)
+        valid_2 = None
+        maps = []
+        if est.method == 'essential':
+            valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
+            maps.append(triangulate_flow_depth(
+                flow_21, valid_2, kf.frame.K, cur.K, T,
+                min_angle_deg=cfg.vo.propagate_min_angle_deg, min_depth=g.triangulation.min_depth,
+                max_sampson_px=2.0 * g.ransac.threshold_px, sigma_px=max(est.sigma_px, 0.1),
+                undistort=undistort, grid_2=grid))
+        if kf.depth is not None and cfg.vo.map_fusion:
+            if valid_2 is None:
+                valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
+            maps.append(transfer_flow_depth(kf.depth, kf.sigma, flow_21, valid_2, kf.frame.K, T,
+                                            undistort=undistort, grid_2=grid))
+        if net_d is not None:
+            maps.append((net_d, net_s))
+        if not maps:
+            return None, None, 'none'
+        d, s = maps[0]
+        for d2, s2 in maps[1:]:
+            d, s = fuse_log_depth(d, s, d2, s2)
+        if not bool((d > 0).any()):
+            return None, None, 'none'
+        return d, s, ('depth' if net_d is not None else 'propagated')
+
+    def _new_points(self, est: PairEstimate, kf: Keyframe, cur: Frame,
+                    dist: Optional[Distortion]) -> Optional[MapPoints]:
+        """
+        The tracked points of a new keyframe: the inlier matches, moved with the pose.
+
+        Each point lies on its keyframe ray ``u1``; its depth along that ray is the log-depth
+        fusion of what is known of it: its triangulation in this pair (E poses; sigma = noise
+        / the parallax its map depth predicts, or / the measured parallax for a fresh point),
+        its map depth (a tracked point; sigma grows by ``vo.map_process_sigma``) and the depth
+        provider's depth (sigma ``geometry.scale.depth_sigma``). The point is then moved into
+        the new keyframe with the pose and *projected* there: its pixel is where its 3D point
+        is seen, not the flow's match, so a point's pixel never wanders off its depth (a
+        tracked pixel's noise would accumulate over keyframes, and on a slanted surface the
+        depth read at a wandered pixel is biased: the scale drifted). At most
+        ``vo.map_points`` are kept: the tracked ones first, then the most certain fresh ones.
+        """
+        cfg, g = self.cfg, self.cfg.geometry
+        m = est.matches
+        if m is None or est.inliers is None or m.count == 0 or cfg.vo.map_points == 0:
+            return None
+        nt = m.num_tracked
+        T = torch.from_numpy(est.T_21)[None].to(m.u1.device, torch.float64)
+        K1, K2 = kf.frame.K.double(), cur.K.double()
+        dev = m.u1.device
+        zeros = torch.zeros(1, m.count, dtype=torch.float64, device=dev)
+        d, s = zeros.clone(), zeros.clone()                   # depth along the ray u1 (kf)
+        noise = max(est.sigma_px, 0.1)
+        min_depth = g.triangulation.min_depth
+        if est.method == 'essential':
+            X1 = midpoint_triangulate(m.u1, m.u2, K1, K2, T)
+            z2 = transform_points(T, X1)[..., 2]
+            par = ray_angle(m.u1, m.u2, K1, K2, T) * 0.5 * float(K2[0, 0, 0] + K2[0, 1, 1])
+            ok = ((par >= max(cfg.vo.scale_min_parallax_px, 1e-6)) & (X1[..., 2] > min_depth)
+                  & (z2 > min_depth) & torch.isfinite(z2))
+            s = torch.where(ok, noise / par.clamp(min=1e-9), zeros)
+            d = torch.where(ok, X1[..., 2], zeros)
+        age = torch.zeros(1, m.count, dtype=torch.int64, device=dev)
+        if nt > 0 and kf.points is not None and est.method == 'essential':
+            # the triangulation's sigma from the parallax the map predicts, not the one
+            # measured (weighting a measurement by its own error biases the fusion)
+            idx = m.track_index.to(dev)
+            par_map = strategies.map_parallax_px(kf.points.depth[:, idx].to(dev),
+                                                 m.u1[:, :nt], K1, K2, T, 1.0)
+            s[:, :nt] = torch.where(d[:, :nt] > 0, noise / par_map.clamp(min=1e-9), s[:, :nt])
+        # a triangulated depth ~ 1 / parallax is biased up in log by sigma^2 / 2: remove it
+        d = d * torch.exp(-0.5 * s.square().clamp(max=1.0))
+        if nt > 0 and kf.points is not None:
+            idx = m.track_index.to(dev)
+            zt = kf.points.depth[:, idx].to(dev)
+            st = (kf.points.sigma[:, idx].to(dev).square()
+                  + cfg.vo.map_process_sigma ** 2).sqrt()
+            dt_, st_ = fuse_log_depth(d[:, :nt], s[:, :nt], zt, st)
+            d = torch.cat((dt_.double(), d[:, nt:]), 1)
+            s = torch.cat((st_.double(), s[:, nt:]), 1)
+            age[:, :nt] = kf.points.age[:, idx].to(dev) + 1
+        if cur.depth is not None:
+            net = sample_known(cur.depth, m.x2.to(cur.depth.device)).to(dev)
+            if g.scale.max_depth > 0:
+                net = torch.where(net < g.scale.max_depth, net, torch.zeros_like(net))
+            # the provider sees the point along u2: its depth along u1 through the pose
+            Xn = transform_points(torch.linalg.inv(T), backproject_pixels(m.u2, net, K2))
+            zn = torch.where((net > 0) & (Xn[..., 2] > min_depth), Xn[..., 2], zeros)
+            d_, s_ = fuse_log_depth(d, s, zn, torch.where(zn > 0, torch.full_like(
+                zn, g.scale.depth_sigma), zeros))
+            d, s = d_.double(), s_.double()
+        # move the fused points into the new keyframe and project them there
+        X2 = transform_points(T, backproject_pixels(m.u1, d, K1))
+        u2, z2 = project(X2, K2)
+        x2 = distort_pixels(u2, K2, dist) if dist is not None else u2
+        h, w = cur.image.shape[-2:]
+        keep = est.inliers[0] & (d[0] > 0) & (z2[0] > min_depth) & torch.isfinite(s[0])
+        keep = keep & torch.isfinite(x2[0]).all(-1) & (x2[0, :, 0] >= 0) \
+            & (x2[0, :, 0] <= w - 1) & (x2[0, :, 1] >= 0) & (x2[0, :, 1] <= h - 1)
+        idx = torch.nonzero(keep).flatten()
+        if idx.numel() > cfg.vo.map_points:
+            # tracked points first (they hold the scale longest: far points live for many
+            # keyframes), then the fresh ones, the most certain first
+            rank = s[0, idx] - (age[0, idx] > 0).to(s.dtype) * 1e6
+            idx = idx[torch.argsort(rank)[:cfg.vo.map_points]]
+        if idx.numel() == 0:
+            return None
+        return MapPoints(x=x2[:, idx].double(), depth=z2[:, idx], sigma=s[:, idx].clamp(min=1e-3),
+                         age=age[:, idx])
+
+    # ----------------------------------------------------------------------------------------
+    def _result(self, frame: Frame, state, motion, method, num_matches, num_inliers, scale,
+                scale_source, depth, T_prev_cur, cov_left, cov_rel, message, T_ref_cur=None,
+                ref_index=None) -> FrameResult:
         depth_np = None
         if depth is not None:
             depth_np = np.nan_to_num(depth[0, 0].detach().float().cpu().numpy(), nan=0.0,
                                      posinf=0.0, neginf=0.0).astype(np.float32)
         T_ref_cur = T_prev_cur if T_ref_cur is None else T_ref_cur
         return FrameResult(
-            stamp=float(stamp), index=index, T_world_cam=self._T_world.copy(),
+            stamp=float(frame.stamp), index=frame.index, T_world_cam=self._T_world.copy(),
             T_prev_cur=np.asarray(T_prev_cur, dtype=np.float64).copy(), state=state,
-            motion=motion, method=method, reference_index=int(ref_index),
+            motion=motion, method=method,
+            reference_index=int(frame.index if ref_index is None else ref_index),
             num_matches=int(num_matches), num_inliers=int(num_inliers),
             scale=float(scale) if math.isfinite(scale) else 1.0, scale_source=scale_source,
-            depth=depth_np, K=Kw[0].double().cpu().numpy(),
+            depth=depth_np, K=frame.K[0].double().cpu().numpy(),
             covariance=cov.nav_from_left(cov_left, self._T_world),
             relative_covariance=cov.nav_from_left(cov_rel, T_ref_cur), message=message)
 
     def _lost_result(self, stamp, index, Kw, message: str) -> FrameResult:
         self._lost = True
-        ref_index = self._ref.frame.index if self._ref is not None else -1
+        ref_index = self._kf.frame.index if self._kf is not None else -1
         return FrameResult(
             stamp=float(stamp), index=index, T_world_cam=self._T_world.copy(),
             T_prev_cur=np.eye(4), state=TrackingState.LOST, motion=None, method='lost',
@@ -562,226 +645,3 @@ class VisualOdometry:
             scale_source='none', depth=None, K=Kw[0].double().cpu().numpy(),
             covariance=cov.lost_covariance(), relative_covariance=cov.lost_covariance(),
             message=message)
-
-    # ----------------------------------------------------------------------------------------
-    def _solve(self, ref: _Reference, cur: _Frame, flow_12: torch.Tensor,
-               flow_21: torch.Tensor, generator: torch.Generator,
-               timings: Dict[str, float]) -> _Outcome:
-        """Estimate T_21 (reference -> current) and the current frame's depth."""
-        cfg = self.cfg
-        g = cfg.geometry
-        t0 = time.perf_counter()
-        x1, x2, good_ratio = select_correspondences(ref.frame.image, cur.image, flow_12,
-                                                    flow_21, cfg, generator)
-        n = int(x1.shape[1])
-        timings['select'] = 1000.0 * (time.perf_counter() - t0)
-        if good_ratio < cfg.vo.min_valid_ratio:
-            out = _Outcome(False, f'too few consistent matches ({100 * good_ratio:.1f} % of the '
-                                  f'pixels < vo.min_valid_ratio {cfg.vo.min_valid_ratio})')
-            out.num_matches = n
-            return out
-        if n < cfg.vo.min_matches:
-            out = _Outcome(False, f'too few valid matches ({n} < vo.min_matches '
-                                  f'{cfg.vo.min_matches})')
-            out.num_matches = n
-            return out
-
-        t0 = time.perf_counter()
-        K1, K2 = ref.frame.K, cur.K
-        mean_flow = float((x2 - x1).norm(dim=-1).mean())
-        ransac = ransac_essential(x1, x2, K1, K2, threshold_px=g.ransac.threshold_px,
-                                  num_hypotheses=g.ransac.num_hypotheses,
-                                  lo_iters=g.ransac.lo_iters, generator=generator)
-        num_e = int(ransac.num_inliers[0])
-        e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
-        F_est = fundamental_from_essential(ransac.model.to(x1.dtype), K1, K2)
-        residuals = sampson_distance(F_est, x1, x2)
-        if not e_ok:
-            residuals = torch.full_like(residuals, float('inf'))
-        m = min(n, cfg.vo.classify_points)
-        sub = torch.randperm(n, generator=generator, device=x1.device)[:m]
-        cls = classify_motion(x1[:, sub], x2[:, sub], K1, K2, residuals[:, sub],
-                              standstill_px=g.degeneracy.standstill_px,
-                              num_hypotheses=128, lo_iters=2, generator=generator)
-        motion = cls.types()[0]
-        timings['solver'] = 1000.0 * (time.perf_counter() - t0)
-
-        def base(method: str) -> _Outcome:
-            o = _Outcome(True)
-            o.method = method
-            o.motion = motion
-            o.num_matches = n
-            return o
-
-        valid_2 = None
-
-        def valid2() -> torch.Tensor:
-            nonlocal valid_2
-            if valid_2 is None:
-                valid_2, score_2 = match_validity(cur.image, ref.frame.image, flow_21,
-                                                  flow_12, cfg)
-                # depth only from matches whose forward-backward difference is below the
-                # RANSAC threshold (M_s = 1 / (0.1 + D_fb)); the F-B gate of the matches
-                # (flow_net.fb_alpha, 3 px) is far too loose for triangulation
-                valid_2 = valid_2 & (score_2 > 1.0 / (0.1 + g.ransac.threshold_px))
-            return valid_2
-
-        if motion == MotionType.STANDSTILL:
-            out = base('hold')
-            out.num_inliers = int(cls.num_points[0])
-            out.sigma_px = float(cls.sigma_px[0])
-            out.advance = False
-            out.scene_depth = self._median_depth(ref.depth)
-            return out
-
-        has_depth = ref.depth is not None
-        tried_pnp = False
-        if has_depth and (mean_flow < cfg.vo.min_flow_px or not e_ok
-                          or motion == MotionType.PURE_ROTATION):
-            tried_pnp = True
-            out = self._pnp(ref, cur, x1, x2, flow_21, generator, timings, base('pnp'),
-                            valid2)
-            if out is not None:
-                return out
-
-        if motion == MotionType.PURE_ROTATION:
-            t0 = time.perf_counter()
-            out = base('rotation')
-            T = np.eye(4)
-            T[:3, :3] = cls.R_21[0].double().cpu().numpy()
-            out.T_21 = T
-            out.num_inliers = int(cls.rotation_inliers[0].sum())
-            out.sigma_px = float(cls.sigma_px[0])
-            out.scene_depth = self._median_depth(ref.depth)
-            angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(T[:3, :3]) - 1) / 2))))
-            if ref.depth is None and angle < cfg.vo.keyframe_rotation_deg:
-                # no depth to carry over: keep the reference so that a slow translation
-                # accumulates parallax (the rotation is measured against the reference)
-                out.advance = False
-            if self.depth is None and ref.depth is not None:
-                out.new_depth = transfer_depth(ref.depth, flow_21, valid2(), K1,
-                                               torch.from_numpy(T)[None].to(K1.device))
-            timings['scale'] += 1000.0 * (time.perf_counter() - t0)
-            return out
-
-        if not e_ok:
-            o = _Outcome(False, f'no valid essential matrix ({num_e} inliers of {n} matches)'
-                         + ('; PnP failed' if tried_pnp else ''))
-            o.num_matches, o.num_inliers = n, num_e
-            return o
-
-        # GENERAL: cheirality, triangulation, scale
-        t0 = time.perf_counter()
-        inl = ransac.inliers
-        pose = recover_pose(ransac.model.to(x1.dtype), x1, x2, K1, K2, inl)
-        timings['solver'] += 1000.0 * (time.perf_counter() - t0)
-        if int(pose.num_positive[0]) < MIN_CHEIRALITY_RATIO * num_e:
-            o = _Outcome(False, f'cheirality: {int(pose.num_positive[0])} of {num_e} E inliers '
-                                'in front of both cameras')
-            o.num_matches, o.num_inliers = n, num_e
-            return o
-        t0 = time.perf_counter()
-        T_unit = pose.T_21.to(torch.float64)
-        x1d, x2d = x1.double(), x2.double()
-        K1d, K2d = K1.double(), K2.double()
-        X1 = midpoint_triangulate(x1d, x2d, K1d, K2d, T_unit)
-        z1 = X1[..., 2]
-        good = inl & pose.positive & ray_angle_mask(x1d, x2d, K1d, K2d, T_unit,
-                                                    g.triangulation.min_angle_deg)
-        good = good & positive_depth_mask(X1, T_unit, g.triangulation.min_depth)
-        out = base('essential')
-        out.num_inliers = num_e
-        out.sigma_px = _robust_sigma(residuals[inl])
-        scale = None
-        if has_depth:
-            target = sample_at(ref.depth.double(), x1d, 'zeros')[..., 0]
-            usable = good & torch.isfinite(target) & (target > 0)
-            if ref.depth_kind == 'depth' and g.scale.max_depth > 0:
-                usable = usable & (target < g.scale.max_depth)
-            n_scale = int(usable.sum())
-            if n_scale >= g.scale.min_points:
-                fit = fit_scale(z1, target, usable, g.scale.method)
-                if bool(fit.valid[0]) and float(fit.scale[0]) > 0:
-                    scale = float(fit.scale[0])
-                    inl_s = fit.inliers[0]
-                    log_r = torch.log(target[0, inl_s] / (scale * z1[0, inl_s]))
-                    n_inl = max(int(inl_s.sum()), 1)
-                    out.scale_sigma = max(_robust_sigma(log_r), 1e-3) / math.sqrt(
-                        min(n_inl, cov.MAX_EFFECTIVE_POINTS))
-                    out.scale_source = 'depth' if ref.depth_kind == 'depth' else 'propagated'
-                    out.scene_depth = float(target[0, inl_s].median()) if n_inl > 1 else 0.0
-            if scale is None and not tried_pnp:
-                timings['scale'] += 1000.0 * (time.perf_counter() - t0)
-                pnp = self._pnp(ref, cur, x1, x2, flow_21, generator, timings,
-                                base('pnp'), valid2)
-                if pnp is not None:
-                    pnp.message = f'too few depth pairs for the scale ({n_scale}); PnP'
-                    return pnp
-                t0 = time.perf_counter()
-        if scale is None:
-            if not self._scale_defined:
-                scale, out.scale_source, out.scale_sigma = cfg.vo.initial_scale, 'initial', 1e-3
-            else:
-                scale, out.scale_source, out.scale_sigma = self._last_speed, 'motion', 0.5
-                out.message = 'no usable depth for the scale: last translation norm used'
-            if good.any():
-                out.scene_depth = float(z1[good].median()) * scale
-        self._scale_defined = True
-        out.scale = scale
-        T = T_unit[0].cpu().numpy().copy()
-        T[:3, 3] *= scale
-        out.T_21 = T
-        if self.depth is None:
-            out.new_depth = triangulate_depth_map(
-                flow_21, valid2(), K1, K2, torch.from_numpy(T)[None].to(K1.device),
-                min_angle_deg=cfg.vo.propagate_min_angle_deg,
-                min_depth=g.triangulation.min_depth, max_sampson_px=2.0 * g.ransac.threshold_px)
-        timings['scale'] += 1000.0 * (time.perf_counter() - t0)
-        return out
-
-    def _pnp(self, ref: _Reference, cur: _Frame, x1: torch.Tensor, x2: torch.Tensor,
-             flow_21: torch.Tensor, generator: torch.Generator, timings: Dict[str, float],
-             out: _Outcome, valid2) -> Optional[_Outcome]:
-        """Solve PnP of the back-projected reference depth; None when it fails."""
-        cfg = self.cfg
-        g = cfg.geometry
-        t0 = time.perf_counter()
-        d = sample_at(ref.depth, x1, 'zeros')[..., 0]
-        ok = torch.isfinite(d) & (d > 0)
-        if ref.depth_kind == 'depth' and g.scale.max_depth > 0:
-            ok = ok & (d < g.scale.max_depth)
-        n_ok = int(ok.sum())
-        if n_ok < max(cfg.vo.min_matches // 2, 6):
-            timings['solver'] += 1000.0 * (time.perf_counter() - t0)
-            return None
-        X1 = backproject_pixels(x1, torch.where(ok, d, torch.ones_like(d)), ref.frame.K)
-        res = pnp_ransac(X1, x2, cur.K, ok.float(), threshold_px=g.pnp.threshold_px,
-                         num_hypotheses=g.pnp.num_hypotheses, refine_iters=g.pnp.refine_iters,
-                         generator=generator)
-        n_inl = int(res.num_inliers[0])
-        timings['solver'] += 1000.0 * (time.perf_counter() - t0)
-        if not bool(res.success[0]) or n_inl < cfg.vo.min_inlier_ratio * n_ok:
-            return None
-        T = res.T_21[0].double().cpu().numpy()
-        if not np.all(np.isfinite(T)):
-            return None
-        t0 = time.perf_counter()
-        x2_hat, _ = project(transform_points(res.T_21.to(X1.dtype), X1), cur.K)
-        err = (x2_hat - x2).norm(dim=-1)[res.inliers]
-        out.T_21 = T
-        out.num_inliers = n_inl
-        out.sigma_px = _robust_sigma(err) / math.sqrt(2.0)
-        out.scale_source = 'pnp'
-        out.scene_depth = float(d[ok].median())
-        if self.depth is None:
-            out.new_depth = transfer_depth(ref.depth, flow_21, valid2(), ref.frame.K,
-                                           torch.from_numpy(T)[None].to(x1.device))
-        timings['scale'] += 1000.0 * (time.perf_counter() - t0)
-        return out
-
-    @staticmethod
-    def _median_depth(depth: Optional[torch.Tensor]) -> float:
-        if depth is None:
-            return 0.0
-        d = depth[depth > 0]
-        return float(d.median()) if d.numel() else 0.0

@@ -21,16 +21,17 @@ The refined pose replaces the solved one only when it is plausible: the valid sh
 is at least ``min_valid_fraction``, the rotation correction is below ``max_rotation_deg`` and
 the translation correction below ``max_translation_ratio * |t|``; otherwise the solved pose is
 kept and the frame's message says why. When accepted, the translation-norm ratio multiplies the
-reported scale and the depth propagated to the current frame (classical mode), which was
-triangulated with the unrefined translation. Its time is ``timings['refine']`` (ms).
+reported scale; a new keyframe's map is triangulated with the refined pose. Its time is
+``timings['refine']`` (ms).
 
-Wiring (:class:`RefiningVisualOdometry` does it without touching ``VisualOdometry``): call
-:meth:`PoseRefiner.refine_outcome` on the solver's outcome right after ``_solve``.
+Wiring: ``VisualOdometry.step`` calls :meth:`PoseRefiner.refine_estimate` on the solved pair
+when ``geometry.refine.enabled``; it returns a new estimate (nothing is mutated).
 """
 
+import dataclasses
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from trianflow_ros.config import Config
 from trianflow_ros.geometry.refine import image_feature_pyramid, lm_refine
 from trianflow_ros.geometry.threads import one_cpu_thread
-from trianflow_ros.vo.odometry import VisualOdometry
+from trianflow_ros.vo.state import Frame, Keyframe, PairEstimate
 
 #: Methods whose pose has a translation with a scale (refined); 'hold' and 'rotation' are not.
 REFINED_METHODS = ('essential', 'pnp')
@@ -134,61 +135,35 @@ class PoseRefiner:
                           'pose'), res
         return T, f'refined ({int(res.num_accepted[0])} LM steps, {angle:.3f} deg)', res
 
-    def refine_outcome(self, outcome, ref, cur, timings: Dict[str, float]) -> None:
+    def refine_estimate(self, est: PairEstimate, kf: Keyframe, cur: Frame,
+                        timings: Dict[str, float]) -> PairEstimate:
         """
-        Refine a VisualOdometry solver outcome in place (the hook of ``VisualOdometry.step``).
+        Return the estimate with its pose refined (the hook of ``VisualOdometry.step``).
 
-        Does nothing unless the outcome is ok, its method is in :data:`REFINED_METHODS` and
-        the reference has a depth. Sets ``timings['refine']`` (ms) in every case.
+        The estimate is returned unchanged (a new message aside) unless its method is in
+        :data:`REFINED_METHODS` and the keyframe has a depth. Sets ``timings['refine']`` (ms).
 
-        :param outcome: the ``_Outcome`` of ``VisualOdometry._solve`` (``T_21``, ``scale``,
-            ``new_depth``, ``message`` are updated).
-        :param ref: the ``_Reference`` (``frame.image``, ``frame.K``, ``depth``,
-            ``depth_kind``).
-        :param cur: the current ``_Frame`` (``image``).
+        :param est: the solved pair (keyframe -> current).
+        :param kf: the keyframe (``frame.image``, ``frame.K``, ``depth``, ``kind``).
+        :param cur: the current frame (``image``).
         :param timings: the frame's timing dict.
+        :return: a new :class:`~trianflow_ros.vo.state.PairEstimate`.
         """
         t0 = time.perf_counter()
         timings.setdefault('refine', 0.0)
-        if not (outcome.ok and outcome.method in REFINED_METHODS and ref.depth is not None):
-            return
+        if not (est.method in REFINED_METHODS and kf.depth is not None):
+            return est
         g = self.cfg.geometry
-        max_depth = g.scale.max_depth if ref.depth_kind == 'depth' else 0.0
+        max_depth = g.scale.max_depth if kf.kind == 'depth' else 0.0
         with one_cpu_thread(cur.image.device):
-            T, message, _ = self.refine(ref.frame.image, cur.image, ref.depth, ref.frame.K,
-                                        outcome.T_21, max_depth)
+            T, message, _ = self.refine(kf.frame.image, cur.image, kf.depth, kf.frame.K,
+                                        est.T_21, max_depth)
+        changes = {'message': (est.message + '; ' if est.message else '') + message}
         if T is not None:
-            n0 = float(np.linalg.norm(np.asarray(outcome.T_21)[:3, 3]))
+            n0 = float(np.linalg.norm(np.asarray(est.T_21)[:3, 3]))
             ratio = float(np.linalg.norm(T[:3, 3])) / n0 if n0 > 0 else 1.0
-            outcome.T_21 = T
+            changes['T_21'] = T
             if math.isfinite(ratio) and ratio > 0:
-                outcome.scale = outcome.scale * ratio
-                if outcome.new_depth is not None:
-                    outcome.new_depth = outcome.new_depth * ratio
-        outcome.message = (outcome.message + '; ' if outcome.message else '') + message
+                changes['scale'] = est.scale * ratio
         timings['refine'] = 1000.0 * (time.perf_counter() - t0)
-
-
-class RefiningVisualOdometry(VisualOdometry):
-    """
-    VisualOdometry with the refinement hook, for use before it is wired into ``step``.
-
-    Identical to :class:`VisualOdometry` when ``geometry.refine.enabled`` is false (apart from
-    ``timings['refine'] = 0``).
-    """
-
-    def __init__(self, cfg: Optional[Config] = None, flow=None, depth=None, **kwargs):
-        """Build the odometry, then the refiner (see :class:`VisualOdometry`)."""
-        super().__init__(cfg, flow, depth, **kwargs)
-        # once VisualOdometry.step has the hook (it then owns ``_refiner``), do not refine twice
-        self._hooked = hasattr(self, '_refiner')
-        self.refiner = (PoseRefiner(self.cfg, self.flow)
-                        if self.cfg.geometry.refine.enabled and not self._hooked else None)
-
-    def _solve(self, ref, cur, flow_12, flow_21, generator, timings):
-        outcome = super()._solve(ref, cur, flow_12, flow_21, generator, timings)
-        if not self._hooked:
-            timings.setdefault('refine', 0.0)
-            if self.refiner is not None:
-                self.refiner.refine_outcome(outcome, ref, cur, timings)
-        return outcome
+        return dataclasses.replace(est, **changes)

@@ -1,0 +1,310 @@
+"""
+The ways a VO pair (keyframe -> current frame) gets its pose: one function per strategy.
+
+Each function takes a :class:`PairContext` and returns a frozen
+:class:`~trianflow_ros.vo.state.PairEstimate`, or None when it cannot give a pose; the odometry
+(:mod:`trianflow_ros.vo.odometry`) tries them in the order of its decision:
+
+- :func:`hold`: standstill (GRIC: the identity explains the flow): T = I.
+- :func:`essential`: the translation is observable (the parallax vote of
+  :func:`~trianflow_ros.geometry.pose.choose_pose` has a clear winner): R and the direction
+  of t from E, the length of t from the triangulated inliers fitted to the keyframe's depth
+  (log-domain weighted fit, :func:`~trianflow_ros.geometry.scale.fit_scale` ``'log'``);
+  without keyframe depth the first pair gets ``vo.initial_scale``, later ones the last speed.
+- :func:`pnp`: PnP-RANSAC of the keyframe depth back-projected at the matches (the original's
+  fallback below 5 px of flow; here whenever the translation is not observable from E, or the
+  scale fit had too few points).
+- :func:`rotation`: no depth and no observable translation: R of the rotation model, t = 0
+  relative to the keyframe (the keyframe is kept so that parallax accumulates).
+"""
+
+from dataclasses import dataclass
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from trianflow_ros.config import Config
+from trianflow_ros.geometry.camera import backproject_pixels, project
+from trianflow_ros.geometry.degeneracy import MotionClassification, MotionType
+from trianflow_ros.geometry.depth_map import sample_known
+from trianflow_ros.geometry.pnp import pnp_ransac
+from trianflow_ros.geometry.pose import PoseChoice
+from trianflow_ros.geometry.ransac import RansacResult
+from trianflow_ros.geometry.scale import fit_scale
+from trianflow_ros.geometry.se3 import transform_points
+from trianflow_ros.geometry.triangulation import (midpoint_triangulate, positive_depth_mask,
+                                                  ray_angle)
+from trianflow_ros.vo import covariance as cov
+from trianflow_ros.vo.matches import Matches
+from trianflow_ros.vo.state import Frame, Keyframe, PairEstimate
+
+MAD_TO_SIGMA = 1.4826
+#: Floor of the matching noise (px) used for the triangulation uncertainties.
+MIN_NOISE_PX = 0.1
+
+
+@dataclass(frozen=True)
+class PairContext:
+    """
+    Everything a strategy reads (nothing is written).
+
+    :ivar cfg: the configuration.
+    :ivar kf: the keyframe.
+    :ivar cur: the current frame.
+    :ivar m: the matches (raw and pinhole pixels).
+    :ivar ransac: the E-RANSAC of the pinhole matches.
+    :ivar e_ok: whether that E has enough inliers to be used.
+    :ivar residuals: (1, N) Sampson distances of the matches to E (+inf when not e_ok).
+    :ivar cls: the GRIC motion classification.
+    :ivar generator: torch.Generator of the pair.
+    :ivar noise_px: robust spread of the E inliers' residuals (px).
+    :ivar last_speed: translation norm per frame of the last translated motion.
+    :ivar scale_defined: whether the odometry unit is already fixed (not the first pair).
+    """
+
+    cfg: Config
+    kf: Keyframe
+    cur: Frame
+    m: Matches
+    ransac: RansacResult
+    e_ok: bool
+    residuals: torch.Tensor
+    cls: MotionClassification
+    generator: torch.Generator
+    noise_px: float
+    last_speed: float
+    scale_defined: bool
+
+    @property
+    def motion(self) -> MotionType:
+        """Return the GRIC class of the pair."""
+        return self.cls.types()[0]
+
+
+def robust_sigma(values: torch.Tensor) -> float:
+    """Return 1.4826 * median |values| (0 for an empty tensor)."""
+    if values.numel() == 0:
+        return 0.0
+    return float(MAD_TO_SIGMA * values.abs().median())
+
+
+def median_parallax_px(ctx: PairContext, R: np.ndarray, mask: Optional[torch.Tensor] = None
+                       ) -> float:
+    """
+    Median rotation-compensated parallax of the matches (px): focal x angle(R y1, y2).
+
+    :param ctx: the pair.
+    :param R: (3, 3) rotation of the keyframe -> current motion.
+    :param mask: (1, N) bool selection (None: all matches).
+    """
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3] = torch.as_tensor(R, dtype=torch.float64)
+    K1, K2 = ctx.kf.frame.K.double().cpu(), ctx.cur.K.double().cpu()
+    angle = ray_angle(ctx.m.u1.cpu(), ctx.m.u2.cpu(), K1, K2, T[None])
+    if mask is not None:
+        angle = angle[mask.cpu()]
+    if angle.numel() == 0:
+        return 0.0
+    focal = 0.5 * float(K2[0, 0, 0] + K2[0, 1, 1])
+    return float(angle.median()) * focal
+
+
+def map_parallax_px(depth: torch.Tensor, u1: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
+                    T_unit: torch.Tensor, scale: float) -> torch.Tensor:
+    """
+    Parallax (px) that points of known depth in image 1 show from camera 2.
+
+    :param depth: (1, N) depth of the points in camera 1 (0 = unknown: parallax 0).
+    :param u1: (1, N, 2) their pinhole pixels.
+    :param K1: (1, 3, 3) intrinsics of camera 1.
+    :param K2: (1, 3, 3) intrinsics of camera 2 (its focal converts the angle to pixels).
+    :param T_unit: (1, 4, 4) pose with a unit translation.
+    :param scale: length of the translation.
+    :return: (1, N) focal x angle between the two viewing rays of each point.
+    """
+    X1 = backproject_pixels(u1, depth, K1)
+    R, t = T_unit[:, :3, :3], T_unit[:, :3, 3] * scale
+    c2 = -(R.transpose(1, 2) @ t.unsqueeze(-1)).squeeze(-1)          # camera 2 in frame 1
+    r2 = X1 - c2[:, None, :]
+    angle = torch.atan2(torch.linalg.cross(X1, r2, dim=-1).norm(dim=-1), (X1 * r2).sum(-1))
+    focal = 0.5 * (K2[:, 0, 0] + K2[:, 1, 1])
+    return torch.where(depth > 0, angle * focal[:, None], torch.zeros_like(angle))
+
+
+def _median_depth(depth: Optional[torch.Tensor]) -> float:
+    if depth is None:
+        return 0.0
+    d = depth[depth > 0]
+    return float(d.median()) if d.numel() else 0.0
+
+
+def keyframe_depth_at(ctx: PairContext):
+    """
+    Keyframe depth and log-depth sigma of every match (what its scale and PnP rely on).
+
+    The leading ``m.num_tracked`` matches are map points: their fused depth. The fresh
+    samples read the depth provider's map (``kind == 'depth'``, beyond
+    ``geometry.scale.max_depth`` ignored); a propagated dense map is not used for them (it is
+    triangulated from the unrefined dense flow, for the depth output only).
+
+    :return: depth (1, N) float64 (0 = unknown) and sigma (1, N) float64.
+    """
+    kf, g, m = ctx.kf, ctx.cfg.geometry, ctx.m
+    n, nt = m.count, m.num_tracked
+    dev = m.x1.device
+    d = torch.zeros(1, n, dtype=torch.float64, device=dev)
+    s = torch.zeros(1, n, dtype=torch.float64, device=dev)
+    if nt > 0:
+        d[0, :nt] = kf.points.depth[0, m.track_index].to(dev)
+        s[0, :nt] = kf.points.sigma[0, m.track_index].to(dev)
+    if kf.depth is not None and kf.kind == 'depth' and n > nt:
+        fresh = sample_known(kf.depth, m.x1[:, nt:].to(kf.depth.device).double()).to(dev)
+        if g.scale.max_depth > 0:
+            fresh = torch.where(fresh < g.scale.max_depth, fresh, torch.zeros_like(fresh))
+        d[:, nt:] = fresh
+        if kf.sigma is not None:
+            s[:, nt:] = sample_known(kf.sigma.clamp(min=1e-6),
+                                     m.x1[:, nt:].to(kf.depth.device).double()).to(dev)
+        else:
+            s[:, nt:] = g.scale.depth_sigma
+    s = torch.where(d > 0, s.clamp(min=1e-3), torch.zeros_like(s))
+    return d, s
+
+
+# --------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------
+
+def hold(ctx: PairContext) -> PairEstimate:
+    """Standstill: the identity, the keyframe kept."""
+    return PairEstimate(method='hold', T_21=np.eye(4), motion=ctx.motion,
+                        num_matches=ctx.m.count, num_inliers=int(ctx.cls.num_points[0]),
+                        sigma_px=float(ctx.cls.sigma_px[0]), parallax_px=0.0,
+                        scene_depth=_median_depth(ctx.kf.depth))
+
+
+def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
+    """
+    Pose from E (the parallax vote's winner) and the scale of its translation.
+
+    :return: the estimate; None when the keyframe has depth but too few points to fit the
+        scale (the caller then tries PnP).
+    """
+    cfg, g = ctx.cfg, ctx.cfg.geometry
+    m, kf = ctx.m, ctx.kf
+    inl = ctx.ransac.inliers
+    T_unit = choice.T_21.double()
+    K1, K2 = kf.frame.K.double(), ctx.cur.K.double()
+    X1 = midpoint_triangulate(m.u1, m.u2, K1, K2, T_unit)
+    z1 = X1[..., 2]
+    par = choice.parallax_px.double()
+    good = inl & choice.positive & (par >= max(cfg.vo.scale_min_parallax_px, 1e-6))
+    good = good & positive_depth_mask(X1, T_unit, g.triangulation.min_depth)
+    parallax = float(par[inl].median()) if bool(inl.any()) else 0.0
+    noise = max(ctx.noise_px, MIN_NOISE_PX)
+    scale, source, scale_sigma, scene_depth, message = None, 'none', None, 0.0, ''
+    if kf.has_structure:
+        target, sigma_t = keyframe_depth_at(ctx)
+        base = inl & choice.positive & positive_depth_mask(X1, T_unit, g.triangulation.min_depth)
+        base = base & (target > 0)
+        fit = None
+        if int(base.sum()) >= g.scale.min_points:
+            # weights must not come from this pair's own parallax: a match whose parallax is
+            # measured too large also has a depth too small, and weighting it more biases the
+            # scale up by ~2 (noise / parallax)^2 per pair (measured: +4 % over 50 KITTI
+            # frames). First fit with the map's sigmas, then weigh by the parallax the map
+            # point would have at that scale.
+            first = fit_scale(z1, target, base, g.scale.method, threshold=g.scale.threshold,
+                              weights=1.0 / sigma_t.square().clamp(min=1e-12))
+            if bool(first.valid[0]):
+                par_map = map_parallax_px(target, m.u1, K1, K2, T_unit,
+                                          float(first.scale[0]))
+                usable = base & (par_map >= max(cfg.vo.scale_min_parallax_px, 1e-6))
+                if int(usable.sum()) >= g.scale.min_points:
+                    sigma_z = noise / par_map.clamp(min=1e-6)
+                    weights = 1.0 / (sigma_z.square() + sigma_t.square())
+                    # a triangulated depth ~ 1 / parallax is biased up in log by sigma^2 / 2
+                    # (E[-log(1 + e)] for a relative parallax error e): remove it
+                    z_fit = z1 * torch.exp(-0.5 * sigma_z.square().clamp(max=1.0))
+                    fit = fit_scale(z_fit, target, usable, g.scale.method,
+                                    threshold=g.scale.threshold, weights=weights)
+        if fit is not None:
+            if bool(fit.valid[0]) and float(fit.scale[0]) > 0:
+                scale = float(fit.scale[0])
+                inl_s = fit.inliers[0]
+                w = weights[0, inl_s]
+                log_r = torch.log(target[0, inl_s] / (scale * z1[0, inl_s]))
+                n_eff = float(w.sum() ** 2 / (w.square().sum()).clamp(min=1e-30))
+                scale_sigma = max(robust_sigma(log_r), 1e-3) / math.sqrt(
+                    max(min(n_eff, cov.MAX_EFFECTIVE_POINTS), 1.0))
+                source = 'depth' if kf.kind == 'depth' else 'propagated'
+                scene_depth = float(target[0, inl_s].median())
+        if scale is None:
+            return None
+    else:
+        if not ctx.scale_defined:
+            scale, source, scale_sigma = cfg.vo.initial_scale, 'initial', 1e-3
+        else:
+            frames = max(ctx.cur.index - kf.frame.index, 1)
+            scale, source, scale_sigma = ctx.last_speed * frames, 'motion', 0.5
+            message = 'no keyframe depth for the scale: constant speed assumed'
+        if bool(good.any()):
+            scene_depth = float(z1[good].median()) * scale
+    T = T_unit[0].cpu().numpy().copy()
+    T[:3, 3] *= scale
+    return PairEstimate(method='essential', T_21=T, motion=ctx.motion, num_matches=m.count,
+                        num_inliers=int(ctx.ransac.num_inliers[0]),
+                        sigma_px=robust_sigma(ctx.residuals[inl]), parallax_px=parallax,
+                        scale=scale, scale_source=source, scale_sigma=scale_sigma,
+                        scene_depth=scene_depth, message=message, matches=m, inliers=inl)
+
+
+def pnp(ctx: PairContext) -> Optional[PairEstimate]:
+    """Pose by PnP-RANSAC of the keyframe depth at the matches; None when it fails."""
+    cfg, g = ctx.cfg, ctx.cfg.geometry
+    m, kf = ctx.m, ctx.kf
+    if not kf.has_structure:
+        return None
+    d, _ = keyframe_depth_at(ctx)
+    ok = d > 0
+    n_ok = int(ok.sum())
+    if n_ok < max(cfg.vo.min_matches // 2, 6):
+        return None
+    K1, K2 = kf.frame.K.double(), ctx.cur.K.double()
+    X1 = backproject_pixels(m.u1, torch.where(ok, d, torch.ones_like(d)), K1)
+    res = pnp_ransac(X1, m.u2, K2, ok.double(), threshold_px=g.pnp.threshold_px,
+                     num_hypotheses=g.pnp.num_hypotheses, refine_iters=g.pnp.refine_iters,
+                     generator=ctx.generator)
+    n_inl = int(res.num_inliers[0])
+    if not bool(res.success[0]) or n_inl < cfg.vo.min_inlier_ratio * n_ok:
+        return None
+    T = res.T_21[0].double().cpu().numpy()
+    if not np.all(np.isfinite(T)):
+        return None
+    x2_hat, _ = project(transform_points(res.T_21.to(X1.dtype), X1), K2)
+    err = (x2_hat - m.u2).norm(dim=-1)[res.inliers]
+    return PairEstimate(method='pnp', T_21=T, motion=ctx.motion, num_matches=m.count,
+                        num_inliers=n_inl, sigma_px=robust_sigma(err) / math.sqrt(2.0),
+                        parallax_px=median_parallax_px(ctx, T[:3, :3], res.inliers),
+                        scale_source='pnp', scene_depth=float(d[ok].median()), matches=m,
+                        inliers=res.inliers)
+
+
+def rotation(ctx: PairContext) -> Optional[PairEstimate]:
+    """Rotation only (t = 0 relative to the keyframe); None without a rotation model."""
+    inliers = ctx.cls.rotation_inliers
+    n_inl = int(inliers[0].sum())
+    if n_inl < max(8, ctx.cfg.vo.min_inlier_ratio * ctx.m.count):
+        return None
+    T = np.eye(4)
+    T[:3, :3] = ctx.cls.R_21[0].double().cpu().numpy()
+    return PairEstimate(method='rotation', T_21=T, motion=ctx.motion, num_matches=ctx.m.count,
+                        num_inliers=n_inl, sigma_px=float(ctx.cls.sigma_px[0]),
+                        parallax_px=median_parallax_px(ctx, T[:3, :3], inliers),
+                        scene_depth=_median_depth(ctx.kf.depth), matches=ctx.m,
+                        inliers=inliers)
+
+
+Strategy = Callable[[PairContext], Optional[PairEstimate]]
