@@ -17,6 +17,8 @@ from trianflow_ros.geometry.se3 import so3_log, transform_points
 from trianflow_ros.geometry.warp import backward_warp
 
 H, W = 64, 208
+#: the kinds whose camera moves (exact ground-truth checks run on each).
+MOVING = ['forward', 'handheld', 'highway', 'handheld30']
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +59,8 @@ def test_shapes_and_dtypes(kind):
     assert 0.0 <= float(seq.images.min()) and float(seq.images.max()) <= 1.0
     assert bool(torch.isfinite(seq.depths).all()) and float(seq.depths.min()) > 0.1
     assert bool((seq.ids >= 0).all())
-    assert float(seq.depths.max()) < 150.0
+    # closed scenes; the highway's backdrop stands 5 km from the path (its sky, 'far beyond')
+    assert float(seq.depths.max()) < (6000.0 if kind == 'highway' else 150.0)
     u8 = seq.images_uint8()
     assert u8.shape == (n, H, W, 3) and u8.dtype == np.uint8
     p = pair(kind, 0, 2)
@@ -136,6 +139,71 @@ def test_trajectory_motion_statistics():
     assert torch.equal(T, T[:1].expand_as(T))
 
 
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_highway_motion_is_fast_forward_with_mild_curvature(seed):
+    T = make_trajectory('highway', 100, torch.Generator().manual_seed(seed))
+    trans, rot = _steps(T)
+    # 25-30 m/s at 10 Hz, +-3 % speed variation; curve radius of ~1 km: < 0.25 deg/frame
+    assert 2.4 < float(trans.min()) and float(trans.max()) < 3.1
+    assert float(rot.max()) < 0.25
+    assert float(T[:, 2, 3].diff().min()) > 2.0                  # drives forward (+z)
+    assert float(T[:, 1, 3].abs().max()) < 0.03                  # constant height (bounce)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_handheld30_motion_is_small_and_smooth(seed):
+    T = make_trajectory('handheld30', 150, torch.Generator().manual_seed(seed))
+    trans, rot = _steps(T)
+    assert 0.0049 < float(trans.min()) and float(trans.max()) < 0.0201     # 0.5-2 cm/frame
+    assert 0.099 < float(rot.min()) and float(rot.max()) < 0.501           # 0.1-0.5 deg/frame
+    # smooth sway: the motion changes little from one frame to the next (measured: at most
+    # 4.5 mm and 0.035 deg of change in the per-frame motion over seeds 0-5)
+    rel = torch.linalg.inv(T[:-1]) @ T[1:]
+    assert float((rel[1:, :3, 3] - rel[:-1, :3, 3]).norm(dim=-1).max()) < 0.006
+    omega = so3_log(rel[:, :3, :3])
+    assert float(torch.rad2deg((omega[1:] - omega[:-1]).norm(dim=-1)).max()) < 0.05
+    # it sways rather than drifts away: 150 frames (5 s) stay within a metre
+    assert float(T[:, :3, 3].norm(dim=-1).max()) < 1.0
+
+
+def test_highway_scene_is_mostly_far():
+    """
+    Most pixels of the highway are far: their parallax cannot fix the sign of their depth.
+
+    Measured at 96x320 (seed 0): ~60 % of the pixels beyond 30 m, ~40-50 % on the backdrop
+    (5 km), the road from ~7 m at the bottom row; the angle between the two rays of a point
+    (the parallax that triangulation needs) is below 0.36 deg for 44 % of the pixels (ORB-SLAM
+    ignores the depth sign there) and its median is 0.62 deg (ORB-SLAM asks for 1 deg to
+    initialise).
+    """
+    seq = sequence('highway', num_frames=2, height=96, width=320)
+    depth = seq.depths[0, 0]
+    assert float((depth > 30.0).float().mean()) > 0.5
+    assert float((depth > 1000.0).float().mean()) > 0.2                 # sky / backdrop
+    assert float(depth.min()) > 3.0 and float(depth[-1].max()) < 15.0   # road near the car
+    assert float((depth[-1] < 15.0).float().mean()) == 1.0              # bottom row = road
+    # ray angle of every pixel between views 0 and 1 (exact depth and pose)
+    p = pair('highway', 0, 1, num_frames=2, height=96, width=320)
+    K = seq.K.double()[None]
+    X = backproject_depth(p.depth_i[None].double(), K).reshape(1, 3, -1).transpose(1, 2)[0]
+    centre_j = torch.linalg.inv(p.T_ji)[:3, 3]                          # camera j in frame i
+    a, b = X, X - centre_j
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    angle = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    assert float((angle < 0.36).double().mean()) > 0.4               # measured 0.44
+    assert float(angle.median()) < 1.0                                  # measured 0.62 deg
+    assert float(angle.max()) > 5.0                                     # the road does move
+    # far pixels move like the infinite homography K R K^-1 (rotation only), near ones do not
+    Hm = seq.K.double() @ p.T_ji[:3, :3] @ torch.linalg.inv(seq.K.double())
+    v, u = torch.meshgrid(torch.arange(96, dtype=torch.float64),
+                          torch.arange(320, dtype=torch.float64), indexing='ij')
+    x = torch.stack((u, v, torch.ones_like(u)), dim=-1) @ Hm.T
+    rot_flow = (x[..., :2] / x[..., 2:]).permute(2, 0, 1) - torch.stack((u, v))
+    parallax = (p.flow_ij.double() - rot_flow).norm(dim=0)
+    assert float(parallax[depth > 1000.0].max()) < 0.1
+    assert float(parallax[depth < 15.0].median()) > 2.0
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_stride_subsamples_the_trajectory(kind):
     fast = make_trajectory(kind, 10, torch.Generator().manual_seed(2), stride=3)
@@ -165,7 +233,7 @@ def test_raster_equals_brute_force_ray_casting():
         assert torch.equal(depth, seq.depths[f, 0]) and torch.equal(ids, seq.ids[f, 0])
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_flow_equals_projection_of_depth(kind):
     seq = sequence(kind)
     p = pair(kind, 0, 2)
@@ -184,7 +252,7 @@ def test_flow_equals_projection_of_depth(kind):
     assert float(p.flow_ij.abs().max()) > 1.0
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_scene_points_land_on_flow_targets(kind):
     """Depth is exact: the 3D hit of a ray of view i, seen from view j, is at x + flow_ij."""
     seq = sequence(kind)
@@ -202,27 +270,32 @@ def test_scene_points_land_on_flow_targets(kind):
     assert float((err < 1e-2).double().mean()) > 0.999
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_backward_warp_reproduces_image(kind):
     """
     Warping image_j by flow_ij gives image_i on valid pixels.
 
     Bounds: mean abs error < 0.01 (images in [0, 1]; measured 0.0035 forward, 0.0035
-    handheld at 128x416); residuals come from bilinear interpolation of fine texture, mip
-    levels chosen per view and anti-aliased edges. The error must also be far below that of
-    the unwarped image (zero flow, measured ~0.03).
+    handheld, 0.005 highway at 128x416); residuals come from bilinear interpolation of fine
+    texture, mip levels chosen per view and anti-aliased edges. On the pixels that move by
+    more than a pixel the error must also be well below that of the unwarped image (zero flow;
+    most highway pixels barely move, so they are left out of that check): measured ratios 0.11
+    forward, 0.12 handheld, 0.16 handheld30, 0.26 highway (its moving pixels are the road,
+    seen at grazing angles, whose mip level differs between the views).
     """
     p = pair(kind, 0, 1, num_frames=2, height=128, width=416)
     valid = p.valid_ij[0]
     warped = warp(p.image_j, p.flow_ij)
-    err = (warped - p.image_i).abs().mean(0)[valid].mean()
-    base = (p.image_j - p.image_i).abs().mean(0)[valid].mean()
+    err = (warped - p.image_i).abs().mean(0)
+    base = (p.image_j - p.image_i).abs().mean(0)
+    moving = valid & (p.flow_ij.norm(dim=0) > 1.0)
     assert float(valid.float().mean()) > 0.5
-    assert float(err) < 0.01
-    assert float(err) < 0.25 * float(base)
+    assert float(err[valid].mean()) < 0.01
+    assert float(moving.float().mean()) > 0.1
+    assert float(err[moving].mean()) < 0.3 * float(base[moving].mean())
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_forward_backward_consistency(kind):
     p = pair(kind, 0, 1, num_frames=2, height=128, width=416)
     valid = p.valid_ij[0]
