@@ -2,7 +2,8 @@
 Time the synthetic sequence generator: rendering N frames and computing one pair's ground truth.
 
 Usage: ``python bench/synthetic_render.py [--kind forward] [--frames 64] [--height 256]
-[--width 832]`` (``--kind``: any of ``KINDS``, e.g. highway or handheld30). The last printed line is one JSON object with the figures.
+[--width 832]`` (``--kind``: any of ``KINDS``, e.g. highway or handheld30). The last printed
+line is one JSON object with the figures.
 """
 
 import argparse
