@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from trianflow_ros.config import DataConfig
+from trianflow_ros.data.camera_files import (parse_distortion_option, read_distortion_file,
+                                             read_intrinsics_file)
 from trianflow_ros.data.kitti_odometry import (KittiOdometryDataset, KittiOdometrySequence,
                                                read_calib)
 from trianflow_ros.data.kitti_raw import KittiRawDataset, parse_frame_line
-from trianflow_ros.data.camera_files import (parse_distortion_option, read_distortion_file,
-                                             read_intrinsics_file)
 from trianflow_ros.data.nyu import (NYU_INTRINSICS, NyuLabelledDataset, NyuRawDataset,
                                     read_split_indices)
 from trianflow_ros.data.registry import ImageFolderDataset, make_dataset
@@ -632,8 +632,8 @@ def test_tum_camera_distortion_by_family_folder_files_and_argument(tmp_path):
 
 def test_camera_files_and_distortion_option(tmp_path):
     (tmp_path / 'D.txt').write_text('# k1 k2\n-0.296609 0.080818\n')
-    assert read_distortion_file(tmp_path / 'D.txt') == Distortion('plumb_bob',
-                                                                    (-0.296609, 0.080818))
+    expected = Distortion('plumb_bob', (-0.296609, 0.080818))
+    assert read_distortion_file(tmp_path / 'D.txt') == expected
     (tmp_path / 'empty.txt').write_text('# pinhole\n')
     assert read_distortion_file(tmp_path / 'empty.txt').is_identity
     with pytest.raises(MissingFileError, match='missing.txt'):
@@ -663,10 +663,10 @@ def test_real_tum_and_vamr_cameras(shared_data):
     assert fr3.distortion.is_identity and fr3.poses is None
     vamr = TumRgbdSequence(shared_data / 'vamr_checkerboard', use_depth=False)
     assert len(vamr) == 400 and vamr.poses.shape == (400, 4, 4)
-    np.testing.assert_allclose(vamr.K, [[420.506712, 0, 355.208298], [0, 420.610940, 250.336787],
-                                        [0, 0, 1]])
-    np.testing.assert_allclose(vamr.K, np.loadtxt(shared_data / 'vamr_checkerboard' /
-                                                  'K_matrix.txt'))
+    np.testing.assert_allclose(vamr.K, [[420.506712, 0, 355.208298],
+                                        [0, 420.610940, 250.336787], [0, 0, 1]])
+    np.testing.assert_allclose(
+        vamr.K, np.loadtxt(shared_data / 'vamr_checkerboard' / 'K_matrix.txt'))
     assert vamr.distortion == Distortion('plumb_bob', (-0.296609, 0.080818, 0.0, 0.0, 0.0))
     assert vamr.camera_source == 'intrinsics.txt + D.txt'
     stamp, image, K = vamr.frame(0)

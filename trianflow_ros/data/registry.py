@@ -23,7 +23,6 @@ from pathlib import Path
 import re
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from trianflow_ros.data.camera_files import (find_distortion_file, intrinsics_matrix,
@@ -32,11 +31,13 @@ from trianflow_ros.data.kitti_odometry import KittiOdometryDataset
 from trianflow_ros.data.kitti_raw import KittiRawDataset
 from trianflow_ros.data.nyu import NyuLabelledDataset, NyuRawDataset
 from trianflow_ros.data.sample import (DatasetError, frame_pair_items, load_image,
-                                       MissingFileError, PairDataset, parse_floats, PathLike,
-                                       prepare_image, read_lines, require_path, Sample)
+                                       MissingFileError, PairDataset, PathLike, prepare_image,
+                                       require_path, Sample)
 from trianflow_ros.data.synthetic_dataset import SyntheticPairDataset
 from trianflow_ros.data.tum import TumRgbdDataset
 from trianflow_ros.geometry.distortion import as_distortion, Distortion
+
+__all__ = ['DATASETS', 'ImageFolderDataset', 'make_dataset', 'read_intrinsics_file', 'SPLITS']
 
 DATASETS = ('synthetic', 'kitti_raw', 'kitti_odo', 'nyu', 'tum', 'images')
 SPLITS = ('train', 'val', 'test')

@@ -66,7 +66,7 @@ Intrinsics = Union[Tuple[float, float, float, float], np.ndarray]
 
 
 def family(name: str) -> Optional[str]:
-    """Return the TUM camera family ('fr1', 'fr2', 'fr3') named in a sequence name, or None."""
+    """Return the TUM camera ('fr1', 'fr2' or 'fr3') that a sequence name names, or None."""
     m = _FAMILY.search(name.lower())
     return f'fr{m.group(1)}' if m else None
 

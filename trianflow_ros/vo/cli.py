@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('path', help='the sequence folder (with rgb.txt; groundtruth.txt, '
                                 'intrinsics.txt and distortion.txt / D.txt when present)')
     t.add_argument('--distortion', default=None, metavar='FILE|TEXT',
-                   help='lens distortion overriding the sequence\'s: a file or '
+                   help='lens distortion overriding that of the sequence: a file or '
                         '"[model] c1 c2 ..." (plumb_bob, rational_polynomial, equidistant; '
                         'numbers alone = plumb_bob); "none" for a pinhole camera')
     t.set_defaults(open_source=tum_source)
