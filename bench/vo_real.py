@@ -37,7 +37,8 @@ Sequences (``--only``; ``real`` / ``synthetic`` select groups):
 - ``syn_forward``, ``syn_handheld``, ``syn_pure_rotation``, ``syn_highway``,
   ``syn_handheld30``: ``trianflow_ros.data.synthetic`` kinds, seed 2000 (held out from the
   shipped weights' training seeds), 30 frames at 128x416 (10 Hz; handheld30 at 30 Hz).
-  Pure rotation has no translation: its ATE is None (no Sim(3) scale), RPE rotation counts.
+  Pure rotation has no translation: its ATE and RPE translation are None (no Sim(3) scale),
+  its RPE rotation is computed without alignment (it does not depend on one).
 
 Per run: ``ate`` (m, after Sim(3) alignment), ``rpe_trans`` (m, one processed frame, after the
 Sim(3) scale), ``rpe_rot`` (deg), ``lost`` (LOST frames; baseline: pairs without E), ``fps``
@@ -80,7 +81,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from trianflow_ros.config import dump_yaml  # noqa: E402
 from trianflow_ros.data.synthetic import make_sequence  # noqa: E402
-from trianflow_ros.eval.trajectory_io import read_kitti  # noqa: E402
+from trianflow_ros.eval.odometry_metrics import evaluate_odometry  # noqa: E402
+from trianflow_ros.eval.trajectory_io import read_kitti, Trajectory  # noqa: E402
 from trianflow_ros.vo.cli import (build_parser, FrameSource, kitti_source,  # noqa: E402
                                   resolve_config, run, tum_source)
 from trianflow_ros.vo.odometry import STAGES  # noqa: E402
@@ -206,12 +208,33 @@ def run_vo(config: str, source: FrameSource, seq: Sequence, out: Path,
     result['res'] = res
     result['methods'] = summary['methods']
     result['stage_ms'] = {k: round(table[k]['mean_ms'], 1) for k in STAGES}
+    idx = list(range(0, source.count, seq.stride))[:seq.max_frames]
+    est = read_kitti(out / 'poses_kitti.txt').poses
     if seq.pair:
-        est = read_kitti(out / 'poses_kitti.txt').poses
-        idx = list(range(0, source.count, seq.stride))[:seq.max_frames]
         result.update(pair_errors(est, source.gt[idx]))
         result['ate'] = None
+    elif source.gt is not None and _no_translation(source.gt[idx]):
+        result.update(rotation_only(est, source.gt[idx], source.stamps[idx]))
     return result
+
+
+def _no_translation(gt: np.ndarray) -> bool:
+    """Return True when the ground-truth camera centres do not move (pure rotation)."""
+    return float(np.ptp(gt[:, :3, 3], axis=0).max()) < 1e-9
+
+
+def rotation_only(est: np.ndarray, gt: np.ndarray, stamps: np.ndarray) -> Dict:
+    """
+    Figures of a run whose ground truth does not translate (pure rotation).
+
+    ATE and RPE translation are undefined there (no Sim(3) scale to fit): None, with a note;
+    the RPE rotation does not depend on the alignment and is computed without one.
+    """
+    gt = np.linalg.inv(gt[0]) @ gt
+    res = evaluate_odometry(Trajectory(gt, stamps, 'ground truth'),
+                            Trajectory(est, stamps, 'estimate'), align='none')
+    return {'ate': None, 'rpe_trans': None, 'rpe_rot': res.rpe_rot,
+            'note': 'no translation in the ground truth: ATE undefined, RPE rotation unaligned'}
 
 
 def run_baseline(source: FrameSource, seq: Sequence, undistort: bool) -> Dict:
@@ -226,6 +249,8 @@ def run_baseline(source: FrameSource, seq: Sequence, undistort: bool) -> Dict:
               'undistorted': bool(undistort and not source.distortion.is_identity)}
     if seq.pair:
         result.update(pair_errors(res.poses, source.gt[idx]))
+    elif source.gt is not None and _no_translation(source.gt[idx]):
+        result.update(rotation_only(res.poses, source.gt[idx], source.stamps[idx]))
     elif source.gt is not None:
         try:
             figures = evaluate(res.poses, source.gt[idx], source.stamps[idx])

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from trianflow_ros.data.synthetic import KINDS, make_sequence, make_trajectory
+from trianflow_ros.data.synthetic.distorted import make_distorted_sequence
 from trianflow_ros.data.synthetic.raster import rasterize
 from trianflow_ros.data.synthetic.render import cast
 from trianflow_ros.data.synthetic.textures import available_photos, TextureBank
 from trianflow_ros.geometry.camera import backproject_depth, project
+from trianflow_ros.geometry.distortion import Distortion, undistort_pixels
 from trianflow_ros.geometry.se3 import so3_log, transform_points
 from trianflow_ros.geometry.warp import backward_warp
 
@@ -434,3 +436,70 @@ def test_bad_arguments():
     with pytest.raises(IndexError):
         sequence('standstill').pair(0, 5)
     assert math.isfinite(float(sequence('standstill').depths.max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the same scenes through a distorting lens (make_distorted_sequence)
+# ---------------------------------------------------------------------------------------------
+
+BARREL = Distortion('plumb_bob', (-0.3, 0.08))        # like vamr_checkerboard's lens
+
+
+@functools.lru_cache(maxsize=None)
+def distorted(kind, distortion=BARREL, num_frames=3, height=96, width=320):
+    return make_distorted_sequence(kind, num_frames, height, width, distortion=distortion,
+                                   seed=0)
+
+
+def test_distorted_sequence_without_distortion_is_the_pinhole_render():
+    d = distorted('forward', None)
+    ref = make_sequence('forward', 3, 96, 320, seed=0, aa=1)
+    assert torch.equal(d.poses, ref.poses) and torch.equal(d.K, ref.K)
+    assert d.distortion.is_identity
+    assert float(((d.depths - ref.depths).abs() / ref.depths).max()) < 1e-5
+    assert float((d.ids == ref.ids).float().mean()) > 0.998       # measured 0.9986 (edges)
+    assert float((d.images - ref.images).abs().mean()) < 1e-3
+    p, q = d.pair(0, 2), ref.pair(0, 2)
+    assert float((p.flow_ij - q.flow_ij).abs().max()) < 1e-3
+    assert float((p.valid_ij == q.valid_ij).float().mean()) > 0.999
+
+
+@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+def test_distorted_sequence_ground_truth_is_exact(kind):
+    d = distorted(kind)
+    n, h, w = 3, 96, 320
+    assert d.images.shape == (n, 3, h, w) and d.depths.shape == (n, 1, h, w)
+    assert d.distortion == BARREL and bool(torch.isfinite(d.depths).all())
+    # depth of a raw pixel = the pinhole renderer's ray cast through its undistorted twin
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                          torch.arange(w, dtype=torch.float64), indexing='ij')
+    raw = torch.stack((u.reshape(-1), v.reshape(-1)), dim=-1)
+    K = d.K.double()
+    und = undistort_pixels(raw[None], K[None], BARREL)[0]
+    t, _, _ = cast(d.scene, d.poses[1], K, und, h, w)
+    rel = (t.reshape(h, w) - d.depths[1, 0].double()).abs() / t.reshape(h, w)
+    assert float((rel < 1e-5).double().mean()) > 0.995   # measured 1.0 / 0.9985 (edges)
+    # the flow moves the image: warping view j by flow_ij gives view i; F-B consistent
+    p = d.pair(0, 1)
+    valid = p.valid_ij[0]
+    assert float(valid.float().mean()) > 0.5
+    err = (warp(p.image_j, p.flow_ij) - p.image_i).abs().mean(0)
+    base = (p.image_j - p.image_i).abs().mean(0)
+    assert float(err[valid].mean()) < 0.01                         # measured 0.005
+    assert float(err[valid].mean()) < 0.3 * float(base[valid].mean())
+    fb = (p.flow_ij + warp(p.flow_ji, p.flow_ij)).norm(dim=0)[valid]
+    assert float(fb.median()) < 0.01 and float((fb < 0.1).float().mean()) > 0.98
+    # ... and it is the distorted one: it differs from the pinhole flow by pixels at the edge
+    pin = distorted(kind, None).pair(0, 1)
+    both = valid & pin.valid_ij[0]
+    gap = (p.flow_ij - pin.flow_ij).norm(dim=0)[both]
+    assert float(gap.max()) > 1.0                       # measured 6.4 px / 2.8 px
+
+
+def test_distorted_sequence_plugs_into_the_oracles():
+    d = distorted('forward')
+    from trianflow_ros.vo import OracleDepthProvider, OracleFlowProvider
+    img = torch.from_numpy(d.images_uint8()).permute(0, 3, 1, 2).float() / 255.0
+    f12, _ = OracleFlowProvider(d)(img[0:1], img[1:2])
+    assert torch.allclose(f12[0], d.pair(0, 1).flow_ij)
+    assert torch.equal(OracleDepthProvider(d)(img[2:3])[0], d.depths[2])
