@@ -2,7 +2,8 @@
 Time the synthetic sequence generator: rendering N frames and computing one pair's ground truth.
 
 Usage: ``python bench/synthetic_render.py [--kind forward] [--frames 64] [--height 256]
-[--width 832]``. The last printed line is one JSON object with the figures.
+[--width 832]`` (``--kind``: any of ``KINDS``, e.g. highway or handheld30). The last printed
+line is one JSON object with the figures.
 """
 
 import argparse
@@ -14,13 +15,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trianflow_ros.data.synthetic import make_sequence  # noqa: E402
+from trianflow_ros.data.synthetic import KINDS, make_sequence  # noqa: E402
 
 
 def main() -> None:
     """Parse arguments, render, print the timings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument('--kind', default='forward', help='trajectory kind')
+    parser.add_argument('--kind', default='forward', choices=KINDS, help='trajectory kind')
     parser.add_argument('--frames', type=int, default=64, help='number of frames')
     parser.add_argument('--height', type=int, default=256, help='image height')
     parser.add_argument('--width', type=int, default=832, help='image width')

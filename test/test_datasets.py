@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from trianflow_ros.config import DataConfig
+from trianflow_ros.data.camera_files import (parse_distortion_option, read_distortion_file,
+                                             read_intrinsics_file)
 from trianflow_ros.data.kitti_odometry import (KittiOdometryDataset, KittiOdometrySequence,
                                                read_calib)
 from trianflow_ros.data.kitti_raw import KittiRawDataset, parse_frame_line
@@ -21,8 +23,10 @@ from trianflow_ros.data.sample import (check_sample, collate_samples, DatasetErr
                                        hflip_sample, MissingFileError, RandomHorizontalFlip,
                                        rescale_intrinsics, resize_image)
 from trianflow_ros.data.synthetic_dataset import SyntheticPairDataset
-from trianflow_ros.data.tum import (associate, family_intrinsics, interpolate_pose,
-                                    quaternion_to_matrix, TumRgbdDataset)
+from trianflow_ros.data.tum import (associate, family_distortion, family_intrinsics,
+                                    interpolate_pose, quaternion_to_matrix, TumRgbdDataset,
+                                    TumRgbdSequence)
+from trianflow_ros.geometry.distortion import Distortion
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
@@ -577,6 +581,101 @@ def test_real_kitti_calib_without_p2_is_named(tmp_path, shared_data):
         KittiOdometrySequence(tmp_path, '06', camera=2)
 
 
+FR1_D = (0.2624, -0.9531, -0.0054, 0.0026, 1.1633)      # TUM documentation, d0..d4
+FR2_D = (0.2312, -0.7849, -0.0033, -0.0001, 0.9172)
+
+
+def test_tum_camera_distortion_by_family_folder_files_and_argument(tmp_path):
+    assert family_distortion('rgbd_dataset_freiburg1_xyz') == Distortion('plumb_bob', FR1_D)
+    assert family_distortion('fr2_desk') == Distortion('plumb_bob', FR2_D)
+    assert family_distortion('rgbd_dataset_freiburg3_long_office_household').is_identity
+    with pytest.raises(ValueError, match='fr1/fr2/fr3'):
+        family_distortion('my_room')
+    seq, _ = make_tum(tmp_path)                               # ...freiburg2_desk
+    s = TumRgbdSequence(seq)
+    assert s.distortion.model == 'plumb_bob' and s.distortion.coeffs == FR2_D
+    np.testing.assert_allclose(s.K, family_intrinsics('fr2'))
+    assert s.camera_source == 'TUM documentation (fr2)'
+    # the dataset's sequences carry it too; an explicit 'none' or K drops it
+    assert TumRgbdDataset(tmp_path, height=6, width=8).sequences[0].distortion == s.distortion
+    assert TumRgbdSequence(seq, distortion='none').distortion.is_identity
+    assert TumRgbdSequence(seq, intrinsics=(500.0, 500.0, 8.0, 6.0)).distortion.is_identity
+    given = TumRgbdSequence(seq, distortion='equidistant 0.1 0.01 0 0')
+    assert given.distortion == Distortion('equidistant', (0.1, 0.01, 0.0, 0.0))
+    # a folder's own files win over the family: intrinsics.txt + D.txt (VAMR style)
+    (seq / 'intrinsics.txt').write_text('# fx fy cx cy\n400 401 8 6\n')
+    (seq / 'D.txt').write_text('-0.3 0.08\n')
+    own = TumRgbdSequence(seq)
+    np.testing.assert_allclose(own.K, [[400, 0, 8], [0, 401, 6], [0, 0, 1]])
+    assert own.distortion == Distortion('plumb_bob', (-0.3, 0.08, 0.0, 0.0, 0.0))
+    assert own.camera_source == 'intrinsics.txt + D.txt'
+    (seq / 'distortion.txt').write_text('rational_polynomial 0.1 0 0 0 0 0.05 0 0\n')
+    assert TumRgbdSequence(seq).distortion.model == 'rational_polynomial'   # first name wins
+    (seq / 'D.txt').unlink()
+    (seq / 'distortion.txt').unlink()
+    assert TumRgbdSequence(seq).distortion.is_identity           # own K, no distortion file
+    # malformed files: one error naming the file
+    (seq / 'D.txt').write_text('-0.3 zero\n')
+    with pytest.raises(DatasetError, match=r'D.txt: .*Expected "\[plumb_bob'):
+        TumRgbdSequence(seq)
+    (seq / 'D.txt').write_text('fisheye_v2 0.1\n')
+    with pytest.raises(DatasetError, match='unsupported distortion model'):
+        TumRgbdSequence(seq)
+    (seq / 'D.txt').write_text('plumb_bob 1 2 3 4 5 6\n')
+    with pytest.raises(DatasetError, match='takes 5 coefficients'):
+        TumRgbdSequence(seq)
+    (seq / 'D.txt').unlink()
+    (seq / 'intrinsics.txt').write_text('400 401 8\n')
+    with pytest.raises(DatasetError, match='intrinsics.txt: expected "fx fy cx cy"'):
+        TumRgbdSequence(seq)
+
+
+def test_camera_files_and_distortion_option(tmp_path):
+    (tmp_path / 'D.txt').write_text('# k1 k2\n-0.296609 0.080818\n')
+    expected = Distortion('plumb_bob', (-0.296609, 0.080818))
+    assert read_distortion_file(tmp_path / 'D.txt') == expected
+    (tmp_path / 'empty.txt').write_text('# pinhole\n')
+    assert read_distortion_file(tmp_path / 'empty.txt').is_identity
+    with pytest.raises(MissingFileError, match='missing.txt'):
+        read_distortion_file(tmp_path / 'missing.txt')
+    assert parse_distortion_option(str(tmp_path / 'D.txt')).coeffs[:2] == (-0.296609, 0.080818)
+    assert parse_distortion_option('plumb_bob 0.1 0.2 0.001 0.002 0.3').coeffs == (
+        0.1, 0.2, 0.001, 0.002, 0.3)
+    assert parse_distortion_option('none').is_identity
+    with pytest.raises(DatasetError, match='lens distortion file not found: .*nope/D.txt'):
+        parse_distortion_option(str(tmp_path / 'nope' / 'D.txt'))
+    with pytest.raises(DatasetError, match='--distortion .*Expected'):
+        parse_distortion_option('plumb_bob one two')
+    (tmp_path / 'K.txt').write_text('1 0 2\n0 3 4\n0 0 1\n')
+    np.testing.assert_allclose(read_intrinsics_file(tmp_path / 'K.txt'),
+                               [[1, 0, 2], [0, 3, 4], [0, 0, 1]])
+
+
+def test_real_tum_and_vamr_cameras(shared_data):
+    """The readers give the documented cameras of the real folders in shared/data."""
+    tum = shared_data / 'tum_rgbd_pairs'
+    fr1 = TumRgbdSequence(tum / 'rgbd_dataset_freiburg1_xyz', use_depth=False)
+    np.testing.assert_allclose(fr1.K, [[517.3, 0, 318.6], [0, 516.5, 255.3], [0, 0, 1]])
+    assert fr1.distortion == Distortion('plumb_bob', FR1_D)
+    fr3 = TumRgbdSequence(tum / 'rgbd_dataset_freiburg3_long_office_household',
+                          use_depth=False)
+    np.testing.assert_allclose(fr3.K, [[535.4, 0, 320.1], [0, 539.2, 247.6], [0, 0, 1]])
+    assert fr3.distortion.is_identity and fr3.poses is None
+    vamr = TumRgbdSequence(shared_data / 'vamr_checkerboard', use_depth=False)
+    assert len(vamr) == 400 and vamr.poses.shape == (400, 4, 4)
+    np.testing.assert_allclose(vamr.K, [[420.506712, 0, 355.208298],
+                                        [0, 420.610940, 250.336787], [0, 0, 1]])
+    np.testing.assert_allclose(
+        vamr.K, np.loadtxt(shared_data / 'vamr_checkerboard' / 'K_matrix.txt'))
+    assert vamr.distortion == Distortion('plumb_bob', (-0.296609, 0.080818, 0.0, 0.0, 0.0))
+    assert vamr.camera_source == 'intrinsics.txt + D.txt'
+    stamp, image, K = vamr.frame(0)
+    assert stamp == 0.0 and image.shape == (480, 752, 3) and image.dtype == np.uint8
+    # ground truth = the first groundtruth.txt line (camera-to-world, metres)
+    np.testing.assert_allclose(vamr.poses[0][:3, 3], [0.135203435, 0.273481503, -0.314364393])
+    assert 0.2 < np.linalg.norm(vamr.poses[:, :3, 3], axis=1).min()        # above the board
+
+
 def test_real_tum_fr1_xyz_pair_matches_derived_relative_pose(shared_data):
     folder = shared_data / 'tum_rgbd_pairs' / 'rgbd_dataset_freiburg1_xyz'
     ds = TumRgbdDataset(folder, height=480, width=640)
@@ -661,3 +760,8 @@ def test_image_folder_dataset(tmp_path):
     assert [ds[k]['frame2'] for k in range(2)] == [1, 2]
     assert ds[1]['source2'].endswith('10.png') and ds[1]['stamp2'] == 10.0   # natural order
     assert ds[0]['K'][1, 1].item() == pytest.approx(21.0)
+    assert ds.distortion.is_identity
+    (tmp_path / 'cam' / 'D.txt').write_text('-0.2 0.05\n')
+    assert ImageFolderDataset(tmp_path / 'cam').distortion.coeffs[:2] == (-0.2, 0.05)
+    given = ImageFolderDataset(tmp_path / 'cam', distortion=('equidistant', (0.1, 0, 0, 0)))
+    assert given.distortion.model == 'equidistant'

@@ -9,14 +9,18 @@ import pytest
 import torch
 
 from trianflow_ros.data.synthetic import KINDS, make_sequence, make_trajectory
+from trianflow_ros.data.synthetic.distorted import make_distorted_sequence
 from trianflow_ros.data.synthetic.raster import rasterize
 from trianflow_ros.data.synthetic.render import cast
 from trianflow_ros.data.synthetic.textures import available_photos, TextureBank
 from trianflow_ros.geometry.camera import backproject_depth, project
+from trianflow_ros.geometry.distortion import Distortion, undistort_pixels
 from trianflow_ros.geometry.se3 import so3_log, transform_points
 from trianflow_ros.geometry.warp import backward_warp
 
 H, W = 64, 208
+#: the kinds whose camera moves (exact ground-truth checks run on each).
+MOVING = ['forward', 'handheld', 'highway', 'handheld30']
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +61,8 @@ def test_shapes_and_dtypes(kind):
     assert 0.0 <= float(seq.images.min()) and float(seq.images.max()) <= 1.0
     assert bool(torch.isfinite(seq.depths).all()) and float(seq.depths.min()) > 0.1
     assert bool((seq.ids >= 0).all())
-    assert float(seq.depths.max()) < 150.0
+    # closed scenes; the highway's backdrop stands 5 km from the path (its sky, 'far beyond')
+    assert float(seq.depths.max()) < (6000.0 if kind == 'highway' else 150.0)
     u8 = seq.images_uint8()
     assert u8.shape == (n, H, W, 3) and u8.dtype == np.uint8
     p = pair(kind, 0, 2)
@@ -136,6 +141,71 @@ def test_trajectory_motion_statistics():
     assert torch.equal(T, T[:1].expand_as(T))
 
 
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_highway_motion_is_fast_forward_with_mild_curvature(seed):
+    T = make_trajectory('highway', 100, torch.Generator().manual_seed(seed))
+    trans, rot = _steps(T)
+    # 25-30 m/s at 10 Hz, +-3 % speed variation; curve radius of ~1 km: < 0.25 deg/frame
+    assert 2.4 < float(trans.min()) and float(trans.max()) < 3.1
+    assert float(rot.max()) < 0.25
+    assert float(T[:, 2, 3].diff().min()) > 2.0                  # drives forward (+z)
+    assert float(T[:, 1, 3].abs().max()) < 0.03                  # constant height (bounce)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_handheld30_motion_is_small_and_smooth(seed):
+    T = make_trajectory('handheld30', 150, torch.Generator().manual_seed(seed))
+    trans, rot = _steps(T)
+    assert 0.0049 < float(trans.min()) and float(trans.max()) < 0.0201     # 0.5-2 cm/frame
+    assert 0.099 < float(rot.min()) and float(rot.max()) < 0.501           # 0.1-0.5 deg/frame
+    # smooth sway: the motion changes little from one frame to the next (measured: at most
+    # 4.5 mm and 0.035 deg of change in the per-frame motion over seeds 0-5)
+    rel = torch.linalg.inv(T[:-1]) @ T[1:]
+    assert float((rel[1:, :3, 3] - rel[:-1, :3, 3]).norm(dim=-1).max()) < 0.006
+    omega = so3_log(rel[:, :3, :3])
+    assert float(torch.rad2deg((omega[1:] - omega[:-1]).norm(dim=-1)).max()) < 0.05
+    # it sways rather than drifts away: 150 frames (5 s) stay within a metre
+    assert float(T[:, :3, 3].norm(dim=-1).max()) < 1.0
+
+
+def test_highway_scene_is_mostly_far():
+    """
+    Most pixels of the highway are far: their parallax cannot fix the sign of their depth.
+
+    Measured at 96x320 (seed 0): ~60 % of the pixels beyond 30 m, ~40-50 % on the backdrop
+    (5 km), the road from ~7 m at the bottom row; the angle between the two rays of a point
+    (the parallax that triangulation needs) is below 0.36 deg for 44 % of the pixels (ORB-SLAM
+    ignores the depth sign there) and its median is 0.62 deg (ORB-SLAM asks for 1 deg to
+    initialise).
+    """
+    seq = sequence('highway', num_frames=2, height=96, width=320)
+    depth = seq.depths[0, 0]
+    assert float((depth > 30.0).float().mean()) > 0.5
+    assert float((depth > 1000.0).float().mean()) > 0.2                 # sky / backdrop
+    assert float(depth.min()) > 3.0 and float(depth[-1].max()) < 15.0   # road near the car
+    assert float((depth[-1] < 15.0).float().mean()) == 1.0              # bottom row = road
+    # ray angle of every pixel between views 0 and 1 (exact depth and pose)
+    p = pair('highway', 0, 1, num_frames=2, height=96, width=320)
+    K = seq.K.double()[None]
+    X = backproject_depth(p.depth_i[None].double(), K).reshape(1, 3, -1).transpose(1, 2)[0]
+    centre_j = torch.linalg.inv(p.T_ji)[:3, 3]                          # camera j in frame i
+    a, b = X, X - centre_j
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    angle = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    assert float((angle < 0.36).double().mean()) > 0.4               # measured 0.44
+    assert float(angle.median()) < 1.0                                  # measured 0.62 deg
+    assert float(angle.max()) > 5.0                                     # the road does move
+    # far pixels move like the infinite homography K R K^-1 (rotation only), near ones do not
+    Hm = seq.K.double() @ p.T_ji[:3, :3] @ torch.linalg.inv(seq.K.double())
+    v, u = torch.meshgrid(torch.arange(96, dtype=torch.float64),
+                          torch.arange(320, dtype=torch.float64), indexing='ij')
+    x = torch.stack((u, v, torch.ones_like(u)), dim=-1) @ Hm.T
+    rot_flow = (x[..., :2] / x[..., 2:]).permute(2, 0, 1) - torch.stack((u, v))
+    parallax = (p.flow_ij.double() - rot_flow).norm(dim=0)
+    assert float(parallax[depth > 1000.0].max()) < 0.1
+    assert float(parallax[depth < 15.0].median()) > 2.0
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_stride_subsamples_the_trajectory(kind):
     fast = make_trajectory(kind, 10, torch.Generator().manual_seed(2), stride=3)
@@ -165,7 +235,7 @@ def test_raster_equals_brute_force_ray_casting():
         assert torch.equal(depth, seq.depths[f, 0]) and torch.equal(ids, seq.ids[f, 0])
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_flow_equals_projection_of_depth(kind):
     seq = sequence(kind)
     p = pair(kind, 0, 2)
@@ -184,7 +254,7 @@ def test_flow_equals_projection_of_depth(kind):
     assert float(p.flow_ij.abs().max()) > 1.0
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_scene_points_land_on_flow_targets(kind):
     """Depth is exact: the 3D hit of a ray of view i, seen from view j, is at x + flow_ij."""
     seq = sequence(kind)
@@ -202,27 +272,32 @@ def test_scene_points_land_on_flow_targets(kind):
     assert float((err < 1e-2).double().mean()) > 0.999
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_backward_warp_reproduces_image(kind):
     """
     Warping image_j by flow_ij gives image_i on valid pixels.
 
     Bounds: mean abs error < 0.01 (images in [0, 1]; measured 0.0035 forward, 0.0035
-    handheld at 128x416); residuals come from bilinear interpolation of fine texture, mip
-    levels chosen per view and anti-aliased edges. The error must also be far below that of
-    the unwarped image (zero flow, measured ~0.03).
+    handheld, 0.005 highway at 128x416); residuals come from bilinear interpolation of fine
+    texture, mip levels chosen per view and anti-aliased edges. On the pixels that move by
+    more than a pixel the error must also be well below that of the unwarped image (zero flow;
+    most highway pixels barely move, so they are left out of that check): measured ratios 0.11
+    forward, 0.12 handheld, 0.16 handheld30, 0.26 highway (its moving pixels are the road,
+    seen at grazing angles, whose mip level differs between the views).
     """
     p = pair(kind, 0, 1, num_frames=2, height=128, width=416)
     valid = p.valid_ij[0]
     warped = warp(p.image_j, p.flow_ij)
-    err = (warped - p.image_i).abs().mean(0)[valid].mean()
-    base = (p.image_j - p.image_i).abs().mean(0)[valid].mean()
+    err = (warped - p.image_i).abs().mean(0)
+    base = (p.image_j - p.image_i).abs().mean(0)
+    moving = valid & (p.flow_ij.norm(dim=0) > 1.0)
     assert float(valid.float().mean()) > 0.5
-    assert float(err) < 0.01
-    assert float(err) < 0.25 * float(base)
+    assert float(err[valid].mean()) < 0.01
+    assert float(moving.float().mean()) > 0.1
+    assert float(err[moving].mean()) < 0.3 * float(base[moving].mean())
 
 
-@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+@pytest.mark.parametrize('kind', MOVING)
 def test_forward_backward_consistency(kind):
     p = pair(kind, 0, 1, num_frames=2, height=128, width=416)
     valid = p.valid_ij[0]
@@ -361,3 +436,70 @@ def test_bad_arguments():
     with pytest.raises(IndexError):
         sequence('standstill').pair(0, 5)
     assert math.isfinite(float(sequence('standstill').depths.max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the same scenes through a distorting lens (make_distorted_sequence)
+# ---------------------------------------------------------------------------------------------
+
+BARREL = Distortion('plumb_bob', (-0.3, 0.08))        # like vamr_checkerboard's lens
+
+
+@functools.lru_cache(maxsize=None)
+def distorted(kind, distortion=BARREL, num_frames=3, height=96, width=320):
+    return make_distorted_sequence(kind, num_frames, height, width, distortion=distortion,
+                                   seed=0)
+
+
+def test_distorted_sequence_without_distortion_is_the_pinhole_render():
+    d = distorted('forward', None)
+    ref = make_sequence('forward', 3, 96, 320, seed=0, aa=1)
+    assert torch.equal(d.poses, ref.poses) and torch.equal(d.K, ref.K)
+    assert d.distortion.is_identity
+    assert float(((d.depths - ref.depths).abs() / ref.depths).max()) < 1e-5
+    assert float((d.ids == ref.ids).float().mean()) > 0.998       # measured 0.9986 (edges)
+    assert float((d.images - ref.images).abs().mean()) < 1e-3
+    p, q = d.pair(0, 2), ref.pair(0, 2)
+    assert float((p.flow_ij - q.flow_ij).abs().max()) < 1e-3
+    assert float((p.valid_ij == q.valid_ij).float().mean()) > 0.999
+
+
+@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+def test_distorted_sequence_ground_truth_is_exact(kind):
+    d = distorted(kind)
+    n, h, w = 3, 96, 320
+    assert d.images.shape == (n, 3, h, w) and d.depths.shape == (n, 1, h, w)
+    assert d.distortion == BARREL and bool(torch.isfinite(d.depths).all())
+    # depth of a raw pixel = the pinhole renderer's ray cast through its undistorted twin
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                          torch.arange(w, dtype=torch.float64), indexing='ij')
+    raw = torch.stack((u.reshape(-1), v.reshape(-1)), dim=-1)
+    K = d.K.double()
+    und = undistort_pixels(raw[None], K[None], BARREL)[0]
+    t, _, _ = cast(d.scene, d.poses[1], K, und, h, w)
+    rel = (t.reshape(h, w) - d.depths[1, 0].double()).abs() / t.reshape(h, w)
+    assert float((rel < 1e-5).double().mean()) > 0.995   # measured 1.0 / 0.9985 (edges)
+    # the flow moves the image: warping view j by flow_ij gives view i; F-B consistent
+    p = d.pair(0, 1)
+    valid = p.valid_ij[0]
+    assert float(valid.float().mean()) > 0.5
+    err = (warp(p.image_j, p.flow_ij) - p.image_i).abs().mean(0)
+    base = (p.image_j - p.image_i).abs().mean(0)
+    assert float(err[valid].mean()) < 0.01                         # measured 0.005
+    assert float(err[valid].mean()) < 0.3 * float(base[valid].mean())
+    fb = (p.flow_ij + warp(p.flow_ji, p.flow_ij)).norm(dim=0)[valid]
+    assert float(fb.median()) < 0.01 and float((fb < 0.1).float().mean()) > 0.98
+    # ... and it is the distorted one: it differs from the pinhole flow by pixels at the edge
+    pin = distorted(kind, None).pair(0, 1)
+    both = valid & pin.valid_ij[0]
+    gap = (p.flow_ij - pin.flow_ij).norm(dim=0)[both]
+    assert float(gap.max()) > 1.0                       # measured 6.4 px / 2.8 px
+
+
+def test_distorted_sequence_plugs_into_the_oracles():
+    d = distorted('forward')
+    from trianflow_ros.vo import OracleDepthProvider, OracleFlowProvider
+    img = torch.from_numpy(d.images_uint8()).permute(0, 3, 1, 2).float() / 255.0
+    f12, _ = OracleFlowProvider(d)(img[0:1], img[1:2])
+    assert torch.allclose(f12[0], d.pair(0, 1).flow_ij)
+    assert torch.equal(OracleDepthProvider(d)(img[2:3])[0], d.depths[2])

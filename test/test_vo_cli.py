@@ -97,3 +97,115 @@ def test_kitti_subcommand_on_six_real_frames(tmp_path, capsys):
     tum = read_tum(out / 'poses_tum.txt')
     assert tum.stamps[1] == pytest.approx(0.1045, abs=1e-3)              # times.txt
     assert len(list((out / 'depth').glob('*.png'))) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# lens distortion: readers -> FrameSource -> VisualOdometry.step(..., distortion=...)
+# ---------------------------------------------------------------------------------------------
+
+VAMR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'vamr_checkerboard'
+
+
+@pytest.fixture
+def step_distortions(monkeypatch):
+    """Record the ``distortion`` argument of every ``VisualOdometry.step`` call of the CLI."""
+    from trianflow_ros.vo import cli
+    seen = []
+    original = cli.VisualOdometry.step
+
+    def step(self, stamp, image, K, distortion=None):
+        seen.append(distortion)
+        return original(self, stamp, image, K, distortion=distortion)
+
+    monkeypatch.setattr(cli.VisualOdometry, 'step', step)
+    return seen
+
+
+def test_images_distortion_option_file_and_log(image_folder, tmp_path, capsys,
+                                               step_distortions):
+    root, _ = image_folder
+    base = ['images', str(root), '--intrinsics', str(root / 'K.txt'), '--quiet', '--flow',
+            'dis', '--set', 'vo.resolution=native', '--set', 'vo.num_matches=500',
+            '--max-frames', '2', '--no-depth-output']
+    assert main(base + ['--out', str(tmp_path / 'a'), '--distortion',
+                        'plumb_bob -0.05 0.01 0 0 0']) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary['distortion'] == {'model': 'plumb_bob',
+                                     'coeffs': [-0.05, 0.01, 0.0, 0.0, 0.0]}
+    assert 'lens distortion: plumb_bob D = [-0.05, 0.01, 0, 0, 0]' in captured.err
+    assert len(step_distortions) == 2
+    assert all(d.model == 'plumb_bob' and d.coeffs[:2] == (-0.05, 0.01)
+               for d in step_distortions)
+    # a distortion.txt beside the intrinsics file is picked up; --distortion none wins
+    cam = tmp_path / 'cam'
+    cam.mkdir()
+    (cam / 'K.txt').write_text((root / 'K.txt').read_text())
+    (cam / 'distortion.txt').write_text('equidistant 0.01 0 0 0\n')
+    argv = base + ['--intrinsics', str(cam / 'K.txt'), '--out', str(tmp_path / 'b')]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])['distortion']['model'] == \
+        'equidistant'
+    assert f'{cam / "distortion.txt"}' in captured.err
+    assert main(argv + ['--overwrite', '--distortion', 'none']) == 0
+    assert last_json(capsys)['distortion'] == {'model': 'none', 'coeffs': []}
+    assert step_distortions[-1].is_identity
+    # without any file or option: the pinhole camera, logged
+    assert main(base + ['--out', str(tmp_path / 'c')]) == 0
+    assert 'lens distortion: none (pinhole)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('value,message', [
+    ('{tmp}/missing/D.txt', 'lens distortion file not found'),
+    ('plumb_bob one 0.1', "--distortion 'plumb_bob one 0.1'"),
+    ('{tmp}/bad.txt', 'bad.txt: cannot read distortion'),
+    ('kannala_v9 0.1', 'unsupported distortion model'),
+])
+def test_bad_distortion_is_one_line_exit_2(image_folder, tmp_path, capsys, value, message):
+    root, _ = image_folder
+    (tmp_path / 'bad.txt').write_text('plumb_bob 0.1 x\n')
+    with pytest.raises(SystemExit) as e:
+        main(['images', str(root), '--intrinsics', str(root / 'K.txt'), '--quiet', '--flow',
+              'dis', '--out', str(tmp_path / 'run'), '--distortion',
+              value.format(tmp=tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert message in err and 'Traceback' not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_distortion_file_in_folder_exit_2(image_folder, tmp_path, capsys):
+    root, _ = image_folder
+    cam = tmp_path / 'cam'
+    cam.mkdir()
+    (cam / 'K.txt').write_text((root / 'K.txt').read_text())
+    (cam / 'D.txt').write_text('plumb_bob 1 2 3 4 5 6 7\n')
+    with pytest.raises(SystemExit) as e:
+        main(['images', str(root), '--intrinsics', str(cam / 'K.txt'), '--quiet', '--flow',
+              'dis', '--out', str(tmp_path / 'run')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Traceback' not in err
+    assert len(err.strip().splitlines()) == 1 and f'{cam / "D.txt"}' in err
+    assert 'takes 5 coefficients' in err
+
+
+@pytest.mark.skipif(not VAMR.is_dir(), reason=f'shared VAMR data not found at {VAMR}')
+def test_vamr_checkerboard_runs_as_a_tum_layout_folder(tmp_path, capsys, step_distortions):
+    """One command: its intrinsics.txt + D.txt and ground truth are picked up."""
+    out = tmp_path / 'vamr'
+    assert main(['tum', str(VAMR), '--flow', 'dis', '--stride', '4', '--max-frames', '3',
+                 '--quiet', '--no-depth-output', '--set', 'vo.num_matches=1000',
+                 '--out', str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary['frames'] == 3 and summary['ate'] is not None
+    assert summary['distortion'] == {'model': 'plumb_bob',
+                                     'coeffs': [-0.296609, 0.080818, 0.0, 0.0, 0.0]}
+    assert 'lens distortion: plumb_bob' in captured.err and 'D.txt' in captured.err
+    assert [d.coeffs[:2] for d in step_distortions] == [(-0.296609, 0.080818)] * 3
+    assert (out / 'metrics.json').exists()
+    assert main(['tum', str(VAMR), '--flow', 'dis', '--max-frames', '2', '--quiet',
+                 '--no-depth-output', '--distortion', 'none', '--out', str(tmp_path / 'n'),
+                 '--set', 'vo.num_matches=500']) == 0
+    assert last_json(capsys)['distortion']['model'] == 'none'

@@ -23,35 +23,25 @@ from pathlib import Path
 import re
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
+from trianflow_ros.data.camera_files import (find_distortion_file, intrinsics_matrix,
+                                             read_distortion_file, read_intrinsics_file)
 from trianflow_ros.data.kitti_odometry import KittiOdometryDataset
 from trianflow_ros.data.kitti_raw import KittiRawDataset
 from trianflow_ros.data.nyu import NyuLabelledDataset, NyuRawDataset
 from trianflow_ros.data.sample import (DatasetError, frame_pair_items, load_image,
-                                       MissingFileError, PairDataset, parse_floats, PathLike,
-                                       prepare_image, read_lines, require_path, Sample)
+                                       MissingFileError, PairDataset, PathLike, prepare_image,
+                                       require_path, Sample)
 from trianflow_ros.data.synthetic_dataset import SyntheticPairDataset
-from trianflow_ros.data.tum import intrinsics_matrix, TumRgbdDataset
+from trianflow_ros.data.tum import TumRgbdDataset
+from trianflow_ros.geometry.distortion import as_distortion, Distortion
+
+__all__ = ['DATASETS', 'ImageFolderDataset', 'make_dataset', 'read_intrinsics_file', 'SPLITS']
 
 DATASETS = ('synthetic', 'kitti_raw', 'kitti_odo', 'nyu', 'tum', 'images')
 SPLITS = ('train', 'val', 'test')
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.ppm', '.pgm', '.bmp')
-
-
-def read_intrinsics_file(path: PathLike) -> np.ndarray:
-    """
-    Read intrinsics from a text file: 'fx fy cx cy' or the 9 numbers of K (row-major).
-
-    :return: (3, 3) float64.
-    """
-    values = [v for n, line in read_lines(path, 'intrinsics file (intrinsics.txt)')
-              for v in parse_floats(line, path, n, None, 'intrinsics')]
-    if len(values) not in (4, 9):
-        raise DatasetError(f'{path}: expected "fx fy cx cy" or the 9 numbers of K, '
-                           f'got {len(values)} numbers')
-    return intrinsics_matrix(values if len(values) == 4 else np.reshape(values, (3, 3)))
 
 
 class ImageFolderDataset(PairDataset):
@@ -59,12 +49,15 @@ class ImageFolderDataset(PairDataset):
     Frame pairs (k, k + stride) of the images of one folder, in natural name order.
 
     ``K`` is given, or read from ``intrinsics.txt`` in the folder ('fx fy cx cy' or 9
-    numbers), at the native size of the images. A file name that is a number is the stamp.
+    numbers), at the native size of the images; the lens distortion (attribute
+    ``distortion``, not applied to the images) is given, or read from ``distortion.txt`` /
+    ``D.txt`` in the folder (``trianflow_ros.data.camera_files``), else none. A file name that
+    is a number is the stamp.
     """
 
     def __init__(self, root: PathLike, intrinsics=None, height: int = 256, width: int = 832,
                  stride: int = 1, bgr: bool = False, pairs: bool = True,
-                 transform: Optional[Callable[[Sample], Sample]] = None):
+                 transform: Optional[Callable[[Sample], Sample]] = None, distortion=None):
         """
         Index the folder.
 
@@ -76,11 +69,20 @@ class ImageFolderDataset(PairDataset):
         :param bgr: BGR channel order.
         :param pairs: False for single frames.
         :param transform: optional callable applied to each sample.
+        :param distortion: lens distortion (``Distortion``, ``(model, coeffs)`` or text);
+            default: ``root/distortion.txt`` or ``root/D.txt``, else none.
         """
         super().__init__(height, width, stride, bgr, pairs, transform)
         self.root = require_path(root, 'image folder', is_dir=True)
         self.K = (intrinsics_matrix(intrinsics) if intrinsics is not None
                   else read_intrinsics_file(self.root / 'intrinsics.txt'))
+        d_file = find_distortion_file(self.root)
+        if distortion is not None:
+            self.distortion = as_distortion(distortion) or Distortion()
+        elif d_file is not None:
+            self.distortion = read_distortion_file(d_file)
+        else:
+            self.distortion = Distortion()
 
         def key(p: Path):
             return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', p.name)]

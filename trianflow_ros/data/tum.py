@@ -15,8 +15,22 @@ are dropped when depth is used. Ground-truth poses are interpolated at the RGB t
 outside the ground truth, or in a gap longer than ``max_gt_gap``, are dropped when the ground
 truth is used. Pairs are (k, k + stride) over the frames kept.
 
-Intrinsics (TUM documentation, 640x480) by the family in the sequence name (fr1, fr2, fr3);
-lens distortion (fr1, fr2) is ignored. Pass ``intrinsics=(fx, fy, cx, cy)`` to override.
+Camera (``TumRgbdSequence.K`` and ``.distortion``), first match wins:
+
+1. ``intrinsics=`` / ``distortion=`` given to the reader;
+2. files in the sequence folder (``trianflow_ros.data.camera_files``): ``intrinsics.txt``
+   ('fx fy cx cy' or the 9 numbers of K) and ``distortion.txt`` or ``D.txt`` (``[model] c1
+   c2 ...``, numbers alone = plumb_bob) -- so any sequence in the TUM layout (rgb.txt,
+   groundtruth.txt) with its own camera files can be read, e.g. ``vamr_checkerboard``;
+3. the TUM documentation, by the family in the sequence name (640x480 colour cameras):
+   fr1 fx 517.3 fy 516.5 cx 318.6 cy 255.3 with plumb_bob D = (0.2624, -0.9531, -0.0054,
+   0.0026, 1.1633); fr2 520.9 521.0 325.1 249.7, D = (0.2312, -0.7849, -0.0033, -0.0001,
+   0.9172); fr3 535.4 539.2 320.1 247.6, no distortion (its images are already undistorted).
+
+The distortion follows the intrinsics it belongs to: with ``intrinsics=`` or a folder
+``intrinsics.txt`` and no distortion given or found there, the camera is a pinhole one. The
+images are never undistorted here; the VO undistorts its matches (``VisualOdometry.step(...,
+distortion=seq.distortion)``).
 """
 
 import re
@@ -25,19 +39,36 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from trianflow_ros.data.camera_files import (find_distortion_file, find_intrinsics_file,
+                                             intrinsics_matrix, read_distortion_file,
+                                             read_intrinsics_file)
 from trianflow_ros.data.sample import (DatasetError, depth_to_tensor, load_depth_png,
                                        load_image, MissingFileError, PairDataset, parse_floats,
                                        PathLike, prepare_image, read_lines, relative_pose,
                                        require_path, Sample)
+from trianflow_ros.geometry.distortion import as_distortion, Distortion
 
 #: fx, fy, cx, cy of the TUM RGB-D colour cameras at 640x480 (TUM documentation).
 FAMILY_INTRINSICS = {'fr1': (517.3, 516.5, 318.6, 255.3),
                      'fr2': (520.9, 521.0, 325.1, 249.7),
                      'fr3': (535.4, 539.2, 320.1, 247.6)}
+#: Lens distortion of the TUM RGB-D colour cameras (TUM documentation, d0..d4 = k1 k2 p1 p2
+#: k3 of OpenCV / plumb_bob); fr3 images are already undistorted.
+FAMILY_DISTORTION = {
+    'fr1': Distortion('plumb_bob', (0.2624, -0.9531, -0.0054, 0.0026, 1.1633)),
+    'fr2': Distortion('plumb_bob', (0.2312, -0.7849, -0.0033, -0.0001, 0.9172)),
+    'fr3': Distortion(),
+}
 DEPTH_SCALE = 5000.0
 _FAMILY = re.compile(r'(?:freiburg|fr)([123])')
 
 Intrinsics = Union[Tuple[float, float, float, float], np.ndarray]
+
+
+def family(name: str) -> Optional[str]:
+    """Return the TUM camera ('fr1', 'fr2' or 'fr3') that a sequence name names, or None."""
+    m = _FAMILY.search(name.lower())
+    return f'fr{m.group(1)}' if m else None
 
 
 def family_intrinsics(name: str) -> np.ndarray:
@@ -46,22 +77,25 @@ def family_intrinsics(name: str) -> np.ndarray:
 
     :raise ValueError: when the name names no family (pass ``intrinsics`` then).
     """
-    m = _FAMILY.search(name.lower())
-    if not m:
+    fam = family(name)
+    if fam is None:
         raise ValueError(f'cannot tell the TUM camera (fr1/fr2/fr3) from the sequence name '
-                         f'{name!r}; pass intrinsics=(fx, fy, cx, cy)')
-    return intrinsics_matrix(FAMILY_INTRINSICS[f'fr{m.group(1)}'])
+                         f'{name!r}; pass intrinsics=(fx, fy, cx, cy) or put an '
+                         'intrinsics.txt (fx fy cx cy) in the sequence folder')
+    return intrinsics_matrix(FAMILY_INTRINSICS[fam])
 
 
-def intrinsics_matrix(values: Intrinsics) -> np.ndarray:
-    """Return K (3, 3) float64 from (fx, fy, cx, cy) or from a (3, 3) matrix."""
-    a = np.asarray(values, dtype=np.float64)
-    if a.shape == (3, 3):
-        return a.copy()
-    if a.shape != (4,):
-        raise ValueError(f'intrinsics must be (fx, fy, cx, cy) or a 3x3 matrix, got {a.shape}')
-    fx, fy, cx, cy = a
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+def family_distortion(name: str) -> Distortion:
+    """
+    Return the lens distortion of the family named in a sequence name ('...freiburg2...').
+
+    :raise ValueError: when the name names no family.
+    """
+    fam = family(name)
+    if fam is None:
+        raise ValueError(f'cannot tell the TUM camera (fr1/fr2/fr3) from the sequence name '
+                         f'{name!r}')
+    return FAMILY_DISTORTION[fam]
 
 
 def read_file_list(path: PathLike, what: str) -> Tuple[np.ndarray, List[str]]:
@@ -173,7 +207,12 @@ class TumRgbdSequence:
     One TUM RGB-D sequence: associated RGB(-D) frames with interpolated ground truth.
 
     :ivar name: sequence folder name.
-    :ivar K: (3, 3) float64 intrinsics at 640x480.
+    :ivar K: (3, 3) float64 intrinsics at the native image size (640x480 for TUM).
+    :ivar distortion: the lens distortion of the images (a
+        :class:`~trianflow_ros.geometry.distortion.Distortion`; model 'none' for a pinhole
+        camera).
+    :ivar camera_source: where K and the distortion came from (for logs): 'given', the
+        folder's file names, or 'TUM documentation (frN)'.
     :ivar stamps: (N,) RGB timestamps of the frames kept.
     :ivar rgb_paths: N RGB image paths.
     :ivar depth_paths: N depth image paths (None entries when depth is not used).
@@ -182,21 +221,27 @@ class TumRgbdSequence:
 
     def __init__(self, path: PathLike, intrinsics: Optional[Intrinsics] = None,
                  max_dt: float = 0.02, use_depth: bool = True, use_gt: Optional[bool] = None,
-                 max_gt_gap: float = 0.1):
+                 max_gt_gap: float = 0.1, distortion=None):
         """
         Read the lists of one sequence folder (not the images).
 
         :param path: the sequence folder (with rgb.txt).
-        :param intrinsics: (fx, fy, cx, cy) or (3, 3); default by the family in the name.
+        :param intrinsics: (fx, fy, cx, cy) or (3, 3); default: the folder's intrinsics.txt,
+            else by the family in the name.
         :param max_dt: RGB-depth association tolerance in seconds.
         :param use_depth: keep only RGB frames with a depth frame and load depth.
         :param use_gt: use groundtruth.txt (True: required; None: if present; False: never).
         :param max_gt_gap: longest ground-truth gap (s) to interpolate across.
+        :param distortion: the lens distortion (a ``Distortion``, ``(model, coeffs)`` or text
+            ``"plumb_bob k1 k2 ..."``; 'none' for a pinhole camera); default: the folder's
+            distortion.txt / D.txt, else the family's when K is the family's, else none.
+        :raises DatasetError: a malformed intrinsics or distortion file.
+        :raises ValueError: no camera: no intrinsics given or in the folder and no family in
+            the name.
         """
         self.dir = require_path(path, 'TUM RGB-D sequence', is_dir=True)
         self.name = self.dir.name
-        self.K = (intrinsics_matrix(intrinsics) if intrinsics is not None
-                  else family_intrinsics(self.name))
+        self.K, self.distortion, self.camera_source = self._camera(intrinsics, distortion)
         stamps, names = read_file_list(self.dir / 'rgb.txt', 'TUM RGB list (rgb.txt)')
         keep = np.arange(stamps.size)
         depth_names: List[Optional[str]] = [None] * stamps.size
@@ -225,6 +270,29 @@ class TumRgbdSequence:
             self.poses = np.stack(poses) if poses else np.zeros((0, 4, 4))
         self.use_depth = use_depth
 
+    def _camera(self, intrinsics, distortion) -> Tuple[np.ndarray, Distortion, str]:
+        """Return K, the distortion and where they came from (see the module docstring)."""
+        given_d = None
+        if distortion is not None:
+            given_d = as_distortion(distortion) or Distortion()
+        d_file = find_distortion_file(self.dir)
+        k_file = find_intrinsics_file(self.dir)
+        if intrinsics is not None:
+            K, source = intrinsics_matrix(intrinsics), 'given'
+        elif k_file is not None:
+            K, source = read_intrinsics_file(k_file), k_file.name
+        else:
+            K = family_intrinsics(self.name)
+            fam = family(self.name)
+            source = f'TUM documentation ({fam})'
+            if given_d is None and d_file is None:
+                return K, FAMILY_DISTORTION[fam], source
+        if given_d is not None:
+            return K, given_d, f'{source}; distortion given'
+        if d_file is not None:
+            return K, read_distortion_file(d_file), f'{source} + {d_file.name}'
+        return K, Distortion(), source
+
     def __len__(self) -> int:
         """Return the number of frames kept."""
         return len(self.rgb_paths)
@@ -233,7 +301,8 @@ class TumRgbdSequence:
         """
         Return the i-th frame for the VO.
 
-        :return: (stamp in seconds, image (480, 640, 3) uint8 RGB or BGR, K (3, 3) float64).
+        :return: (stamp in seconds, image (480, 640, 3) uint8 RGB or BGR, K (3, 3) float64);
+            the lens distortion is ``self.distortion``.
         """
         return float(self.stamps[i]), load_image(self.rgb_paths[i], bgr), self.K.copy()
 

@@ -9,6 +9,8 @@ Examples::
     trianflow-vo kitti ROOT --sequence 06 --stride 3 --out out/06_s3 --profile
     trianflow-vo tum ROOT/rgbd_dataset_freiburg1_xyz --out out/fr1 --set vo.resolution=native
     trianflow-vo images DIR --intrinsics DIR/intrinsics.txt --rate 10 --out out/mine
+    trianflow-vo images DIR --intrinsics K.txt --distortion "plumb_bob -0.29 0.08" --out out/d
+    trianflow-vo tum ../shared/data/vamr_checkerboard --flow dis --out out/vamr
     trianflow-vo kitti ROOT --sequence 09 --config config/odo.yaml --flow net \
         --checkpoint kitti_odo.pth --out out/09       # an original TrianFlow checkpoint
     trianflow-vo kitti ROOT --sequence 09 --flow net --checkpoint default --out out/09d
@@ -18,6 +20,15 @@ Weights: ``--checkpoint default`` is the shipped ``models/default.pth``. A check
 ``img_width``, ``data.bgr`` and the depth range are taken from it (logged), and only
 ``--set data.img_height=H`` / ``--set data.img_width=W`` override its input size. The original
 checkpoints store none: give their layout, ``--config config/odo.yaml`` (256x832, BGR).
+
+Lens distortion (undistorted on the matches inside the VO, never on the images; the model
+used is logged): ``tum`` takes the TUM documentation's coefficients of fr1 / fr2 (fr3: none),
+or a folder's own ``intrinsics.txt`` + ``distortion.txt`` / ``D.txt`` (any folder in the TUM
+layout, e.g. ``../shared/data/vamr_checkerboard``); ``images`` reads ``distortion.txt`` /
+``D.txt`` beside the intrinsics file (then in the image folder); ``--distortion`` (``tum``,
+``images``) overrides both with a file or the text ``"[model] c1 c2 ..."`` (model plumb_bob,
+rational_polynomial, equidistant; numbers alone = plumb_bob; ``none`` = pinhole). KITTI
+images are rectified (no distortion).
 
 Written into ``--out``: ``poses_kitti.txt`` (12 numbers a line, ``T_world_cam`` of every
 processed frame, the first is the identity), ``poses_tum.txt`` (stamp tx ty tz qx qy qz qw;
@@ -44,13 +55,16 @@ from tqdm import tqdm
 
 from trianflow_ros.config import add_config_arguments, Config, config_from_args, ConfigError
 from trianflow_ros.config import dump_yaml, parse_override
+from trianflow_ros.data.camera_files import (describe_distortion, find_distortion_file,
+                                             parse_distortion_option, read_distortion_file,
+                                             read_intrinsics_file)
 from trianflow_ros.data.kitti_odometry import KittiOdometrySequence
-from trianflow_ros.data.registry import read_intrinsics_file
 from trianflow_ros.data.sample import DatasetError, load_image
 from trianflow_ros.data.tum import TumRgbdSequence
 from trianflow_ros.eval.odometry_metrics import evaluate_odometry
 from trianflow_ros.eval.plots import plot_trajectories
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
+from trianflow_ros.geometry.distortion import Distortion
 from trianflow_ros.nets.checkpoint import CheckpointError
 from trianflow_ros.vo.odometry import STAGES, VisualOdometry
 from trianflow_ros.vo.providers import find_default_checkpoint, network_config
@@ -79,16 +93,23 @@ class FrameSource:
     :ivar stamps: (count,) float64 stamps in seconds.
     :ivar numbers: (count,) int frame numbers (file names of the depth outputs).
     :ivar gt: (count, 4, 4) ground-truth ``T_world_cam`` or None.
+    :ivar distortion: the lens distortion of the images
+        (:class:`~trianflow_ros.geometry.distortion.Distortion`, model 'none' for rectified
+        or pinhole images), passed to ``VisualOdometry.step``.
+    :ivar camera: where K and the distortion came from (for the log).
     """
 
     def __init__(self, name: str, count: int, stamps: np.ndarray, numbers: np.ndarray,
-                 gt: Optional[np.ndarray], load):
+                 gt: Optional[np.ndarray], load, distortion: Optional[Distortion] = None,
+                 camera: str = ''):
         self.name = name
         self.count = count
         self.stamps = np.asarray(stamps, dtype=np.float64)
         self.numbers = np.asarray(numbers, dtype=np.int64)
         self.gt = gt
         self._load = load
+        self.distortion = distortion if distortion is not None else Distortion()
+        self.camera = camera
 
     def frame(self, i: int):
         """Return (stamp, (H, W, 3) uint8 RGB image, K (3, 3)) of frame i."""
@@ -105,24 +126,45 @@ def kitti_source(args) -> FrameSource:
         camera = 2 if has2 else 0
     seq = KittiOdometrySequence(args.root, args.sequence, camera=camera)
     return FrameSource(f'KITTI {seq.name} (image_{camera})', len(seq), seq.times,
-                       seq.frame_numbers, seq.camera_poses, seq.frame)
+                       seq.frame_numbers, seq.camera_poses, seq.frame, Distortion(),
+                       'calib.txt (rectified images)')
 
 
 def tum_source(args) -> FrameSource:
-    """Open a TUM RGB-D sequence folder (RGB frames; ground truth if present)."""
-    seq = TumRgbdSequence(args.path, use_depth=False)
+    """
+    Open a TUM RGB-D sequence folder (RGB frames; ground truth if present).
+
+    Also any folder in the TUM layout (rgb.txt, optional groundtruth.txt) with its own
+    intrinsics.txt (+ distortion.txt / D.txt), such as ``vamr_checkerboard``.
+    """
+    distortion = None
+    if getattr(args, 'distortion', None) is not None:
+        distortion = parse_distortion_option(args.distortion)
+    seq = TumRgbdSequence(args.path, use_depth=False, distortion=distortion)
     if len(seq) == 0:
         raise CliError(f'{args.path}: no RGB frames (with ground truth) listed in rgb.txt')
     return FrameSource(f'TUM {seq.name}', len(seq), seq.stamps, np.arange(len(seq)),
-                       seq.poses, seq.frame)
+                       seq.poses, seq.frame, seq.distortion, seq.camera_source)
 
 
 def images_source(args) -> FrameSource:
-    """Open a folder of images (natural name order) with an intrinsics file."""
+    """
+    Open a folder of images (natural name order) with an intrinsics file.
+
+    The distortion is ``--distortion`` (a file or text), else ``distortion.txt`` / ``D.txt``
+    beside the intrinsics file, else in the image folder, else none.
+    """
     root = Path(args.dir)
     if not root.is_dir():
         raise CliError(f'image folder not found: {root}')
     K = read_intrinsics_file(args.intrinsics)
+    if args.distortion is not None:
+        distortion = parse_distortion_option(args.distortion)
+        camera = f'{args.intrinsics}; --distortion {args.distortion}'
+    else:
+        found = find_distortion_file(Path(args.intrinsics).parent) or find_distortion_file(root)
+        distortion = read_distortion_file(found) if found is not None else Distortion()
+        camera = f'{args.intrinsics}' + (f' + {found}' if found is not None else '')
 
     def key(p: Path):
         return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', p.name)]
@@ -145,7 +187,8 @@ def images_source(args) -> FrameSource:
     def load(i: int):
         return float(stamps[i]), load_image(paths[i]), K.copy()
 
-    return FrameSource(root.name, len(paths), stamps, np.array(numbers), None, load)
+    return FrameSource(root.name, len(paths), stamps, np.array(numbers), None, load,
+                       distortion, camera)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -189,17 +232,33 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--camera', type=int, choices=(0, 2), default=None,
                    help='0 = image_0 (grey), 2 = image_2 (colour); default 2 if present')
     k.set_defaults(open_source=kitti_source)
-    t = sub.add_parser('tum', parents=[common], help='a TUM RGB-D sequence folder')
-    t.add_argument('path', help='the sequence folder (with rgb.txt)')
+    t = sub.add_parser('tum', parents=[common],
+                       help='a TUM RGB-D sequence folder, or any folder in its layout')
+    t.add_argument('path', help='the sequence folder (with rgb.txt; groundtruth.txt, '
+                                'intrinsics.txt and distortion.txt / D.txt when present)')
+    t.add_argument('--distortion', default=None, metavar='FILE|TEXT',
+                   help='lens distortion overriding that of the sequence: a file or '
+                        '"[model] c1 c2 ..." (plumb_bob, rational_polynomial, equidistant; '
+                        'numbers alone = plumb_bob); "none" for a pinhole camera')
     t.set_defaults(open_source=tum_source)
     m = sub.add_parser('images', parents=[common], help='a folder of images')
     m.add_argument('dir', help='the image folder')
     m.add_argument('--intrinsics', required=True,
                    help="file with 'fx fy cx cy' or the 9 numbers of K (native size)")
+    m.add_argument('--distortion', default=None, metavar='FILE|TEXT',
+                   help='lens distortion: a file or "[model] c1 c2 ..." (plumb_bob, '
+                        'rational_polynomial, equidistant; numbers alone = plumb_bob); '
+                        'default: distortion.txt / D.txt beside the intrinsics file, then in '
+                        'the image folder, else none')
     m.add_argument('--rate', type=float, default=10.0,
                    help='frame rate for stamps when file names are not numbers (Hz)')
     m.set_defaults(open_source=images_source)
     return parser
+
+
+def _log(text: str) -> None:
+    """Print a note of the command to standard error."""
+    print(f'{PROG}: {text}', file=sys.stderr)
 
 
 def resolve_config(args, log=None) -> Config:
@@ -220,8 +279,7 @@ def resolve_config(args, log=None) -> Config:
     :raises CheckpointError: an unreadable checkpoint, or ``default`` is not installed.
     """
     if log is None:
-        def log(text: str) -> None:
-            print(f'{PROG}: {text}', file=sys.stderr)
+        log = _log
     cfg = config_from_args(args)
     default_vo = Config().vo
     if (not (args.checkpoint or args.flow or args.depth or cfg.vo.checkpoint)
@@ -317,6 +375,8 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     out = Path(args.out)
     _check_out(out, args.overwrite, not args.no_depth_output)
     source = args.open_source(args)
+    _log(f'lens distortion: {describe_distortion(source.distortion)}'
+         + (f' ({source.camera})' if source.camera else ''))
     indices = list(range(0, source.count, args.stride))
     if args.max_frames is not None:
         indices = indices[:args.max_frames]
@@ -328,7 +388,7 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     for i in tqdm(indices, desc=PROG, unit='frame', disable=args.quiet or None,
                   file=sys.stderr):
         stamp, image, K = source.frame(i)
-        r = vo.step(stamp, image, K)
+        r = vo.step(stamp, image, K, distortion=source.distortion)
         results.append(r)
         if not args.no_depth_output and r.depth is not None:
             save_depth(out / 'depth', int(source.numbers[i]), r.depth)
@@ -347,6 +407,8 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
                'methods': {m: sum(r.method == m for r in results)
                            for m in sorted({r.method for r in results})},
                'stage_ms': {k: round(v['mean_ms'], 2) for k, v in table.items()},
+               'distortion': {'model': source.distortion.model,
+                              'coeffs': list(source.distortion.coeffs)},
                'out': str(out)}
     if source.gt is not None:
         gt_poses = source.gt[indices]

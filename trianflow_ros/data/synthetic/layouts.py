@@ -1,11 +1,16 @@
 """
-Scene layouts built around a camera trajectory: a street for driving and a room for hand-held.
+Scene layouts around a camera trajectory: a street or a highway (driving), a room (hand-held).
 
 ``street``: an infinite ground plane and a sky plane 35 m up, building facades on both sides
 that follow the driven path (continuous, 5-20 m high, one texture per building), parked cars
 and poles as boxes, and end walls ``ahead`` metres past the last and 30 m before the first
 camera, so every pixel has a finite depth. ``room``: a closed room (floor, ceiling, four
 walls) with photo posters on the walls and boxes on the floor kept clear of the camera path.
+``highway``: far-field structure around a fast drive: an infinite textured road surface, blocks
+of buildings 30-200 m to both sides of the path (from 100 m behind the first camera to
+``ahead`` metres past the last), a cloud layer 1.5 km up and a backdrop of four walls
+(mountains / skyline photos) 5 km from the path, so every pixel still has a finite depth but
+most of the image lies beyond 30 m.
 World frame as in ``trajectories``: y down, the ground at ``y = +camera height``.
 """
 
@@ -16,7 +21,7 @@ import torch
 
 from trianflow_ros.data.synthetic.scene import lambert, Rects, SceneBuilder
 
-SCENES = ('street', 'room')
+SCENES = ('street', 'room', 'highway')
 CAMERA_HEIGHT = 1.65
 LIGHT = torch.tensor([0.35, -1.0, 0.25], dtype=torch.float64)
 LIGHT = LIGHT / LIGHT.norm()
@@ -235,10 +240,61 @@ def build_room(poses: torch.Tensor, gen: torch.Generator, groups: Dict[str, List
     return b.build(device)
 
 
+def build_highway(poses: torch.Tensor, gen: torch.Generator, groups: Dict[str, List[int]],
+                  ahead: float = 600.0, device='cpu') -> Rects:
+    """
+    Highway scene around a fast driving trajectory: road, distant buildings, sky and backdrop.
+
+    :param poses: T_wc of every rendered (underlying) frame, (N, 4, 4) float64.
+    :param gen: seeded generator.
+    :param groups: texture groups from ``build_texture_bank``.
+    :param ahead: how far past the last camera the buildings go, in metres.
+    :return: the scene rectangles (float64).
+    """
+    b = SceneBuilder()
+    ground_y = CAMERA_HEIGHT
+    centres = poses[:, [0, 2], 3]
+    fwd = poses[:, [0, 2], 2]
+    fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    path = _Path(centres, fwd, behind=100.0, ahead=ahead)
+    mid = path.at(path.length / 2)[0]
+    b.add_rect(_world(mid, ground_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
+               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, 2.0, 3.5),
+               _tint(gen, 0.75) * lambert(-DOWN, LIGHT, 0.45), facing=_world(mid, 0.0))
+    sky_y = ground_y - 1500.0
+    b.add_rect(_world(mid, sky_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
+               _pick(gen, groups.get('clouds', groups['noise'])), 900.0, [0.9, 0.95, 1.0],
+               facing=_world(mid, 0.0))
+    backdrop = 5000.0                                 # far walls around the whole drive
+    for dx, dz in ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)):
+        centre = _world((float(mid[0]) + dx * backdrop, float(mid[1]) + dz * backdrop),
+                        (ground_y + sky_y) / 2)
+        along = torch.tensor([dz, 0.0, dx], dtype=torch.float64)
+        b.add_rect(centre, along, DOWN, backdrop + 10.0, (ground_y - sky_y) / 2 + 1.0,
+                   _pick(gen, _textures(groups, 'photo', 'grey_photo', 'clouds')), 600.0,
+                   _tint(gen, 0.7), offset=(_u(gen, 0, 600), 0.0),
+                   facing=_world(mid, 0.0))
+    block = _textures(groups, 'bricks', 'brick', 'photo', 'grey_photo', 'noise', 'tiles')
+    for side in (-1.0, 1.0):
+        s = _u(gen, 0.0, 30.0)
+        while s < path.length:                                    # blocks of buildings
+            p, tangent = path.at(s)
+            lateral = _u(gen, 30.0, 200.0)
+            half = (_u(gen, 5.0, 25.0), _u(gen, 4.0, 20.0), _u(gen, 5.0, 25.0))
+            centre = _world(p + side * (lateral + half[0]) * _right(tangent)[[0, 2]],
+                            ground_y - half[1])
+            fwd3 = torch.tensor([float(tangent[0]), 0.0, float(tangent[1])])
+            b.add_box(centre, _yaw_rotation(fwd3, _u(gen, -0.3, 0.3)), half,
+                      [_pick(gen, block) for _ in range(6)], _u(gen, 4.0, 10.0),
+                      _tint(gen, 0.5), LIGHT, offset=(_u(gen, 0, 5), _u(gen, 0, 5)))
+            s += 2.0 * half[2] + _u(gen, 5.0, 60.0)
+    return b.build(device)
+
+
 def build_scene(kind: str, poses: torch.Tensor, gen: torch.Generator,
                 groups: Dict[str, List[int]], device='cpu') -> Rects:
     """
-    Build a scene layout of ``kind`` ('street' or 'room') around ``poses``.
+    Build a scene layout of ``kind`` ('street', 'room' or 'highway') around ``poses``.
 
     :return: the scene rectangles (float64, on ``device``).
     """
@@ -246,4 +302,6 @@ def build_scene(kind: str, poses: torch.Tensor, gen: torch.Generator,
         return build_street(poses, gen, groups, device=device)
     if kind == 'room':
         return build_room(poses, gen, groups, device=device)
+    if kind == 'highway':
+        return build_highway(poses, gen, groups, device=device)
     raise ValueError(f'unknown scene kind {kind!r}; choose one of {SCENES}')

@@ -22,7 +22,7 @@ from trianflow_ros.data.synthetic.textures import build_texture_bank, TextureBan
 from trianflow_ros.data.synthetic.trajectories import KINDS, make_trajectory
 
 DEFAULT_SCENE = {'forward': 'street', 'handheld': 'room', 'pure_rotation': 'room',
-                 'standstill': 'street'}
+                 'standstill': 'street', 'highway': 'highway', 'handheld30': 'room'}
 
 
 def default_intrinsics(height: int = 256, width: int = 832) -> torch.Tensor:
@@ -76,12 +76,12 @@ class SyntheticSequence:
     A rendered sequence through a textured scene.
 
     :ivar images: (N, 3, H, W) float32 RGB in [0, 1].
-    :ivar depths: (N, 1, H, W) float32 z-depth in metres (finite everywhere: the street and
-        the room are closed; a ray that met nothing would get inf and id -1).
+    :ivar depths: (N, 1, H, W) float32 z-depth in metres (finite everywhere: the street, the
+        room and the highway are closed; a ray that met nothing would get inf and id -1).
     :ivar ids: (N, 1, H, W) int64 index of the scene rectangle seen at each pixel centre.
     :ivar poses: (N, 4, 4) float64 camera-to-world poses T_wc.
     :ivar K: (3, 3) float32 intrinsics.
-    :ivar kind: trajectory kind; ``scene_kind``: 'street' or 'room'.
+    :ivar kind: trajectory kind; ``scene_kind``: 'street', 'room' or 'highway'.
     :ivar seed: the seed; ``stride``: the frame stride.
     :ivar scene: the scene rectangles (float64); ``scene.group[ids]`` gives object ids.
     """
@@ -193,7 +193,8 @@ def make_sequence(kind: str = 'forward', num_frames: int = 64, height: int = 256
     Render a synthetic sequence with exact depth, poses and (per pair) flow and occlusion.
 
     :param kind: trajectory kind: 'forward' (driving), 'handheld', 'pure_rotation',
-        'standstill'.
+        'standstill', 'highway' (fast driving among far structure), 'handheld30' (hand-held
+        at 30 Hz, small baseline); see ``trajectories``.
     :param num_frames: number of frames N.
     :param height: image height H.
     :param width: image width W.
@@ -201,7 +202,8 @@ def make_sequence(kind: str = 'forward', num_frames: int = 64, height: int = 256
     :param stride: fast motion: frame i is frame ``i * stride`` of the underlying trajectory.
     :param K: (3, 3) intrinsics without skew; default ``default_intrinsics(height, width)``.
     :param device: render device (CPU by default; same seed, same device -> same tensors).
-    :param scene: 'street' or 'room'; default by kind ('room' for handheld and pure_rotation).
+    :param scene: 'street', 'room' or 'highway'; default by kind ('room' for handheld,
+        handheld30 and pure_rotation, 'highway' for highway, else 'street').
     :param aa: edge anti-aliasing sub-pixel grid per side (1 disables it).
     :param texture_size: side of every texture (power of two).
     :param threads: torch intra-op threads while rendering and in ``pair``, restored

@@ -13,6 +13,11 @@ Kinds:
 - ``handheld``: 0.02-0.05 m per frame translation, 0.5-3 deg per frame rotation about all axes.
 - ``pure_rotation``: the camera centre stays fixed while it rotates like ``handheld``.
 - ``standstill``: every pose identical.
+- ``highway``: fast driving, 2.5-3 m per frame (25-30 m/s at 10 Hz) with mild curvature (peak
+  yaw rate 0.05-0.2 deg/frame, a curve radius of ~1 km and more) and smaller vibration than
+  ``forward``; rendered in the ``highway`` scene, where most pixels are far away.
+- ``handheld30``: a camera held in the hand at 30 Hz: smooth sway (periods of 1.5-5 s),
+  0.005-0.02 m and 0.1-0.5 deg per frame; rendered in the ``room`` scene.
 """
 
 import math
@@ -22,7 +27,7 @@ import torch
 
 from trianflow_ros.geometry.se3 import so3_exp
 
-KINDS = ('forward', 'handheld', 'pure_rotation', 'standstill')
+KINDS = ('forward', 'handheld', 'pure_rotation', 'standstill', 'highway', 'handheld30')
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float, size=()) -> torch.Tensor:
@@ -71,6 +76,35 @@ def _clip_norm(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return x * norm.clamp(lo, hi) / norm
 
 
+def _drive(num: int, gen: torch.Generator, speed: Tuple[float, float],
+           yaw_deg: Tuple[float, float], speed_var: float = 0.08,
+           vibration_deg: Tuple[float, float] = (0.3, 0.2), bounce_m: float = 0.015
+           ) -> torch.Tensor:
+    """
+    Drive a car along a gently curving path at constant camera height (draws of ``forward``).
+
+    :param speed: range of the mean speed in m/frame.
+    :param yaw_deg: range of the peak yaw rate in deg/frame.
+    :param speed_var: relative amplitude of the speed variation.
+    :param vibration_deg: pitch and roll vibration amplitudes in degrees.
+    :param bounce_m: vertical suspension bounce amplitude in metres.
+    :return: T_wc, shape (num, 4, 4), float64; the first pose has zero yaw at the origin.
+    """
+    k = torch.arange(num, dtype=torch.float64)
+    v = _uniform(gen, *speed) * (1.0 + speed_var * _sinusoids(gen, k, 1, 2, (30, 90))[:, 0])
+    yaw_amp = math.radians(float(_uniform(gen, *yaw_deg)))
+    yaw_rate = yaw_amp * _sinusoids(gen, k, 1, 3, (40, 160))[:, 0]
+    yaw = torch.cumsum(yaw_rate, 0) - yaw_rate[0]
+    vib = _sinusoids(gen, k, 3, 3, (4, 20))
+    pitch = math.radians(vibration_deg[0]) * vib[:, 0]
+    roll = math.radians(vibration_deg[1]) * vib[:, 1]
+    bounce = bounce_m * vib[:, 2]
+    heading = torch.stack((torch.sin(yaw), torch.cos(yaw)), -1) * v[:, None]
+    xz = torch.cumsum(heading, 0) - heading[0]
+    t = torch.stack((xz[:, 0], bounce - bounce[0], xz[:, 1]), -1)
+    return _pose(_rot_y(yaw) @ _rot_x(pitch) @ _rot_z(roll), t)
+
+
 def forward_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
     """
     Driving: ~1 m/frame along a gently curving path at constant camera height.
@@ -79,28 +113,38 @@ def forward_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
     :param gen: seeded generator.
     :return: T_wc, shape (num, 4, 4), float64; the first pose has zero yaw at the origin.
     """
-    k = torch.arange(num, dtype=torch.float64)
-    speed = _uniform(gen, 0.8, 1.2) * (1.0 + 0.08 * _sinusoids(gen, k, 1, 2, (30, 90))[:, 0])
-    yaw_amp = math.radians(float(_uniform(gen, 0.4, 1.0)))
-    yaw_rate = yaw_amp * _sinusoids(gen, k, 1, 3, (40, 160))[:, 0]
-    yaw = torch.cumsum(yaw_rate, 0) - yaw_rate[0]
-    vib = _sinusoids(gen, k, 3, 3, (4, 20))
-    pitch = math.radians(0.3) * vib[:, 0]
-    roll = math.radians(0.2) * vib[:, 1]
-    bounce = 0.015 * vib[:, 2]
-    heading = torch.stack((torch.sin(yaw), torch.cos(yaw)), -1) * speed[:, None]
-    xz = torch.cumsum(heading, 0) - heading[0]
-    t = torch.stack((xz[:, 0], bounce - bounce[0], xz[:, 1]), -1)
-    return _pose(_rot_y(yaw) @ _rot_x(pitch) @ _rot_z(roll), t)
+    return _drive(num, gen, (0.8, 1.2), (0.4, 1.0))
 
 
-def _rotation_path(num: int, gen: torch.Generator, lo_deg: float, hi_deg: float
+def highway_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Highway driving: 2.5-3 m/frame (25-30 m/s at 10 Hz), mild curvature, small vibration.
+
+    The peak yaw rate is 0.05-0.2 deg/frame (at 27 m/s a curve radius of 0.8 km and more) and
+    the speed varies by +-3 %; pitch / roll vibration 0.15 / 0.1 deg, bounce 1 cm.
+
+    :param num: number of frames.
+    :param gen: seeded generator.
+    :return: T_wc, shape (num, 4, 4), float64; the first pose has zero yaw at the origin.
+    """
+    return _drive(num, gen, (2.5, 3.0), (0.05, 0.2), speed_var=0.03,
+                  vibration_deg=(0.15, 0.1), bounce_m=0.01)
+
+
+def _rotation_path(num: int, gen: torch.Generator, lo_deg: float, hi_deg: float,
+                   period: Tuple[float, float] = (25.0, 90.0), rate_deg: float = 2.0
                    ) -> torch.Tensor:
-    """Integrate a smooth body-frame angular velocity with norm in [lo, hi] deg/frame."""
+    """
+    Integrate a smooth body-frame angular velocity with norm in [lo, hi] deg/frame.
+
+    :param period: range of the periods (frames) of the sinusoids of the angular velocity.
+    :param rate_deg: scale (deg/frame) of the angular velocity before the norm is clipped.
+    """
     k = torch.arange(num, dtype=torch.float64)
     axis_amp = _uniform(gen, 0.6, 1.0, (3,))
-    omega = _sinusoids(gen, k, 3, 3, (25, 90)) * axis_amp
-    omega = _clip_norm(omega * math.radians(2.0), math.radians(lo_deg), math.radians(hi_deg))
+    omega = _sinusoids(gen, k, 3, 3, period) * axis_amp
+    omega = _clip_norm(omega * math.radians(rate_deg), math.radians(lo_deg),
+                       math.radians(hi_deg))
     yaw0 = _uniform(gen, -0.2, 0.2)
     pitch0 = _uniform(gen, 0.0, 0.15)
     R = [(_rot_y(yaw0.reshape(1)) @ _rot_x(-pitch0.reshape(1)))[0]]
@@ -119,6 +163,22 @@ def handheld_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
     R = _rotation_path(num, gen, 0.5, 3.0)
     k = torch.arange(num, dtype=torch.float64)
     vel = _clip_norm(_sinusoids(gen, k, 3, 3, (30, 90)) * 0.04, 0.02, 0.05)
+    t = torch.cumsum(vel, 0) - vel[0]
+    return _pose(R, t)
+
+
+def handheld30_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Hand-held at 30 Hz: smooth sway, 0.005-0.02 m/frame and 0.1-0.5 deg/frame.
+
+    The angular and linear velocities are sums of sinusoids with periods of 45-150 frames
+    (1.5-5 s at 30 Hz), so consecutive frames differ by a small, slowly changing motion.
+
+    :return: T_wc, shape (num, 4, 4), float64, starting at the origin.
+    """
+    R = _rotation_path(num, gen, 0.1, 0.5, period=(45.0, 150.0), rate_deg=0.4)
+    k = torch.arange(num, dtype=torch.float64)
+    vel = _clip_norm(_sinusoids(gen, k, 3, 3, (45, 150)) * 0.015, 0.005, 0.02)
     t = torch.cumsum(vel, 0) - vel[0]
     return _pose(R, t)
 
@@ -150,6 +210,8 @@ GENERATORS = {
     'handheld': handheld_trajectory,
     'pure_rotation': pure_rotation_trajectory,
     'standstill': standstill_trajectory,
+    'highway': highway_trajectory,
+    'handheld30': handheld30_trajectory,
 }
 
 
