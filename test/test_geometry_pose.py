@@ -184,3 +184,83 @@ def test_recover_pose_depths_agree_with_triangulation():
     agree = (ok == res.positive).double().mean().item()
     assert agree > 0.999, agree
     assert torch.equal(res.num_positive, res.positive.sum(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# choose_pose: the parallax vote
+# ---------------------------------------------------------------------------------------------
+
+def _far_scene(R, t, n_near, n_far, baseline, noise, seed=0):
+    """Points at 5-35 m (near) and 2-5 km (far) seen across a baseline of ``baseline`` m."""
+    b, dtype = R.shape[0], R.dtype
+    g = torch.Generator().manual_seed(seed)
+    n = n_near + n_far
+    u = torch.rand(b, n, generator=g, dtype=dtype) * (WIDTH - 1)
+    v = torch.rand(b, n, generator=g, dtype=dtype) * (HEIGHT - 1)
+    d = torch.cat((5.0 + torch.rand(b, n_near, generator=g, dtype=dtype) * 30.0,
+                   2000.0 + torch.rand(b, n_far, generator=g, dtype=dtype) * 3000.0), 1)
+    X1 = torch.stack(((u - CX) / FX * d, (v - CY) / FX * d, d), dim=-1)
+    K = _K(b, dtype)
+    x1, _ = project(X1, K)
+    x2, _ = project(X1 @ R.transpose(1, 2) + baseline * t[:, None], K)
+    x1 = x1 + noise * torch.randn(x1.shape, generator=g, dtype=dtype)
+    x2 = x2 + noise * torch.randn(x2.shape, generator=g, dtype=dtype)
+    return x1, x2, K
+
+
+def test_choose_pose_exact_and_shapes():
+    from trianflow_ros.geometry.pose import choose_pose, PoseChoice
+    R, t = _motions(6, seed=3)
+    x1, x2, K, keep = _scene(R, t, 300, seed=3)
+    res = choose_pose(skew(t) @ R, x1, x2, K, K, keep)
+    assert isinstance(res, PoseChoice)
+    assert res.R.shape == (6, 3, 3) and res.t.shape == (6, 3) and res.T_21.shape == (6, 4, 4)
+    assert res.votes.shape == (6, 4) and res.decided.shape == (6,)
+    assert res.parallax_px.shape == (6, 300) and res.positive.shape == (6, 300)
+    assert bool(res.decided.all())
+    assert float(rotation_error_deg(res.R, R).max()) < 1e-6
+    assert float(direction_error_deg(res.t, t).max()) < 1e-6
+    # the winner has all its (visible, parallax) points; no other candidate comes close
+    second = res.votes.sort(dim=1, descending=True).values[:, 1]
+    assert bool((second <= 0.7 * res.votes.max(dim=1).values).all())
+    # parallax = focal x ray angle: compare with the triangulation module
+    from trianflow_ros.geometry.triangulation import ray_angle
+    angle = ray_angle(x1, x2, K, K, make_pose(R, t))
+    assert torch.allclose(res.parallax_px[keep], (angle * FX)[keep], rtol=1e-9, atol=1e-9)
+
+
+def test_choose_pose_decides_where_most_points_are_far():
+    """85 % of the points at kilometres: the old majority rule fails, the vote does not."""
+    from trianflow_ros.geometry.pose import choose_pose
+    R, t = _motions(4, seed=5)
+    x1, x2, K = _far_scene(R, t, 150, 850, baseline=1.0, noise=0.3, seed=5)
+    E = skew(t) @ R
+    old = recover_pose(E, x1, x2, K, K)
+    assert bool((old.num_positive < 0.5 * x1.shape[1]).any())   # what LOST the frames
+    res = choose_pose(E, x1, x2, K, K, min_parallax_px=2.0)
+    assert bool(res.decided.all())
+    assert float(rotation_error_deg(res.R, R).max()) < 1e-6
+    assert float(direction_error_deg(res.t, t).max()) < 1e-6
+
+
+def test_choose_pose_undecided_without_parallax():
+    """A 1 cm baseline to a scene 2-5 km away: the sign of t cannot be told."""
+    from trianflow_ros.geometry.pose import choose_pose
+    R, t = _motions(3, seed=7)
+    x1, x2, K = _far_scene(R, t, 0, 500, baseline=0.01, noise=0.3, seed=7)
+    res = choose_pose(skew(t) @ R, x1, x2, K, K, min_parallax_px=2.0)
+    assert not bool(res.decided.any())
+    assert int(res.num_parallax.max()) == 0
+    assert bool(res.positive.all())                  # no point contradicts any candidate
+
+
+def test_choose_pose_mask_and_errors():
+    from trianflow_ros.geometry.pose import choose_pose
+    R, t = _motions(2, seed=9)
+    x1, x2, K, keep = _scene(R, t, 100, seed=9)
+    mask = torch.zeros(2, 100, dtype=torch.bool)
+    res = choose_pose(skew(t) @ R, x1, x2, K, K, mask)
+    assert not bool(res.decided.any()) and int(res.votes.sum()) == 0
+    assert not bool(res.positive.any())
+    with pytest.raises(ValueError, match='x2 must have shape'):
+        choose_pose(skew(t) @ R, x1, x2[:, :5], K, K)

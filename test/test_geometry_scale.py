@@ -197,3 +197,35 @@ def test_masked_garbage_gives_finite_gradients(method):
     assert torch.allclose(out[0], scale[0]) and out[1] == 1.0
     assert torch.isfinite(source.grad).all() and torch.isfinite(target.grad).all()
     assert source.grad[0, 5:].abs().sum() > 0 and source.grad[0, :5].abs().sum() == 0
+
+
+def test_log_method_exact_weighted_and_unbiased():
+    """'log' recovers the scale exactly, honours weights, and is unbiased where 'robust' is not."""
+    g = torch.Generator().manual_seed(3)
+    src = 1.0 + 20.0 * torch.rand(2, 4000, generator=g, dtype=torch.float64)
+    tgt = src * torch.tensor([[0.5], [2.0]], dtype=torch.float64)
+    fit = fit_scale(src, tgt, method='log')
+    assert torch.allclose(fit.scale, torch.tensor([0.5, 2.0], dtype=torch.float64), rtol=1e-12)
+    # symmetric relative noise (log-normal, 3 %): the relative least squares of 'robust' is
+    # low by ~var, the log mean is not
+    noisy = tgt * torch.exp(0.03 * torch.randn(tgt.shape, generator=g, dtype=torch.float64))
+    log_s = fit_scale(src, noisy, method='log').scale
+    rob_s = fit_scale(src, noisy, method='robust').scale
+    truth = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    assert float(((log_s / truth).log()).abs().max()) < 2e-3
+    assert float((rob_s / truth).log().max()) < -5e-4          # biased low
+    # weights: a zero-weight cluster does not count
+    tgt2 = tgt.clone()
+    tgt2[:, :1000] *= 1.05                                         # inside the 0.1 window
+    w = torch.ones_like(src)
+    w[:, :1000] = 0.0
+    assert torch.allclose(fit_scale(src, tgt2, method='log', weights=w).scale, truth,
+                          rtol=1e-12)
+
+
+def test_log_method_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    src = (1.0 + torch.rand(1, 12, generator=g, dtype=torch.float64)).requires_grad_()
+    tgt = (src.detach() * 1.7 * torch.exp(0.01 * torch.randn(1, 12, generator=g,
+                                                             dtype=torch.float64)))
+    assert torch.autograd.gradcheck(lambda s: fit_scale(s, tgt, method='log').scale, (src,))

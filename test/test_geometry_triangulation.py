@@ -162,3 +162,19 @@ def test_positive_depth_mask_and_reproject():
     assert torch.autograd.gradcheck(lambda X: reproject(X, T[:1], K[:1], K[:1]),
                                     (X1[:1, :4].clone().requires_grad_(True),))
     assert math.isfinite(float(z2.sum()))
+
+
+def test_ray_angle_exact_shapes_and_gradcheck():
+    from trianflow_ros.geometry.triangulation import ray_angle
+    x1, x2, K, T, X1 = _scene(3, 50, seed=4)
+    angle = ray_angle(x1, x2, K, K, T)
+    assert angle.shape == (3, 50) and angle.dtype == torch.float64
+    c2 = -(T[:, :3, :3].transpose(1, 2) @ T[:, :3, 3:]).squeeze(-1)      # camera 2 centre
+    a, b = X1, X1 - c2[:, None]
+    ref = torch.acos((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)))
+    assert torch.allclose(angle, ref, atol=1e-9)
+    # consistent with the mask
+    assert torch.equal(ray_angle_mask(x1, x2, K, K, T, 1.0), angle >= math.radians(1.0))
+    xs = x1[:1, :4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ray_angle(x, x2[:1, :4], K[:1], K[:1], T[:1]),
+                                    (xs,))

@@ -265,7 +265,7 @@ class VOConfig:
     keyframe_rotation_deg: float = param(5.0, 'a new keyframe when the rotation from the '
                                          'keyframe exceeds this (deg), whatever the parallax',
                                          range=(0.0, 180.0))
-    keyframe_parallax_px: float = param(8.0, 'a new keyframe when the median rotation-'
+    keyframe_parallax_px: float = param(3.0, 'a new keyframe when the median rotation-'
                                         'compensated parallax of the matches reaches this '
                                         '(px at the working resolution)', range=(0.0, 1e4))
     keyframe_inlier_ratio: float = param(0.7, 'a new keyframe when the inliers fall below this '
@@ -281,13 +281,26 @@ class VOConfig:
                                 range=(1, 10**6))
     scale_min_parallax_px: float = param(1.0, 'triangulated points need this parallax (px) to '
                                          'enter the scale fit', range=(0.0, 1e4))
-    klt_window: int = param(13, 'Lucas-Kanade window (px) refining every match of the dense '
+    klt_window: int = param(7, 'Lucas-Kanade window (px) refining every match of the dense '
                             'flow (removes its bias at large displacements); 0 = off',
                             range=(0, 101))
+    min_texture: float = param(1e-4, 'fresh matches are drawn only where the smallest '
+                               'structure-tensor eigenvalue over the KLT window reaches this '
+                               '(grey in [0, 1]; 0 = anywhere): KLT can follow them',
+                               range=(0.0, 1.0))
     map_points: int = param(4000, 'most tracked map points a keyframe keeps (the structure the '
                             'scale is fitted to)', range=(0, 10**6))
     map_process_sigma: float = param(0.01, 'log-depth sigma added to a map point each time it '
                                      'is moved to a new keyframe', range=(0.0, 10.0))
+    window_keyframes: int = param(0, 'keyframes of the sliding-window bundle adjustment of '
+                                  'poses and point depths (0 or < 3: off)', range=(0, 100))
+    window_points: int = param(1500, 'most points in the window adjustment (longest tracks '
+                               'first)', range=(1, 10**6))
+    window_iterations: int = param(5, 'Levenberg-Marquardt iterations of the window '
+                                   'adjustment', range=(1, 100))
+    window_outlier_px: float = param(3.0, 'map points whose reprojection error stays above '
+                                     'this after the window adjustment are dropped (px)',
+                                     range=(0.0, 1e4))
     map_fusion: bool = param(True, 'fuse the new keyframe\'s depth (triangulation, the '
                              'previous keyframe\'s map, the depth network) in log depth; off: '
                              'the depth provider\'s depth or the triangulation alone')

@@ -116,7 +116,8 @@ def transfer_flow_depth(depth_1: torch.Tensor, sigma_1: Optional[torch.Tensor],
     Move a depth map of image 1 into image 2 with a known pose and the backward flow.
 
     A pixel of image 2 gets a depth only where all four neighbours of its match in image 1
-    are known (bilinear reads next to unknown pixels would blend in the zeros).
+    are known (bilinear reads next to unknown pixels would blend in the zeros); the inverse
+    depth is interpolated (exact on planar patches).
 
     :param depth_1: (1, 1, H, W) depth of image 1, 0 = unknown.
     :param sigma_1: (1, 1, H, W) its log-depth sigma (None: 0).
@@ -134,7 +135,7 @@ def transfer_flow_depth(depth_1: torch.Tensor, sigma_1: Optional[torch.Tensor],
     raw1, x1, _ = _flow_points(flow_21, undistort, None)
     d1 = depth_1.to(dt)
     known = sample_at((d1 > 0).to(dt), raw1, 'zeros')[..., 0] > 0.999
-    z1 = sample_at(d1, raw1, 'zeros')[..., 0]
+    z1 = 1.0 / sample_at(_inverse(d1), raw1, 'zeros')[..., 0].clamp(min=1e-12)
     X2 = transform_points(T_21.to(dt), backproject_pixels(torch.nan_to_num(x1), z1, K1.to(dt)))
     z2 = X2[..., 2]
     ok = valid_2.reshape(1, -1) & known & (z1 > 0) & (z2 > 0) & torch.isfinite(z2)
@@ -185,9 +186,17 @@ def fuse_log_depth(depth_a: torch.Tensor, sigma_a: torch.Tensor, depth_b: torch.
             torch.where(known, sigma, torch.zeros_like(sigma)).float())
 
 
+def _inverse(depth: torch.Tensor) -> torch.Tensor:
+    """1 / depth where known, 0 elsewhere."""
+    return torch.where(depth > 0, 1.0 / depth.clamp(min=1e-12), torch.zeros_like(depth))
+
+
 def sample_known(depth: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
-    Read a depth map bilinearly at pixels, 0 where any of the four neighbours is unknown.
+    Read a depth map at pixels, 0 where any of the four neighbours is unknown.
+
+    The inverse depth is interpolated bilinearly: it is affine in the pixel coordinates on a
+    plane, so the read is exact on planar patches (the depth itself is not).
 
     :param depth: (B, 1, H, W) depth, 0 = unknown.
     :param x: (B, N, 2) raw pixels.
@@ -195,5 +204,5 @@ def sample_known(depth: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
     d = depth.to(x.dtype)
     known = sample_at((d > 0).to(x.dtype), x, 'zeros')[..., 0] > 0.999
-    z = sample_at(d, x, 'zeros')[..., 0]
+    z = 1.0 / sample_at(_inverse(d), x, 'zeros')[..., 0].clamp(min=1e-12)
     return torch.where(known & torch.isfinite(z), z, torch.zeros_like(z))

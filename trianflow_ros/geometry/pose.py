@@ -192,7 +192,10 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
     parallax vote: the angle between the rays ``R y1`` and ``y2`` times the mean focal length
     must reach ``min_parallax_px`` (a parallax well above the flow noise, about 4 sigma of
     0.5 px matches). A candidate gets the votes of the voting points it puts in front of both
-    cameras. The winner is *decided* when it has at least ``min_votes`` votes and no other
+    cameras. (All four candidates satisfy the epipolar constraint, so their rays always meet,
+    in front or behind: the sign is the only test.) Ties, e.g. no vote at all, go to the
+    rotation with the smaller median parallax, not to its "twisted" partner (rotated by 180
+    degrees about the baseline), which makes distant points look near. The winner is *decided* when it has at least ``min_votes`` votes and no other
     candidate has more than ``similar_ratio`` of its votes (ORB-SLAM's "similar" rule, 0.7);
     otherwise the translation is not observable in this pair and the caller should fall back
     to a rotation-only or depth-based (PnP) pose and wait for more parallax.
@@ -250,7 +253,11 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
         front = (z1 > 0) & (z2 > 0)
         voting = mask.unsqueeze(1) & (par >= min_parallax_px)
         votes = (voting & front).sum(-1)                                    # (B, 4)
-        best = votes.argmax(dim=1)
+        # ties (e.g. no vote at all) go to the rotation with the smaller median parallax
+        med = torch.nanmedian(torch.where(mask.unsqueeze(1), par, torch.full_like(
+            par, float('nan'))), dim=-1).values.nan_to_num(0.0)             # (B, 4)
+        rank = med.argsort(dim=1).argsort(dim=1)                            # 0 = smallest
+        best = (votes * 4 + (3 - rank)).argmax(dim=1)
         ar = torch.arange(b, device=E.device)
         top = votes[ar, best]
         similar = (votes > similar_ratio * top.unsqueeze(1)).sum(1)

@@ -187,6 +187,25 @@ def klt_refine(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: tor
     return refined, torch.from_numpy(ok).to(x1.device)
 
 
+def texture_map(image: torch.Tensor, window: int) -> torch.Tensor:
+    """
+    Smallest eigenvalue of the grey structure tensor over a window (Shi-Tomasi), per pixel.
+
+    Lucas-Kanade can only follow a patch whose gradients span two directions; the value is
+    that of ``cv2.cornerMinEigenVal`` on the grey image in [0, 1] with a Sobel aperture of 3
+    (a gradient of one grey level per pixel gives about 1e-5).
+
+    :param image: (1, 3, H, W) RGB in [0, 1].
+    :param window: the averaging window (px; the KLT window).
+    :return: (1, 1, H, W) float32 on the image's device.
+    """
+    from trianflow_ros.vo.providers import to_grey_uint8
+    grey = to_grey_uint8(image).astype(np.float32) / 255.0
+    block = max(3, int(window) | 1)
+    eig = cv2.cornerMinEigenVal(grey, block, 3)
+    return torch.from_numpy(eig)[None, None].to(image.device)
+
+
 def track_points(x: torch.Tensor, flow_12: torch.Tensor, valid_1: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
@@ -213,7 +232,8 @@ def track_points(x: torch.Tensor, flow_12: torch.Tensor, valid_1: torch.Tensor
 def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor,
                    flow_21: torch.Tensor, cfg: Config, undistort=None,
                    generator: Optional[torch.Generator] = None,
-                   tracked: Optional[torch.Tensor] = None) -> Matches:
+                   tracked: Optional[torch.Tensor] = None, klt_window: Optional[int] = None
+                   ) -> Matches:
     """
     Select the matches of a pair, refine and undistort them (see the module docstring).
 
@@ -225,19 +245,29 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     :param undistort: raw -> pinhole pixels, (1, N, 2) float64 -> same (None: pinhole images).
     :param generator: torch.Generator on the flow's device.
     :param tracked: (1, M, 2) raw pixels of the keyframe's map points, followed first.
+    :param klt_window: the KLT window (None: ``vo.klt_window``; 0: no refinement).
     :return: :class:`Matches`; matches that cannot be refined or undistorted are dropped.
     """
+    klt = cfg.vo.klt_window if klt_window is None else int(klt_window)
     valid_1, score = match_validity(img1, img2, flow_12, flow_21, cfg)
-    x1, x2, num_good, ratio = _draw(score, flow_12, cfg, generator)
+    draw_score = score
+    if klt > 0 and cfg.vo.min_texture > 0:
+        draw_score = score * (texture_map(img1, klt) >= cfg.vo.min_texture)
+    x1, x2, num_good, ratio = _draw(draw_score, flow_12, cfg, generator)
+    num_good = int((score > 1.0 / (0.1 + GOOD_FB_PX)).sum())
+    ratio = num_good / max(score.numel(), 1)
     x1, x2 = x1.double(), x2.double()
     index = torch.zeros(0, dtype=torch.int64, device=x1.device)
     if tracked is not None and tracked.shape[1] > 0:
-        t2, ok = track_points(tracked.double().to(x1.device), flow_12, valid_1)
+        # map points are checked by the KLT forward-backward test below, not by the dense
+        # flow's (a point on a textured corner survives where the smooth flow disagrees)
+        t2, ok = track_points(tracked.double().to(x1.device), flow_12,
+                              torch.ones_like(valid_1) if klt > 0 else valid_1)
         index = torch.nonzero(ok).flatten()
         x1 = torch.cat((tracked.double().to(x1.device)[:, ok], x1), 1)
         x2 = torch.cat((t2[:, ok], x2), 1)
-    if cfg.vo.klt_window > 0:
-        x2, ok = klt_refine(img1, img2, x1, x2, cfg.vo.klt_window)
+    if klt > 0:
+        x2, ok = klt_refine(img1, img2, x1, x2, klt)
         index = index[ok[:index.numel()]]
         x1, x2 = x1[:, ok], x2[:, ok]
     u1, u2 = x1, x2

@@ -19,10 +19,11 @@ Per frame (image i) against the keyframe k:
    ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed), then
    the first strategy of :mod:`~trianflow_ros.vo.strategies` that gives a pose:
 
-   - STANDSTILL: hold (T = I; the keyframe is kept, so slow motion accumulates);
-   - translation observable (E decided, not PURE_ROTATION): E + the scale of its translation
+   - translation observable (E decided by the vote, whatever GRIC says: in a far-field
+     scene most matches barely move although the near ones fix t): E + the scale of its translation
      fitted to the keyframe depth (weighted log fit of the triangulated inliers); without
      keyframe depth, ``vo.initial_scale`` for the first pair;
+   - STANDSTILL (GRIC): hold (T = I; the keyframe is kept, so slow motion accumulates);
    - keyframe depth exists: PnP on it;
    - else rotation only (t = 0 relative to the keyframe);
    - nothing: LOST (no model).
@@ -52,7 +53,7 @@ NaN.
 import dataclasses
 import math
 import time
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -73,6 +74,7 @@ from trianflow_ros.geometry.ransac import ransac_essential
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.threads import one_cpu_thread
 from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
+from trianflow_ros.geometry.window_ba import window_adjust
 from trianflow_ros.vo import covariance as cov
 from trianflow_ros.vo import strategies
 from trianflow_ros.vo.matches import match_validity, select_matches
@@ -80,7 +82,7 @@ from trianflow_ros.vo.providers import DepthProvider, FlowProvider, make_provide
 from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, PairFailure
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
-STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'total')
+STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'window', 'total')
 _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
 
 
@@ -144,7 +146,10 @@ class VisualOdometry:
     def reset(self) -> None:
         """Forget everything: the next frame starts a new odometry frame (INITIALIZING)."""
         self._kf: Optional[Keyframe] = None
+        self._window = []
         self._kf_inliers: Optional[int] = None   # inliers of the keyframe's first pair
+        self._next_id = 0                          # next map point id
+        self._window: List[Keyframe] = []          # the last keyframes (window adjustment)
         self._T_world = np.eye(4)
         self._cov_left = cov.make_spd(np.zeros((6, 6)))
         self._count = 0
@@ -346,7 +351,8 @@ class VisualOdometry:
         if est.method in ('essential', 'pnp'):
             self._last_speed = t_norm / frames
             self._scale_defined = True
-        T_prev_cur = np.linalg.inv(self._T_world) @ T_world_cur
+        T_world_prev = self._T_world
+        T_prev_cur = np.linalg.inv(T_world_prev) @ T_world_cur
         self._T_world = T_world_cur
         self._cov_left = cov_left
 
@@ -360,6 +366,14 @@ class VisualOdometry:
                 points = self._new_points(est, kf, frame, dist)
                 self._kf = Keyframe(frame, T_world_cur, cov_left, d, s, kind, points)
                 self._kf_inliers = None
+                if est.method != 'hold' and self.cfg.vo.window_keyframes >= 3:
+                    t1 = time.perf_counter()
+                    message = self._adjust_window(message)
+                    timings['window'] = 1000.0 * (time.perf_counter() - t1)
+                    T_world_cur = self._kf.T_world
+                    T_kf_cur = np.linalg.inv(kf.T_world) @ T_world_cur
+                    T_prev_cur = np.linalg.inv(T_world_prev) @ T_world_cur
+                    self._T_world = T_world_cur
                 if out_depth is None:
                     out_depth = d
             elif out_depth is None and kf.depth is not None:
@@ -385,7 +399,9 @@ class VisualOdometry:
         g = cfg.geometry
         t0 = time.perf_counter()
         m = select_matches(kf.frame.image, cur.image, flow_12, flow_21, cfg, undistort,
-                           generator, kf.points.x if kf.points is not None else None)
+                           generator, kf.points.x if kf.points is not None else None,
+                           cfg.vo.klt_window if getattr(self.flow, 'refine_matches', True)
+                           else 0)
         n = m.count
         timings['select'] = 1000.0 * (time.perf_counter() - t0)
         if m.num_consistent < cfg.vo.min_matches or m.consistent_ratio < cfg.vo.min_valid_ratio:
@@ -418,20 +434,23 @@ class VisualOdometry:
         ctx = strategies.PairContext(cfg=cfg, kf=kf, cur=cur, m=m, ransac=ransac, e_ok=e_ok,
                                      residuals=residuals, cls=cls, generator=generator,
                                      noise_px=noise, last_speed=self._last_speed,
-                                     scale_defined=self._scale_defined)
+                                     scale_defined=self._scale_defined, subset=sub,
+                                     max_depth=self.max_depth)
         motion = ctx.motion
-        if motion == MotionType.STANDSTILL:
-            timings['solver'] = 1000.0 * (time.perf_counter() - t0)
-            return strategies.hold(ctx)
+        # the parallax vote decides whether t is observable, not the share of far points: in
+        # a far-field scene (a highway: sky and facades far away) most matches barely move and
+        # GRIC calls the pair a standstill or a rotation, although the near road fixes t
         observable = False
         choice = None
-        if e_ok and motion != MotionType.PURE_ROTATION:
+        if e_ok:
             choice = choose_pose(ransac.model.double(), m.u1, m.u2, K1, K2, ransac.inliers,
                                  min_parallax_px=cfg.vo.sign_parallax_px,
                                  similar_ratio=cfg.vo.pose_similar_ratio,
                                  min_votes=cfg.vo.pose_min_votes)
             observable = bool(choice.decided[0])
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
+        if not observable and motion == MotionType.STANDSTILL:
+            return strategies.hold(ctx)
         notes = []
         if observable:
             t0 = time.perf_counter()
@@ -454,7 +473,7 @@ class VisualOdometry:
             return PairFailure(
                 f'no model: E {"ok" if e_ok else "failed"} ({num_e} inliers of {n} matches), '
                 f'{"; ".join(notes) + "; " if notes else ""}no rotation model', n, num_e)
-        if notes and motion != MotionType.PURE_ROTATION:
+        if notes and motion not in (MotionType.PURE_ROTATION, MotionType.STANDSTILL):
             note = '; '.join(notes) + f': {est.method}'
             est = dataclasses.replace(est, message=(est.message + '; ' if est.message else '')
                                       + note)
@@ -492,11 +511,22 @@ class VisualOdometry:
         if depth is None:
             return None, None, 'none'
         d = depth
-        max_depth = self.cfg.geometry.scale.max_depth
+        max_depth = self.max_depth
         if max_depth > 0:
             d = torch.where(d < max_depth, d, torch.zeros_like(d))
-        return d, torch.where(d > 0, torch.full_like(d, self.cfg.geometry.scale.depth_sigma),
+        return d, torch.where(d > 0, torch.full_like(d, self._depth_sigma()),
                               torch.zeros_like(d)), 'depth'
+
+    @property
+    def max_depth(self) -> float:
+        """Depths of the provider beyond this are not used (0: no limit)."""
+        limit = getattr(self.depth, 'max_depth', None)
+        return float(limit) if limit is not None else self.cfg.geometry.scale.max_depth
+
+    def _depth_sigma(self) -> float:
+        """Relative error of the depth provider's depth."""
+        sigma = getattr(self.depth, 'relative_sigma', None)
+        return float(sigma) if sigma is not None else self.cfg.geometry.scale.depth_sigma
 
     def _new_map(self, est: PairEstimate, kf: Keyframe, cur: Frame, flow_21: torch.Tensor,
                  flow_12: torch.Tensor, undistort, grid):
@@ -575,8 +605,6 @@ class VisualOdometry:
             par_map = strategies.map_parallax_px(kf.points.depth[:, idx].to(dev),
                                                  m.u1[:, :nt], K1, K2, T, 1.0)
             s[:, :nt] = torch.where(d[:, :nt] > 0, noise / par_map.clamp(min=1e-9), s[:, :nt])
-        # a triangulated depth ~ 1 / parallax is biased up in log by sigma^2 / 2: remove it
-        d = d * torch.exp(-0.5 * s.square().clamp(max=1.0))
         if nt > 0 and kf.points is not None:
             idx = m.track_index.to(dev)
             zt = kf.points.depth[:, idx].to(dev)
@@ -588,13 +616,13 @@ class VisualOdometry:
             age[:, :nt] = kf.points.age[:, idx].to(dev) + 1
         if cur.depth is not None:
             net = sample_known(cur.depth, m.x2.to(cur.depth.device)).to(dev)
-            if g.scale.max_depth > 0:
-                net = torch.where(net < g.scale.max_depth, net, torch.zeros_like(net))
+            if self.max_depth > 0:
+                net = torch.where(net < self.max_depth, net, torch.zeros_like(net))
             # the provider sees the point along u2: its depth along u1 through the pose
             Xn = transform_points(torch.linalg.inv(T), backproject_pixels(m.u2, net, K2))
             zn = torch.where((net > 0) & (Xn[..., 2] > min_depth), Xn[..., 2], zeros)
             d_, s_ = fuse_log_depth(d, s, zn, torch.where(zn > 0, torch.full_like(
-                zn, g.scale.depth_sigma), zeros))
+                zn, self._depth_sigma()), zeros))
             d, s = d_.double(), s_.double()
         # move the fused points into the new keyframe and project them there
         X2 = transform_points(T, backproject_pixels(m.u1, d, K1))
@@ -612,8 +640,119 @@ class VisualOdometry:
             idx = idx[torch.argsort(rank)[:cfg.vo.map_points]]
         if idx.numel() == 0:
             return None
-        return MapPoints(x=x2[:, idx].double(), depth=z2[:, idx], sigma=s[:, idx].clamp(min=1e-3),
-                         age=age[:, idx])
+        ids = torch.full((m.count,), -1, dtype=torch.int64, device=dev)
+        if nt > 0 and kf.points is not None:
+            ids[:nt] = kf.points.ids[m.track_index.to(kf.points.ids.device)].to(dev)
+        fresh = ids < 0
+        ids[fresh] = self._next_id + torch.arange(int(fresh.sum()), device=dev)
+        self._next_id += int(fresh.sum())
+        if cfg.vo.window_keyframes >= 3:
+            # the window adjustment makes the depths agree with the measured pixels: keep
+            # (and track) those; the depth (z of the 3D point) is the same
+            x2, u2 = m.x2, m.u2
+        return MapPoints(x=x2[:, idx].double(), depth=z2[:, idx],
+                         sigma=s[:, idx].clamp(min=1e-3), age=age[:, idx], ids=ids[idx],
+                         u=u2[:, idx].double())
+
+    def _adjust_window(self, message: str) -> str:
+        """
+        Bundle-adjust the last ``vo.window_keyframes`` keyframes and the current map points.
+
+        The new keyframe (``self._kf``) joins the window; every point of its map that was seen
+        in at least two window keyframes takes part (at most ``vo.window_points``, the longest
+        tracks first), anchored at its first window keyframe. The two oldest keyframes are
+        held (gauge and scale). The refined poses replace the window's; the new keyframe's
+        points get their refined depths, and points whose reprojection error stays above
+        ``vo.window_outlier_px`` are dropped.
+
+        :return: the frame message (a note is added when the adjustment was rejected).
+        """
+        v = self.cfg.vo
+        kf = self._kf
+        self._window.append(kf)
+        self._window = self._window[-v.window_keyframes:]
+        win = self._window
+        pts = kf.points
+        if len(win) < 3 or pts is None or pts.count == 0:
+            return message
+        dev = pts.depth.device
+        dt = torch.float64
+        ids_all, f_all, u_all = [], [], []
+        for k, w in enumerate(win):
+            if w.points is None or w.points.count == 0:
+                continue
+            ids_all.append(w.points.ids.to(dev))
+            f_all.append(torch.full((w.points.count,), k, dtype=torch.int64, device=dev))
+            u_all.append(w.points.u[0].to(dev, dt))
+        ids_all, f_all, u_all = torch.cat(ids_all), torch.cat(f_all), torch.cat(u_all)
+        sel = torch.isin(ids_all, pts.ids.to(dev))
+        ids_all, f_all, u_all = ids_all[sel], f_all[sel], u_all[sel]
+        # point index = position in the new keyframe's map
+        lookup = torch.full((int(pts.ids.max()) + 1,), -1, dtype=torch.int64, device=dev)
+        lookup[pts.ids.to(dev)] = torch.arange(pts.count, device=dev)
+        pidx = lookup[ids_all]
+        nobs = torch.zeros(pts.count, dtype=torch.int64, device=dev).index_add_(
+            0, pidx, torch.ones_like(pidx))
+        chosen = torch.nonzero(nobs >= 2).flatten()
+        if chosen.numel() < 20:
+            return message
+        if chosen.numel() > v.window_points:
+            order = torch.argsort(nobs[chosen], descending=True, stable=True)
+            chosen = chosen[order[:v.window_points]]
+        newidx = torch.full((pts.count,), -1, dtype=torch.int64, device=dev)
+        newidx[chosen] = torch.arange(chosen.numel(), device=dev)
+        keep = newidx[pidx] >= 0
+        q, f, u = newidx[pidx[keep]], f_all[keep], u_all[keep]
+        # anchor: the first window keyframe of each point
+        order = torch.argsort(f * (q.numel() + 1) + 0, stable=True)
+        q, f, u = q[order], f[order], u[order]
+        first = torch.full((chosen.numel(),), len(win), dtype=torch.int64, device=dev)
+        first = first.scatter_reduce(0, q, f, reduce='amin')
+        is_anchor = f == first[q]
+        u_anchor = torch.zeros(chosen.numel(), 2, dtype=dt, device=dev)
+        u_anchor[q[is_anchor]] = u[is_anchor]
+        T_world = torch.from_numpy(np.stack([w.T_world for w in win])).to(dev, dt)
+        K = torch.stack([w.frame.K[0].to(dev, dt) for w in win])
+        # initial inverse depth in the anchor: the new keyframe's 3D point moved there
+        X = backproject_pixels(pts.u[:, chosen].to(dev, dt), pts.depth[:, chosen].to(dev, dt),
+                               K[-1:])[0]
+        Tl = T_world[-1]
+        Xw = X @ Tl[:3, :3].T + Tl[:3, 3]
+        Ta = T_world[first]
+        Xa = ((Xw - Ta[:, :3, 3]).unsqueeze(1) @ Ta[:, :3, :3]).squeeze(1)
+        ok_a = Xa[:, 2] > 0
+        if int(ok_a.sum()) < 20:
+            return message
+        rho = torch.where(ok_a, 1.0 / Xa[:, 2].clamp(min=1e-9), torch.full_like(Xa[:, 2], 1e-3))
+        obs = ~is_anchor & ok_a[q]
+        res = window_adjust(T_world, K, first, u_anchor, rho, q[obs], f[obs], u[obs],
+                            fixed=2, iterations=v.window_iterations, huber_px=1.0)
+        if not (res.cost_after <= res.cost_before) or not bool(torch.isfinite(res.T_world).all()):
+            return (message + '; ' if message else '') + 'window adjustment rejected'
+        T_new = res.T_world.cpu().numpy()
+        for k, w in enumerate(win):
+            win[k] = dataclasses.replace(w, T_world=T_new[k].copy())
+        # refined depths of the chosen points in the new keyframe
+        Xa = torch.cat((u_anchor, torch.ones_like(u_anchor[:, :1])), -1)
+        Xa = (torch.linalg.inv(K[first]) @ Xa.unsqueeze(-1)).squeeze(-1) / res.rho[:, None]
+        Xw = (Ta_new := res.T_world[first])[:, :3, :3].matmul(Xa.unsqueeze(-1)).squeeze(-1) \
+            + Ta_new[:, :3, 3]
+        Tl = res.T_world[-1]
+        z = ((Xw - Tl[:3, 3]) @ Tl[:3, :3])[:, 2]
+        depth = pts.depth.clone().to(dev, dt)
+        good = ok_a & (z > 0) & torch.isfinite(z)
+        depth[0, chosen[good]] = z[good]
+        worst = torch.zeros(chosen.numel(), dtype=dt, device=dev).scatter_reduce(
+            0, q[obs], res.residual_px, reduce='amax')
+        bad = torch.zeros(pts.count, dtype=torch.bool, device=dev)
+        bad[chosen] = (worst > v.window_outlier_px) | ~good
+        keep_pts = ~bad
+        new_pts = MapPoints(x=pts.x[:, keep_pts], depth=depth[:, keep_pts],
+                            sigma=pts.sigma[:, keep_pts], age=pts.age[:, keep_pts],
+                            ids=pts.ids[keep_pts], u=pts.u[:, keep_pts])
+        self._kf = dataclasses.replace(win[-1], points=new_pts)
+        win[-1] = self._kf
+        return message
 
     # ----------------------------------------------------------------------------------------
     def _result(self, frame: Frame, state, motion, method, num_matches, num_inliers, scale,

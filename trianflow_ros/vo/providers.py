@@ -92,6 +92,9 @@ class FlowProvider:
 
     #: True when the flow comes from weights (learned), False for classical / oracle flow.
     learned = False
+    #: True when the VO should refine this flow's matches by Lucas-Kanade (``vo.klt_window``):
+    #: a regularised dense flow (DIS, a network); False for exact flow (the oracle).
+    refine_matches = True
 
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """
@@ -109,6 +112,12 @@ class DepthProvider:
 
     #: what the depth's unit is: 'network' (the depth net's own scale) or 'metric'.
     scale_kind = 'network'
+    #: relative (log) error of the depth, weighing it against triangulated structure; None:
+    #: ``geometry.scale.depth_sigma`` (a network); exact depth (the oracle) sets a tiny one.
+    relative_sigma = None
+    #: depths beyond this are not used; None: ``geometry.scale.max_depth`` (a network's depth
+    #: saturates far away); 0: no limit (exact depth).
+    max_depth = None
 
     def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
         """
@@ -501,6 +510,8 @@ class OracleFlowProvider(FlowProvider):
     flow is NaN everywhere (no match at all), which the odometry treats as a flow failure.
     """
 
+    refine_matches = False
+
     def __init__(self, sequence):
         """
         Wrap a sequence.
@@ -528,6 +539,8 @@ class OracleDepthProvider(DepthProvider):
     """Exact metric depth of a synthetic sequence (tests); None for unknown images."""
 
     scale_kind = 'metric'
+    relative_sigma = 1e-4
+    max_depth = 0.0
 
     def __init__(self, sequence):
         """

@@ -48,12 +48,16 @@ class MapPoints:
     :ivar depth: (1, M) float64 depth (odometry units, > 0).
     :ivar sigma: (1, M) float64 log-depth sigma (relative error).
     :ivar age: (1, M) int64 keyframes each point has been tracked over (0 = new).
+    :ivar ids: (M,) int64 persistent point ids (for the window bundle adjustment).
+    :ivar u: (1, M, 2) float64 pinhole pixels where the point was observed in this keyframe.
     """
 
     x: torch.Tensor
     depth: torch.Tensor
     sigma: torch.Tensor
     age: torch.Tensor
+    ids: torch.Tensor
+    u: torch.Tensor
 
     @property
     def count(self) -> int:
@@ -103,8 +107,8 @@ class PairEstimate:
     :ivar num_matches: matches drawn.
     :ivar num_inliers: inliers of the model that gave the pose.
     :ivar sigma_px: robust spread of the inlier residuals (px).
-    :ivar parallax_px: median parallax (focal x ray angle after removing the rotation) of the
-        inliers (px): what decides a new keyframe.
+    :ivar parallax_px: parallax (focal x ray angle after removing the rotation) of the
+        inliers, their 90th percentile (px): what decides a new keyframe.
     :ivar scale: factor of the unit translation (1 when t did not come from E).
     :ivar scale_source: 'depth', 'propagated', 'initial', 'motion', 'pnp' or 'none'.
     :ivar scale_sigma: relative sigma of the scale, or None.

@@ -43,6 +43,10 @@ from trianflow_ros.vo.state import Frame, Keyframe, PairEstimate
 MAD_TO_SIGMA = 1.4826
 #: Floor of the matching noise (px) used for the triangulation uncertainties.
 MIN_NOISE_PX = 0.1
+#: The quantile of the inliers' parallax that decides a keyframe. Not the median: the near
+#: matches, which carry the parallax, are the first the flow loses as the baseline grows, so
+#: the median of the survivors stays low while the pair degrades.
+PARALLAX_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class PairContext:
     :ivar noise_px: robust spread of the E inliers' residuals (px).
     :ivar last_speed: translation norm per frame of the last translated motion.
     :ivar scale_defined: whether the odometry unit is already fixed (not the first pair).
+    :ivar subset: (k,) indices of the matches the classification ran on.
+    :ivar max_depth: the depth provider's depths beyond this are not used (0: no limit).
     """
 
     cfg: Config
@@ -76,6 +82,8 @@ class PairContext:
     noise_px: float
     last_speed: float
     scale_defined: bool
+    subset: torch.Tensor
+    max_depth: float = 0.0
 
     @property
     def motion(self) -> MotionType:
@@ -93,7 +101,8 @@ def robust_sigma(values: torch.Tensor) -> float:
 def median_parallax_px(ctx: PairContext, R: np.ndarray, mask: Optional[torch.Tensor] = None
                        ) -> float:
     """
-    Median rotation-compensated parallax of the matches (px): focal x angle(R y1, y2).
+    Rotation-compensated parallax of the matches (px): focal x angle(R y1, y2), the
+    :data:`PARALLAX_QUANTILE` quantile.
 
     :param ctx: the pair.
     :param R: (3, 3) rotation of the keyframe -> current motion.
@@ -108,7 +117,7 @@ def median_parallax_px(ctx: PairContext, R: np.ndarray, mask: Optional[torch.Ten
     if angle.numel() == 0:
         return 0.0
     focal = 0.5 * float(K2[0, 0, 0] + K2[0, 1, 1])
-    return float(angle.median()) * focal
+    return float(torch.quantile(angle, PARALLAX_QUANTILE)) * focal
 
 
 def map_parallax_px(depth: torch.Tensor, u1: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
@@ -161,8 +170,8 @@ def keyframe_depth_at(ctx: PairContext):
         s[0, :nt] = kf.points.sigma[0, m.track_index].to(dev)
     if kf.depth is not None and kf.kind == 'depth' and n > nt:
         fresh = sample_known(kf.depth, m.x1[:, nt:].to(kf.depth.device).double()).to(dev)
-        if g.scale.max_depth > 0:
-            fresh = torch.where(fresh < g.scale.max_depth, fresh, torch.zeros_like(fresh))
+        if ctx.max_depth > 0:
+            fresh = torch.where(fresh < ctx.max_depth, fresh, torch.zeros_like(fresh))
         d[:, nt:] = fresh
         if kf.sigma is not None:
             s[:, nt:] = sample_known(kf.sigma.clamp(min=1e-6),
@@ -202,7 +211,7 @@ def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
     par = choice.parallax_px.double()
     good = inl & choice.positive & (par >= max(cfg.vo.scale_min_parallax_px, 1e-6))
     good = good & positive_depth_mask(X1, T_unit, g.triangulation.min_depth)
-    parallax = float(par[inl].median()) if bool(inl.any()) else 0.0
+    parallax = float(torch.quantile(par[inl], PARALLAX_QUANTILE)) if bool(inl.any()) else 0.0
     noise = max(ctx.noise_px, MIN_NOISE_PX)
     scale, source, scale_sigma, scene_depth, message = None, 'none', None, 0.0, ''
     if kf.has_structure:
@@ -225,10 +234,7 @@ def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
                 if int(usable.sum()) >= g.scale.min_points:
                     sigma_z = noise / par_map.clamp(min=1e-6)
                     weights = 1.0 / (sigma_z.square() + sigma_t.square())
-                    # a triangulated depth ~ 1 / parallax is biased up in log by sigma^2 / 2
-                    # (E[-log(1 + e)] for a relative parallax error e): remove it
-                    z_fit = z1 * torch.exp(-0.5 * sigma_z.square().clamp(max=1.0))
-                    fit = fit_scale(z_fit, target, usable, g.scale.method,
+                    fit = fit_scale(z1, target, usable, g.scale.method,
                                     threshold=g.scale.threshold, weights=weights)
         if fit is not None:
             if bool(fit.valid[0]) and float(fit.scale[0]) > 0:
@@ -294,10 +300,12 @@ def pnp(ctx: PairContext) -> Optional[PairEstimate]:
 
 def rotation(ctx: PairContext) -> Optional[PairEstimate]:
     """Rotation only (t = 0 relative to the keyframe); None without a rotation model."""
-    inliers = ctx.cls.rotation_inliers
-    n_inl = int(inliers[0].sum())
-    if n_inl < max(8, ctx.cfg.vo.min_inlier_ratio * ctx.m.count):
+    sub_inliers = ctx.cls.rotation_inliers                        # over ctx.subset
+    n_inl = int(sub_inliers[0].sum())
+    if n_inl < max(8, ctx.cfg.vo.min_inlier_ratio * ctx.subset.numel()):
         return None
+    inliers = torch.zeros(1, ctx.m.count, dtype=torch.bool, device=sub_inliers.device)
+    inliers[0, ctx.subset.to(sub_inliers.device)] = sub_inliers[0]
     T = np.eye(4)
     T[:3, :3] = ctx.cls.R_21[0].double().cpu().numpy()
     return PairEstimate(method='rotation', T_21=T, motion=ctx.motion, num_matches=ctx.m.count,
