@@ -13,6 +13,8 @@ default    ``trianflow-vo`` without provider options: whatever the command picks
 classical  ``--flow dis --depth none``: DIS flow, scale propagated by triangulation
 dis_depth  ``--flow dis --depth net --checkpoint default``: DIS flow, the learned depth for
            the scale (input size of the checkpoint)
+dis_depth_hr  the same at 256x832 (the depth network is convolutional; DIS and the geometry
+           get the classical mode's resolution)
 learned    ``--flow net --depth net --checkpoint default``: learned flow + depth
 baseline   the 30-line baseline of the issue (``bench/baseline_vo.py``: DIS at native
            resolution, ``findEssentialMat`` 0.1 px, unit steps); it undistorts its matches
@@ -94,12 +96,15 @@ CONFIGS: Dict[str, Optional[List[str]]] = {
     'default': [],
     'classical': ['--flow', 'dis', '--depth', 'none'],
     'dis_depth': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default'],
+    'dis_depth_hr': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default', '--set',
+                     'data.img_height=256', '--set', 'data.img_width=832'],
     'learned': ['--flow', 'net', '--depth', 'net', '--checkpoint', 'default'],
     'baseline': None,
     'baseline_raw': None,
 }
 #: the order the configurations are computed in (``default`` last, so it can reuse a run).
-_RUN_ORDER = ('classical', 'dis_depth', 'learned', 'default', 'baseline', 'baseline_raw')
+_RUN_ORDER = ('classical', 'dis_depth', 'dis_depth_hr', 'learned', 'default', 'baseline',
+              'baseline_raw')
 SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30')
 SYNTHETIC_SEED = 2000
 

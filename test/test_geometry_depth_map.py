@@ -70,8 +70,8 @@ def test_sample_known_and_distortion_grid(pair):
     depth = torch.zeros(1, 1, 4, 4)
     depth[..., :2] = 5.0
     x = torch.tensor([[[0.5, 1.0], [1.5, 1.0], [2.5, 1.0]]], dtype=torch.float64)
-    assert torch.allclose(sample_known(depth, x), torch.tensor([[5.0, 0.0, 0.0]],
-                                                                dtype=torch.float64))
+    expected = torch.tensor([[5.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(sample_known(depth, x), expected)
     # with a distorted camera the triangulation takes the pinhole pixels of the raw grid
     p, K = pair
     dist = Distortion('plumb_bob', (-0.2, 0.05))

@@ -347,3 +347,18 @@ def test_checkpoint_errors_are_clear(tmp_path):
     assert isinstance(vo.flow, NetworkFlowProvider)
     with pytest.raises(CheckpointError, match='depth_net'):
         VisualOdometry(small_config(), flow='dis', depth=str(path))
+
+
+def test_resize_interpolation_is_a_config_field():
+    """'area' (default) and 'linear' (the original's cv2 default) resize as cv2 does."""
+    import cv2
+    seq = sequence('forward', 1, 8)
+    image = seq.images_uint8()[0]
+    for name, flag in (('area', cv2.INTER_AREA), ('linear', cv2.INTER_LINEAR)):
+        cfg = small_config()
+        cfg.data.img_height, cfg.data.img_width = 48, 160
+        cfg.vo.resize_interpolation = name
+        vo = VisualOdometry(cfg, DISFlowProvider('fast'))
+        img, _ = vo._prepare(image, seq.K.numpy())
+        ref = cv2.resize(image, (160, 48), interpolation=flag)
+        assert np.allclose(img[0].permute(1, 2, 0).numpy() * 255.0, ref, atol=1e-3), name

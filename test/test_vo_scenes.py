@@ -18,14 +18,13 @@ writing are in the comments; the bounds leave room for the randomness of DIS and
 import numpy as np
 import pytest
 
+from test_vo import ate, gt_poses, path_length, small_config
 from trianflow_ros.data.synthetic import make_sequence
 from trianflow_ros.data.synthetic.distorted import make_distorted_sequence
 from trianflow_ros.eval.alignment import align_poses
 from trianflow_ros.geometry.distortion import Distortion
 from trianflow_ros.vo import (DISFlowProvider, OracleDepthProvider, OracleFlowProvider,
                               TrackingState, VisualOdometry)
-
-from test_vo import ate, gt_poses, path_length, small_config
 
 H, W = 96, 320
 

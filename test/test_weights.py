@@ -169,8 +169,15 @@ def test_cli_keeps_the_user_config_for_an_original_checkpoint(original_checkpoin
     cfg = cli.resolve_config(args, log=messages.append)
     assert (cfg.data.img_height, cfg.data.img_width, cfg.data.bgr) == (256, 640, True)
     assert cfg.flow_net.width_mult == cfg.depth_net.width_mult == 1.0
-    assert len(messages) == 1 and 'no stored configuration' in messages[0]
+    # (issue 12: a second note says the resize follows the original, cv2.INTER_LINEAR)
+    assert len(messages) == 2 and 'no stored configuration' in messages[0]
     assert 'config/odo.yaml' in messages[0]
+    assert cfg.vo.resize_interpolation == 'linear' and 'INTER_LINEAR' in messages[1]
+    explicit = cli.resolve_config(cli_args(
+        '--flow', 'net', '--checkpoint', str(original_checkpoint), '--config',
+        str(REPO / 'config' / 'odo.yaml'), '--set', 'vo.resize_interpolation=area'),
+        log=messages.append)
+    assert explicit.vo.resize_interpolation == 'area'                  # the user's choice
     vo = VisualOdometry(cfg)
     assert widths(vo) == (1.0, 1.0) and vo.flow.bgr is True and vo.depth.bgr is True
     assert vo.flow.net.stored_config is None

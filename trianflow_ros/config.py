@@ -158,7 +158,7 @@ class ScaleConfig:
     min_points: int = param(100, 'fewer valid depth pairs -> PnP fallback', range=(1, 10**6))
     threshold: float = param(0.1, 'consensus half-width on |log(scale * z / target)| of the '
                              'robust and log fits', range=(1e-3, 10.0))
-    depth_sigma: float = param(0.1, 'relative (log) error assumed for a depth provider\'s '
+    depth_sigma: float = param(0.1, "relative (log) error assumed for a depth provider's "
                                'depth: weighs it against the triangulation', range=(1e-3, 10.0))
 
 
@@ -269,12 +269,12 @@ class VOConfig:
                                         'compensated parallax of the matches reaches this '
                                         '(px at the working resolution)', range=(0.0, 1e4))
     keyframe_inlier_ratio: float = param(0.7, 'a new keyframe when the inliers fall below this '
-                                         'share of the keyframe\'s first pair (tracking '
+                                         "share of the keyframe's first pair (tracking "
                                          'quality)', range=(0.0, 1.0))
     sign_parallax_px: float = param(2.0, 'parallax (focal x ray angle, px) a match needs to '
-                                    'vote on the sign of E\'s translation', range=(0.0, 1e4))
+                                    "vote on the sign of E's translation", range=(0.0, 1e4))
     pose_similar_ratio: float = param(0.7, 'E candidates with more than this share of the '
-                                      'winner\'s votes make the translation unobservable',
+                                      "winner's votes make the translation unobservable",
                                       range=(0.0, 1.0))
     pose_min_votes: int = param(30, 'fewer parallax votes for the winning E candidate: the '
                                 'translation is unobservable (rotation or PnP)',
@@ -301,9 +301,9 @@ class VOConfig:
     window_outlier_px: float = param(3.0, 'map points whose reprojection error stays above '
                                      'this after the window adjustment are dropped (px)',
                                      range=(0.0, 1e4))
-    map_fusion: bool = param(True, 'fuse the new keyframe\'s depth (triangulation, the '
-                             'previous keyframe\'s map, the depth network) in log depth; off: '
-                             'the depth provider\'s depth or the triangulation alone')
+    map_fusion: bool = param(True, "fuse the new keyframe's depth (triangulation, the "
+                             "previous keyframe's map, the depth network) in log depth; off: "
+                             "the depth provider's depth or the triangulation alone")
     min_inlier_ratio: float = param(0.25, 'E or PnP inliers / matches below this -> rejected',
                                     range=(0.0, 1.0))
     classify_points: int = param(1000, 'matches used by the motion classification (GRIC)',

@@ -195,7 +195,8 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
     cameras. (All four candidates satisfy the epipolar constraint, so their rays always meet,
     in front or behind: the sign is the only test.) Ties, e.g. no vote at all, go to the
     rotation with the smaller median parallax, not to its "twisted" partner (rotated by 180
-    degrees about the baseline), which makes distant points look near. The winner is *decided* when it has at least ``min_votes`` votes and no other
+    degrees about the baseline), which makes distant points look near. The winner is
+    *decided* when it has at least ``min_votes`` votes and no other
     candidate has more than ``similar_ratio`` of its votes (ORB-SLAM's "similar" rule, 0.7);
     otherwise the translation is not observable in this pair and the caller should fall back
     to a rotation-only or depth-based (PnP) pose and wait for more parallax.

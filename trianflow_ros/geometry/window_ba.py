@@ -56,7 +56,7 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 
 
 def _exp_se3(xi: torch.Tensor) -> torch.Tensor:
-    """exp of (F, 6) twists [rho, phi] as (F, 4, 4) matrices (Rodrigues, V matrix)."""
+    """Return the exponential of (F, 6) twists [rho, phi] as (F, 4, 4) matrices."""
     rho, phi = xi[:, :3], xi[:, 3:]
     theta = phi.norm(dim=-1).clamp(min=1e-12)[:, None, None]
     W = _skew(phi)
@@ -135,7 +135,7 @@ def window_adjust(T_world: torch.Tensor, K: torch.Tensor, anchor: torch.Tensor,
     if fixed < 1:
         raise ValueError(f'fixed must be >= 1 (the gauge), got {fixed}')
     if bool((obs_frame == anchor[obs_point]).any()):
-        raise ValueError('an observation is in its point\'s anchor keyframe; pass only the '
+        raise ValueError("an observation is in its point's anchor keyframe; pass only the "
                          'other observations')
     dt = torch.float64
     T = T_world.to(dt).clone()

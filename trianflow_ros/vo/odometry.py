@@ -28,12 +28,12 @@ Per frame (image i) against the keyframe k:
    - else rotation only (t = 0 relative to the keyframe);
    - nothing: LOST (no model).
 
-5. Keyframes by parallax, as DF-VO and ORB-SLAM: the keyframe is kept until the median
-   rotation-compensated parallax of the inliers reaches ``vo.keyframe_parallax_px``, the
-   rotation ``vo.keyframe_rotation_deg``, or the inliers fall below
-   ``vo.keyframe_inlier_ratio`` of the keyframe's first pair (the flow degrades with the
-   baseline); the first translation-observable pair always makes one. Frames in between are posed against the keyframe (no drift accumulates between
-   keyframes).
+5. Keyframes by parallax, as DF-VO and ORB-SLAM: the keyframe is kept until the
+   rotation-compensated parallax of the inliers (90th percentile) reaches
+   ``vo.keyframe_parallax_px``, the rotation ``vo.keyframe_rotation_deg``, or the inliers
+   fall below ``vo.keyframe_inlier_ratio`` of the keyframe's first pair (the flow degrades
+   with the baseline); the first translation-observable pair always makes one. Frames in
+   between are posed against the keyframe (no drift accumulates between keyframes).
 6. The new keyframe's depth map (:mod:`~trianflow_ros.geometry.depth_map`, ``vo.map_fusion``):
    the log-depth fusion, weighted by inverse variances, of the triangulation of the pair
    (sigma = noise / parallax), the previous keyframe's map moved along the flow, and the
@@ -61,12 +61,11 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config, validate
-from trianflow_ros.geometry.camera import resize_intrinsics
+from trianflow_ros.geometry.camera import backproject_pixels, project, resize_intrinsics
 from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
-from trianflow_ros.geometry.camera import backproject_pixels, project
 from trianflow_ros.geometry.depth_map import (fuse_log_depth, grid_points, sample_known,
                                               transfer_flow_depth, triangulate_flow_depth)
-from trianflow_ros.geometry.distortion import (as_distortion, Distortion, distort_pixels,
+from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Distortion,
                                                undistort_pixels)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
 from trianflow_ros.geometry.pose import choose_pose
@@ -507,7 +506,7 @@ class VisualOdometry:
         return valid & (score > 1.0 / (0.1 + self.cfg.geometry.ransac.threshold_px))
 
     def _provider_map(self, depth: Optional[torch.Tensor]):
-        """The depth provider's depth as a keyframe map: (depth, sigma, kind)."""
+        """Return the depth provider's depth as a keyframe map: (depth, sigma, kind)."""
         if depth is None:
             return None, None, 'none'
         d = depth
@@ -530,7 +529,7 @@ class VisualOdometry:
 
     def _new_map(self, est: PairEstimate, kf: Keyframe, cur: Frame, flow_21: torch.Tensor,
                  flow_12: torch.Tensor, undistort, grid):
-        """The depth map of a new keyframe (step 6): (depth, sigma, kind)."""
+        """Return the depth map of a new keyframe (step 6): (depth, sigma, kind)."""
         cfg, g = self.cfg, self.cfg.geometry
         net_d, net_s, kind = self._provider_map(cur.depth)
         if not cfg.vo.map_fusion and net_d is not None:
@@ -564,7 +563,7 @@ class VisualOdometry:
     def _new_points(self, est: PairEstimate, kf: Keyframe, cur: Frame,
                     dist: Optional[Distortion]) -> Optional[MapPoints]:
         """
-        The tracked points of a new keyframe: the inlier matches, moved with the pose.
+        Return the tracked points of a new keyframe: the inlier matches, moved with the pose.
 
         Each point lies on its keyframe ray ``u1``; its depth along that ray is the log-depth
         fusion of what is known of it: its triangulation in this pair (E poses; sigma = noise

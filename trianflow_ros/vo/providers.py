@@ -314,12 +314,19 @@ def network_config(checkpoint: PathLike, cfg: Config, explicit: Iterable[str] = 
     out = copy.deepcopy(cfg)
     name = str(contents.path)
     if contents.stored is None:
-        return out, [
+        notes = [
             f'{name} has no stored configuration (an original TrianFlow checkpoint): the '
             f'networks and their input follow the configuration given: '
             f'{cfg.data.img_width}x{cfg.data.img_height}, data.bgr={cfg.data.bgr}, width_mult '
             f'{cfg.flow_net.width_mult}/{cfg.depth_net.width_mult} (the released weights need '
             'the paper layout of config/odo.yaml: 256x832, data.bgr=true, width_mult 1)']
+        if 'vo.resize_interpolation' not in set(explicit):
+            # the original resized with cv2's default INTER_LINEAR (infer_vo.py and its
+            # training loader); INTER_AREA differs by up to 51/255 on a KITTI frame
+            out.vo.resize_interpolation = 'linear'
+            notes.append('vo.resize_interpolation=linear (cv2.INTER_LINEAR, as the original '
+                         'resized for these weights)')
+        return out, notes
     explicit = set(explicit)
     taken, kept, ignored = [], [], []
     for key in NETWORK_FIELDS:

@@ -101,8 +101,9 @@ def robust_sigma(values: torch.Tensor) -> float:
 def median_parallax_px(ctx: PairContext, R: np.ndarray, mask: Optional[torch.Tensor] = None
                        ) -> float:
     """
-    Rotation-compensated parallax of the matches (px): focal x angle(R y1, y2), the
-    :data:`PARALLAX_QUANTILE` quantile.
+    Return the rotation-compensated parallax of the matches (px).
+
+    Focal x angle(R y1, y2), the :data:`PARALLAX_QUANTILE` quantile.
 
     :param ctx: the pair.
     :param R: (3, 3) rotation of the keyframe -> current motion.
