@@ -284,9 +284,9 @@ class VOConfig:
     klt_window: int = param(7, 'Lucas-Kanade window (px) refining every match of the dense '
                             'flow (removes its bias at large displacements); 0 = off',
                             range=(0, 101))
-    min_texture: float = param(1e-4, 'fresh matches are drawn only where the smallest '
+    min_texture: float = param(1e-4, 'fresh matches are drawn first where the smallest '
                                'structure-tensor eigenvalue over the KLT window reaches this '
-                               '(grey in [0, 1]; 0 = anywhere): KLT can follow them',
+                               '(grey in [0, 1]; 0 = no preference): KLT can follow them',
                                range=(0.0, 1.0))
     map_points: int = param(4000, 'most tracked map points a keyframe keeps (the structure the '
                             'scale is fitted to)', range=(0, 10**6))

@@ -252,7 +252,10 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     valid_1, score = match_validity(img1, img2, flow_12, flow_21, cfg)
     draw_score = score
     if klt > 0 and cfg.vo.min_texture > 0:
-        draw_score = score * (texture_map(img1, klt) >= cfg.vo.min_texture)
+        # textured pixels first (KLT can follow them); the others only where a cell has too
+        # few textured ones (a weak preference, never a gate: low-texture images still match)
+        textured = texture_map(img1, klt) >= cfg.vo.min_texture
+        draw_score = score * torch.where(textured, 10.0, 1.0)
     x1, x2, num_good, ratio = _draw(draw_score, flow_12, cfg, generator)
     num_good = int((score > 1.0 / (0.1 + GOOD_FB_PX)).sum())
     ratio = num_good / max(score.numel(), 1)
@@ -267,9 +270,14 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
         x1 = torch.cat((tracked.double().to(x1.device)[:, ok], x1), 1)
         x2 = torch.cat((t2[:, ok], x2), 1)
     if klt > 0:
-        x2, ok = klt_refine(img1, img2, x1, x2, klt)
-        index = index[ok[:index.numel()]]
-        x1, x2 = x1[:, ok], x2[:, ok]
+        refined, ok = klt_refine(img1, img2, x1, x2, klt)
+        if int(ok.sum()) >= 2 * cfg.vo.min_matches:
+            index = index[ok[:index.numel()]]
+            x1, x2 = x1[:, ok], refined[:, ok]
+        else:
+            # too few matches can be refined (little texture, a coarse image): keep the
+            # flow's match where KLT failed rather than lose the frame
+            x2 = torch.where(ok[None, :, None], refined, x2)
     u1, u2 = x1, x2
     if undistort is not None and x1.shape[1] > 0:
         u1, u2 = undistort(x1), undistort(x2)
