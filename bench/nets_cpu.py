@@ -18,8 +18,9 @@ is timed separately and it is recompiled for each thread count), ``onnx`` (expor
 size with ``torch.onnx.export``, run by ONNX Runtime's CPU execution provider with
 ``intra_op_num_threads`` = the torch thread count, idle threads not spinning, as the VO uses
 it; export time reported separately), ``onnx_spin`` (the same with ONNX Runtime's default
-spinning idle threads, for comparison; not offered to the VO). Each backend's output is compared with eager torch on
-the same random input (largest absolute difference: px of flow, depth unit).
+spinning idle threads, for comparison; not offered to the VO). Each backend's output is
+compared with eager torch on the same random input (largest absolute difference: px of flow,
+depth unit).
 
 Times: ms per call, median (and min) over ``--repeats`` calls after ``--warmup`` calls, for each
 thread count of ``--threads``; the load average is printed with every configuration. The last
