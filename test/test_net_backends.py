@@ -318,13 +318,13 @@ def test_damaged_cache_file_is_exported_again(cache):
 
 @needs_ort
 def test_cache_command_lists_and_clears(cache):
-    """The cache command (python -m trianflow_ros.vo.backends) lists and clears."""
+    """The cache command (python -m trianflow_ros.vo.onnx_cache) lists and clears."""
     _, depth = _nets()
     B.NetBackend(depth, 'onnx')(*_images(1))
-    out = subprocess.run([sys.executable, '-m', 'trianflow_ros.vo.backends'],
+    out = subprocess.run([sys.executable, '-m', 'trianflow_ros.vo.onnx_cache'],
                          capture_output=True, text=True, check=True).stdout
     assert '1 model(s)' in out and 'depth-64x192-' in out
-    out = subprocess.run([sys.executable, '-m', 'trianflow_ros.vo.backends', '--clear'],
+    out = subprocess.run([sys.executable, '-m', 'trianflow_ros.vo.onnx_cache', '--clear'],
                          capture_output=True, text=True, check=True).stdout
     assert 'deleted 1 model(s)' in out
     assert list((cache / 'onnx').iterdir()) == []

@@ -309,7 +309,7 @@ class VOConfig:
                                                         'channels_last'))
     net_cache_dir: str = param('', 'folder of the exported ONNX models (empty: '
                                '$TRIANFLOW_CACHE_DIR or ~/.cache/trianflow_ros; memory: no '
-                               'files); python -m trianflow_ros.vo.backends --clear empties it')
+                               'files); python -m trianflow_ros.vo.onnx_cache --clear empties it')
 
 
 @dataclasses.dataclass

@@ -33,11 +33,10 @@ memory only). A file is named ``{flow|depth}-{H}x{W}-{key}.onnx`` with a ``.json
 it (source checkpoint, input size, versions); the key (:func:`cache_key`) hashes the weights,
 the architecture, the source files of the networks, the input shapes and the torch version, so
 another checkpoint, a changed checkpoint or another input size never reuse a file. Files are
-written atomically into that folder only; ``python -m trianflow_ros.vo.backends --list`` shows
-the cache and ``--clear`` deletes its ``.onnx`` files.
+written atomically into that folder only; ``python -m trianflow_ros.vo.onnx_cache`` lists the
+cache and ``--clear`` deletes its models.
 """
 
-import argparse
 import contextlib
 import copy
 import datetime
@@ -556,31 +555,3 @@ class NetBackend:
                     return ref
             self._runners[key] = runner
         return out
-
-
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m trianflow_ros.vo.backends',
-        description='Show or clear the cache of exported ONNX models of the networks.')
-    parser.add_argument('--dir', default='', help='cache folder (default: '
-                        f'${CACHE_ENV}, $XDG_CACHE_HOME/trianflow_ros or ~/.cache/trianflow_ros)')
-    parser.add_argument('--clear', action='store_true', help='delete the cached models')
-    args = parser.parse_args(argv)
-    folder = onnx_cache_dir(args.dir)
-    files = sorted(folder.glob('*.onnx')) if folder.is_dir() else []
-    print(f'{folder}: {len(files)} model(s), '
-          f'{sum(f.stat().st_size for f in files) / 2**20:.1f} MiB')
-    for f in files:
-        note = f.with_suffix('.json')
-        source = json.loads(note.read_text()).get('source', '') if note.is_file() else ''
-        print(f'  {f.name}  {f.stat().st_size / 2**20:.1f} MiB  {source}')
-        if args.clear:
-            f.unlink()
-            note.unlink(missing_ok=True)
-    if args.clear:
-        print(f'deleted {len(files)} model(s)')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(_main())
