@@ -12,7 +12,7 @@ onnx               the module exported to ONNX (in memory; the file is cached, s
                    run by ONNX Runtime's CPU execution provider with as many intra-op threads
                    as torch (``torch.get_num_threads()``). CPU only.
 compile            ``torch.compile`` (inductor); the first call per input size compiles
-                   (tens of seconds on a 2-core CPU, more for the flow net).
+                   (on a 2-core CPU ~40 s for the depth net, 1.5-4 min for the flow net).
 channels_last      eager with weights and inputs in the channels-last memory format.
 auto               :data:`AUTO_CPU` on the CPU (the fastest measured, docs/BENCHMARKS.md
                    "Networks on the CPU"), eager on other devices.
