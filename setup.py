@@ -18,7 +18,7 @@ setup(
         ('share/' + package_name + '/models', glob('models/*.pth') + glob('models/*.md')),
     ],
     install_requires=['setuptools', 'numpy', 'opencv-python-headless<5', 'PyYAML', 'torch'],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'], 'onnx': ['onnxruntime', 'onnxscript']},
     zip_safe=True,
     maintainer='trianflow_ros maintainers',
     maintainer_email='maintainers@trianflow-ros.org',

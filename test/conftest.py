@@ -1,8 +1,11 @@
 """Shared fixtures: the shared data folder and isolated ROS 2 environments."""
 
+import atexit
 import itertools
 import os
 from pathlib import Path
+import shutil
+import tempfile
 
 import pytest
 
@@ -14,6 +17,12 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ['ROS_LOCALHOST_ONLY'] = '1'
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
                       str(REPO / 'test' / 'fastdds_fast_discovery.xml'))
+
+# Exported ONNX models of the networks (vo.net_backend) go to a folder of this test session,
+# not to the user's ~/.cache (subprocesses inherit it).
+if not os.environ.get('TRIANFLOW_CACHE_DIR'):
+    os.environ['TRIANFLOW_CACHE_DIR'] = tempfile.mkdtemp(prefix='trianflow-test-cache-')
+    atexit.register(shutil.rmtree, os.environ['TRIANFLOW_CACHE_DIR'], ignore_errors=True)
 
 _domain_ids = itertools.count()
 

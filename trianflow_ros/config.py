@@ -313,6 +313,16 @@ class VOConfig:
     propagate_min_angle_deg: float = param(0.25, 'parallax below which a pixel gets no '
                                            'propagated (triangulated) depth (deg)',
                                            range=(0.0, 90.0))
+    net_backend: str = param('auto', 'how the flow and depth networks run: auto (onnx on the '
+                             'CPU when onnxruntime is installed, else eager), eager (torch), '
+                             'onnx (ONNX Runtime, CPU only), compile (torch.compile), '
+                             'channels_last; an unavailable backend, or one whose first output '
+                             'differs from eager torch by more than 1e-4, falls back to eager '
+                             'with a warning', choices=('auto', 'eager', 'onnx', 'compile',
+                                                        'channels_last'))
+    net_cache_dir: str = param('', 'folder of the exported ONNX models (empty: '
+                               '$TRIANFLOW_CACHE_DIR or ~/.cache/trianflow_ros; memory: no '
+                               'files); python -m trianflow_ros.vo.onnx_cache --clear empties it')
 
 
 @dataclasses.dataclass

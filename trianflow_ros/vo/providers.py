@@ -21,6 +21,11 @@ NetworkDepthProvider     the depth network (a ready module or a checkpoint path)
 OracleDepthProvider      exact metric depth of a synthetic sequence (tests): metric odometry.
 =======================  ====================================================================
 
+The network providers run their net through a :class:`~trianflow_ros.vo.backends.NetBackend`
+(``vo.net_backend``: eager torch, ONNX Runtime, torch.compile or channels-last; 'auto' is ONNX
+Runtime on the CPU when it is installed, eager torch otherwise; every backend is checked
+against eager torch on its first call per input size and falls back to eager with a warning).
+
 Checkpoints are read by :func:`load_networks`: this package's training checkpoints (keys
 ``flow_net.*`` / ``depth_net.*`` in ``model_state_dict``) and the original TrianFlow files
 (``load_original_checkpoint``), always with ``weights_only=True``. ``'default'`` names the
@@ -54,6 +59,7 @@ from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkp
                                            load_state_dict_strict, read_checkpoint_entries)
 from trianflow_ros.nets.depth_net import DepthNet
 from trianflow_ros.nets.flow_net import FlowNet
+from trianflow_ros.vo.backends import DepthModule, FlowPairModule, NetBackend
 import yaml
 
 PathLike = Union[str, Path]
@@ -418,15 +424,23 @@ def _module(spec, attr: str, kind: type, cfg: Optional[Config]) -> nn.Module:
 
 
 class _NetworkRunner:
-    """Shared part of the network providers: the wrapped net, its device and channel order."""
+    """Shared part of the network providers: the net, its device, channel order and backend."""
 
-    def _wrap(self, spec, attr: str, kind: type, device, bgr: bool,
-              cfg: Optional[Config]) -> None:
+    def _wrap(self, spec, attr: str, kind: type, device, bgr: bool, cfg: Optional[Config],
+              backend: Optional[str], cache_dir: Optional[str]) -> None:
         self.net = _module(spec, attr, kind, cfg)
         if device is not None:
             self.net.to(device)
         self.net.eval()
         self.bgr = bgr
+        if backend is None:
+            backend = cfg.vo.net_backend if cfg is not None else 'auto'
+        if cache_dir is None:
+            cache_dir = cfg.vo.net_cache_dir if cfg is not None else ''
+        wrapper = FlowPairModule if kind is FlowNet else DepthModule
+        source = str(resolve_checkpoint(spec)) if isinstance(spec, (str, Path)) else ''
+        self.backend = NetBackend(wrapper(self.net), backend, cache_dir=cache_dir,
+                                  source=source)
 
     def _inputs(self, *images: torch.Tensor) -> List[torch.Tensor]:
         """Images moved to the net's device, in BGR order when ``bgr``."""
@@ -439,54 +453,64 @@ class NetworkFlowProvider(_NetworkRunner, FlowProvider):
     The learned flow network (``FlowNet.forward_backward``, full-resolution output).
 
     The images are fed in BGR order when ``bgr`` (the released weights were trained on BGR).
-    H and W should be multiples of 64 (the network's training size).
+    H and W should be multiples of 64 (the network's training size). The network runs through
+    ``self.backend`` (:class:`~trianflow_ros.vo.backends.NetBackend`).
     """
 
     learned = True
 
     def __init__(self, flow_net, device: Optional[Union[str, torch.device]] = None,
-                 bgr: bool = True, cfg: Optional[Config] = None):
+                 bgr: bool = True, cfg: Optional[Config] = None, *,
+                 backend: Optional[str] = None, cache_dir: Optional[str] = None):
         """
         Wrap a flow network.
 
         :param flow_net: a FlowNet, a model with ``.flow_net``, or a checkpoint path.
         :param device: where the network runs (default: where its parameters are).
         :param bgr: feed BGR (``data.bgr``).
-        :param cfg: network options when loading from a path.
+        :param cfg: network options when loading from a path; its ``vo.net_backend`` and
+            ``vo.net_cache_dir`` are the defaults of ``backend`` and ``cache_dir``.
+        :param backend: inference backend (``vo.net_backend``; default 'auto' without cfg).
+            The non-eager backends take a snapshot of the weights on the first call: use
+            'eager' for a network that is still being trained.
+        :param cache_dir: folder of the exported ONNX models (``vo.net_cache_dir``).
         """
-        self._wrap(flow_net, 'flow_net', FlowNet, device, bgr, cfg)
+        self._wrap(flow_net, 'flow_net', FlowNet, device, bgr, cfg, backend, cache_dir)
 
-    @torch.no_grad()
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """Return (flow_12, flow_21), each (1, 2, H, W), on the images' device."""
         _check_image(img_prev, 'img_prev')
         _check_image(img_cur, 'img_cur')
         a, b = self._inputs(img_prev, img_cur)
-        f12, f21 = self.net.forward_backward(a, b)
-        return f12[0].float().to(img_prev.device), f21[0].float().to(img_prev.device)
+        f12, f21 = self.backend(a, b)
+        return f12.float().to(img_prev.device), f21.float().to(img_prev.device)
 
 
 class NetworkDepthProvider(_NetworkRunner, DepthProvider):
     """The learned depth network; depth = disp_to_depth(disp, min_depth, max_depth)."""
 
     def __init__(self, depth_net, device: Optional[Union[str, torch.device]] = None,
-                 bgr: bool = True, cfg: Optional[Config] = None):
+                 bgr: bool = True, cfg: Optional[Config] = None, *,
+                 backend: Optional[str] = None, cache_dir: Optional[str] = None):
         """
         Wrap a depth network.
 
         :param depth_net: a DepthNet, a model with ``.depth_net``, or a checkpoint path.
         :param device: where the network runs (default: where its parameters are).
         :param bgr: feed BGR (``data.bgr``).
-        :param cfg: network options when loading from a path.
+        :param cfg: network options when loading from a path; its ``vo.net_backend`` and
+            ``vo.net_cache_dir`` are the defaults of ``backend`` and ``cache_dir``.
+        :param backend: inference backend (see :class:`NetworkFlowProvider`).
+        :param cache_dir: folder of the exported ONNX models (``vo.net_cache_dir``).
         """
-        self._wrap(depth_net, 'depth_net', DepthNet, device, bgr, cfg)
+        self._wrap(depth_net, 'depth_net', DepthNet, device, bgr, cfg, backend, cache_dir)
 
-    @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
         """Return the predicted depth (1, 1, H, W) on the image's device."""
         _check_image(image, 'image')
         x, = self._inputs(image)
-        return self.net.predict_depth(x).float().to(image.device)
+        depth, = self.backend(x)
+        return depth.float().to(image.device)
 
 
 class _SequenceLookup:
@@ -637,7 +661,13 @@ def make_providers(flow=None, depth=None, cfg: Optional[Config] = None,
     if flow is None and depth is None and cfg.vo.flow_provider == 'net' \
             and cfg.vo.depth_provider == 'net' and cfg.vo.checkpoint:
         flow = depth = cfg.vo.checkpoint
+    source = None
     if isinstance(flow, (str, Path)) and isinstance(depth, (str, Path)) \
             and str(flow) == str(depth) and str(flow) not in ('dis', 'none'):
+        source = str(resolve_checkpoint(flow))
         flow, depth = load_networks(flow, cfg=cfg)
-    return make_flow_provider(flow, cfg, device), make_depth_provider(depth, cfg, device)
+    providers = make_flow_provider(flow, cfg, device), make_depth_provider(depth, cfg, device)
+    for provider in providers:
+        if source is not None and isinstance(provider, _NetworkRunner):
+            provider.backend.source = source      # for the note beside a cached ONNX model
+    return providers
