@@ -52,9 +52,11 @@ def test_highway_far_field_tracks_every_frame(seed, depth):
     res, est = _run(seq, 'dis', depth)
     assert all(r.state != TrackingState.LOST for r in res), [r.message for r in res]
     assert all(np.isfinite(r.T_world_cam).all() for r in res)
-    # measured 0.2 % / 1.9 % (classical, seeds 0 / 1), 0.3 % / 3.4 % (oracle depth)
+    # measured 0.1 % / 2.3 % (classical, seeds 0 / 1), 1.6 % / 3.8 % (oracle depth)
     assert _relative_ate(res, est, seq, depth == 'none') < 0.06
-    assert sum(r.method == 'essential' for r in res) >= 10       # t observed, not guessed
+    # t observed (by E, or by PnP on the map where the road's flow is too large for DIS at
+    # this size and only the far structure is matched), not a rotation or a hold
+    assert sum(r.method in ('essential', 'pnp') for r in res) >= 15
 
 
 @pytest.mark.parametrize('seed', [0, 1])

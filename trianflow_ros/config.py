@@ -262,6 +262,13 @@ class VOConfig:
                                    'px) below which the frame is lost (0: only the absolute '
                                    'count vo.min_matches; a share failed fast hand-held '
                                    'motion with thousands of good matches)', range=(0.0, 1.0))
+    zncc_threshold: float = param(0.8, 'a match is photometrically consistent when the '
+                                  'zero-normalised cross-correlation of its 7x7 patches is at '
+                                  'least this', range=(-1.0, 1.0))
+    min_zncc_ratio: float = param(0.5, 'share of the textured matches that must be '
+                                  'photometrically consistent (vo.zncc_threshold), else the '
+                                  'frame is lost: an unrelated or corrupted image (0 disables)',
+                                  range=(0.0, 1.0))
     keyframe_rotation_deg: float = param(5.0, 'a new keyframe when the rotation from the '
                                          'keyframe exceeds this (deg), whatever the parallax',
                                          range=(0.0, 180.0))

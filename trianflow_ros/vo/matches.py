@@ -15,9 +15,12 @@ Correspondences of a VO pair from dense flow: validity, spatially spread samplin
 - the raw pixels are undistorted (lens distortion, :mod:`~trianflow_ros.geometry.distortion`)
   into the pinhole pixels every geometry function expects.
 
-It also counts the pixels whose match is consistent to :data:`GOOD_FB_PX`: an unrelated or
-corrupted image gets smooth, partly consistent flow from DIS, but almost none of it this
-consistent, so the count tells a real match from none.
+It also counts the pixels whose match is consistent to :data:`GOOD_FB_PX`, and checks the
+final matches photometrically (:func:`patch_zncc`): an unrelated or corrupted image gets
+smooth, partly consistent flow from DIS, and Lucas-Kanade converges to *some* nearby minimum
+both ways, but the patches of such matches do not correlate (measured: a median ZNCC of
+0.2-0.4 between unrelated KITTI, TUM and VAMR frames against 0.95-0.99 for real pairs at
+stride 1-6), so the share of correlated matches tells a real match from none.
 """
 
 from dataclasses import dataclass
@@ -36,6 +39,10 @@ from trianflow_ros.geometry.warp import backward_warp, sample_at
 
 #: Forward-backward difference (px) of a "consistent" match (the count behind LOST).
 GOOD_FB_PX = 0.5
+#: Half size of the patches of :func:`patch_zncc` (7x7).
+ZNCC_RADIUS = 3
+#: Grey-level standard deviation (in [0, 1]) below which a patch is too flat to correlate.
+ZNCC_MIN_STD = 2.0 / 255.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ class Matches:
     :ivar consistent_ratio: that count over the number of pixels.
     :ivar track_index: (T,) int64: the first T matches are the keyframe's map points with
         these indices (the rest are fresh samples).
+    :ivar zncc_ratio: share of the textured matches whose patches correlate
+        (``vo.zncc_threshold``); 1.0 when not checked.
+    :ivar num_zncc_checked: how many matches were textured enough to check.
     """
 
     x1: torch.Tensor
@@ -60,6 +70,8 @@ class Matches:
     num_consistent: int
     consistent_ratio: float
     track_index: torch.Tensor
+    zncc_ratio: float = 1.0
+    num_zncc_checked: int = 0
 
     @property
     def num_tracked(self) -> int:
@@ -187,6 +199,43 @@ def klt_refine(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: tor
     return refined, torch.from_numpy(ok).to(x1.device)
 
 
+def patch_zncc(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
+               radius: int = ZNCC_RADIUS) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Zero-normalised cross-correlation of the grey patches around matched pixels.
+
+    Patches are read with bilinear interpolation at sub-pixel positions (one ``cv2.remap``
+    for all matches); ZNCC is invariant to gain and offset, so exposure changes do not count.
+
+    :param img1: (1, 3, H, W) image 1 in [0, 1].
+    :param img2: (1, 3, H, W) image 2.
+    :param x1: (1, N, 2) pixels in image 1.
+    :param x2: (1, N, 2) their matches in image 2.
+    :param radius: patches are (2 radius + 1)^2.
+    :return: zncc (N,) float32 in [-1, 1] and textured (N,) bool: image 1's patch has a
+        grey-level std of at least :data:`ZNCC_MIN_STD` (a flat patch's ZNCC is noise).
+    """
+    from trianflow_ros.vo.providers import to_grey_uint8
+    n = int(x1.shape[1])
+    if n == 0:
+        return np.zeros(0, np.float32), np.zeros(0, bool)
+    r = np.arange(-radius, radius + 1, dtype=np.float32)
+    off = np.stack(np.meshgrid(r, r), -1).reshape(1, -1, 2)                  # (1, P, 2)
+
+    def patches(image: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        grey = to_grey_uint8(image).astype(np.float32) / 255.0
+        p = x[0].detach().cpu().numpy().astype(np.float32)[:, None, :] + off  # (N, P, 2)
+        return cv2.remap(grey, np.ascontiguousarray(p[..., 0]), np.ascontiguousarray(p[..., 1]),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    a, b = patches(img1, x1), patches(img2, x2)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    va, vb = (a * a).sum(1), (b * b).sum(1)
+    zncc = (a * b).sum(1) / np.sqrt(np.maximum(va * vb, 1e-20))
+    textured = np.sqrt(va / a.shape[1]) >= ZNCC_MIN_STD
+    return zncc.astype(np.float32), textured
+
+
 def texture_map(image: torch.Tensor, window: int) -> torch.Tensor:
     """
     Smallest eigenvalue of the grey structure tensor over a window (Shi-Tomasi), per pixel.
@@ -285,5 +334,12 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
         if not bool(ok.all()):
             index = index[ok[:index.numel()]]
             x1, x2, u1, u2 = x1[:, ok], x2[:, ok], u1[:, ok], u2[:, ok]
+    zncc_ratio, checked = 1.0, 0
+    if cfg.vo.min_zncc_ratio > 0 and x1.shape[1] > 0:
+        zncc, textured = patch_zncc(img1, img2, x1, x2)
+        checked = int(textured.sum())
+        if checked:
+            zncc_ratio = float((zncc[textured] >= cfg.vo.zncc_threshold).mean())
     return Matches(x1=x1, x2=x2, u1=u1, u2=u2, num_consistent=num_good,
-                   consistent_ratio=ratio, track_index=index)
+                   consistent_ratio=ratio, track_index=index, zncc_ratio=zncc_ratio,
+                   num_zncc_checked=checked)

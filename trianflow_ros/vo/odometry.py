@@ -12,8 +12,9 @@ Per frame (image i) against the keyframe k:
 2. Depth of frame i from the depth provider, if any.
 3. Flow k -> i and i -> k from the flow provider; matches (:mod:`~trianflow_ros.vo.matches`):
    forward-backward and photometrically consistent, spread over a grid, undistorted into
-   pinhole pixels. Fewer than ``vo.min_matches`` consistent matches: LOST (no texture in
-   common, an unrelated image).
+   pinhole pixels. Fewer than ``vo.min_matches`` consistent matches, or fewer than
+   ``vo.min_zncc_ratio`` of the textured matches with correlated patches: LOST (no texture in
+   common, an unrelated or corrupted image).
 4. Geometry: one E-RANSAC, the GRIC motion classification, and the parallax vote of
    :func:`~trianflow_ros.geometry.pose.choose_pose` (only matches with at least
    ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed), then
@@ -412,6 +413,12 @@ class VisualOdometry:
         if n < cfg.vo.min_matches:
             return PairFailure(f'too few valid matches ({n} < vo.min_matches '
                                f'{cfg.vo.min_matches})', n)
+        if m.num_zncc_checked >= cfg.vo.min_matches and m.zncc_ratio < cfg.vo.min_zncc_ratio:
+            return PairFailure(
+                f'matches do not correlate: {100 * m.zncc_ratio:.0f} % of '
+                f'{m.num_zncc_checked} textured matches have a patch ZNCC >= '
+                f'vo.zncc_threshold {cfg.vo.zncc_threshold} (< vo.min_zncc_ratio '
+                f'{cfg.vo.min_zncc_ratio}): an unrelated or corrupted image', n)
 
         t0 = time.perf_counter()
         K1, K2 = kf.frame.K.double(), cur.K.double()

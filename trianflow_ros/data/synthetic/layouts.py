@@ -258,8 +258,11 @@ def build_highway(poses: torch.Tensor, gen: torch.Generator, groups: Dict[str, L
     fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-9)
     path = _Path(centres, fwd, behind=100.0, ahead=ahead)
     mid = path.at(path.length / 2)[0]
+    # the road's texture tile is larger than the distance driven in two frames (2.5-3 m
+    # each): a mirrored 2-3.5 m tile repeated itself every one or two frames, and the true
+    # motion of the road was aliased (no matcher can resolve it from two images)
     b.add_rect(_world(mid, ground_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
-               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, 2.0, 3.5),
+               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, 9.0, 14.0),
                _tint(gen, 0.75) * lambert(-DOWN, LIGHT, 0.45), facing=_world(mid, 0.0))
     sky_y = ground_y - 1500.0
     b.add_rect(_world(mid, sky_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
