@@ -343,7 +343,7 @@ class VisualOdometry:
         """Forget everything: the next frame starts a new odometry frame (INITIALIZING)."""
         self._ref: Optional[_Reference] = None
         self._T_world = np.eye(4)
-        self._cov_left = cov.make_spd(np.zeros((6, 6)))
+        self._cov_left = cov.initial_covariance()
         self._count = 0
         self._lost = False
         self._last_speed = 0.0
@@ -469,7 +469,7 @@ class VisualOdometry:
 
         if self._ref is None:
             self._T_world = np.eye(4)
-            self._cov_left = cov.make_spd(np.zeros((6, 6)))
+            self._cov_left = cov.initial_covariance()
             self._ref = _Reference(frame, np.eye(4), self._cov_left, depth,
                                    'depth' if depth is not None else 'none')
             self._lost = False
@@ -507,7 +507,8 @@ class VisualOdometry:
             num_inliers=outcome.num_inliers, translation_norm=t_norm,
             scene_depth=outcome.scene_depth, scale_sigma=outcome.scale_sigma,
             last_speed=self._last_speed,
-            standstill_px=self.cfg.geometry.degeneracy.standstill_px)
+            standstill_px=self.cfg.geometry.degeneracy.standstill_px,
+            translation=T_ref_cur[:3, 3])
         cov_left = cov.propagate(ref.cov_left, ref.T_world, cov_rel)
         if not np.all(np.isfinite(T_world_cur)):
             return finish(self._lost_result(stamp, index, Kw, 'non-finite pose'))
