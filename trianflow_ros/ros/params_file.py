@@ -10,11 +10,10 @@ Every node parameter appears with its default and, as a comment, the description
 
 import textwrap
 
-import yaml
-
 from trianflow_ros.config import Config
 from trianflow_ros.ros.node_params import node_param_specs
 from trianflow_ros.ros.params import config_param_specs, describe
+import yaml
 
 #: Node parameters left out of the file (launch arguments; their default resolves the weights).
 OMITTED = ('config_file', 'checkpoint')
