@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def console_scripts():
-    """Return {name: 'module:function'} of setup.py's console_scripts (read, not run)."""
+    """Return {name: 'module:function'} of the console scripts in setup.py (parsed, not run)."""
     tree = ast.parse((REPO / 'setup.py').read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
