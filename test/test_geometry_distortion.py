@@ -81,7 +81,7 @@ def test_undistort_is_exact_inverse(name):
 
 @pytest.mark.parametrize('name', ['plumb_bob', 'equidistant'])
 def test_undistort_agrees_with_opencv(name):
-    """OpenCV's iterative undistortion (many iterations) gives the same points."""
+    """Check that OpenCV's iterative undistortion (many iterations) gives the same points."""
     dist = MODELS[name]
     raw = _pixels(300, seed=2).reshape(-1, 1, 2)
     kind, coeffs = dist.to_opencv()

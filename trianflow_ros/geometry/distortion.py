@@ -37,7 +37,8 @@ MODEL_SIZES = {'none': 0, 'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant
 #: camera_info spellings accepted for the models above (lower case).
 _ALIASES = {'': 'none', 'none': 'none', 'pinhole': 'none', 'plumb_bob': 'plumb_bob',
             'radtan': 'plumb_bob', 'rational_polynomial': 'rational_polynomial',
-            'equidistant': 'equidistant', 'fisheye': 'equidistant', 'kannala_brandt': 'equidistant'}
+            'equidistant': 'equidistant', 'fisheye': 'equidistant',
+            'kannala_brandt': 'equidistant'}
 
 
 @dataclass(frozen=True)
