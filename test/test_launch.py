@@ -229,6 +229,15 @@ def test_params_file_is_generated_from_the_declarations():
     assert set(values) == {s.name for s in node_param_specs()} - set(OMITTED)
 
 
+def test_readme_documents_every_node_parameter():
+    from trianflow_ros.ros.node_params import node_param_specs
+    text = (REPO / 'README.md').read_text()
+    missing = [s.name for s in node_param_specs() if f'| `{s.name}` |' not in text]
+    assert not missing, f'README.md: the parameter table lacks {missing}'
+    for other in ('isaac_ros_visual_slam', 'rtabmap_odom', 'robot_localization'):
+        assert other in text
+
+
 def command_line(node, installed, tmp_path):
     """Return the command launch_ros would exec for a recorded Node (dicts -> a /** file)."""
     kw = node.kwargs

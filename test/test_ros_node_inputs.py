@@ -30,9 +30,11 @@ def test_pairing_gaps_camera_matrix_distortion_and_depth_size(ros_env, tmp_path,
            for im in sequence.images_uint8()]
     K = sequence.K.numpy().astype(np.float64).copy()
     K[:2] *= 2.0
+    # camera_info_wait 3 s: the exact pairing holds under load (an image waits for its info);
+    # set to 0 at run time where no info is coming
     proc = start_node(ros_env, tmp_path, SMALL + [
         '-p', 'camera_info_max_age:=1.0', '-p', 'camera_info_timeout:=3.0', '-p',
-        'diagnostics_period:=0.2'])
+        'camera_info_wait:=3.0', '-p', 'diagnostics_period:=0.2'])
     cam = Camera(ros_env)
     n = 0
 
@@ -55,7 +57,9 @@ def test_pairing_gaps_camera_matrix_distortion_and_depth_size(ros_env, tmp_path,
         dist = Distortion('plumb_bob', (-0.05, 0.01, 0.0, 0.0, 0.0))
         for k, t in enumerate((1.1, 1.2, 1.3), start=1):
             send(t, k, distortion=dist)
+        assert int(cam.last_diag()[0]['paired_exact']) == 4, cam.last_diag()[0]
         # a gap of 0.6 s in camera_info (< camera_info_max_age): nothing dropped
+        assert cam.set_parameters(camera_info_wait=0.0)[0].successful
         for k, t in enumerate((1.4, 1.5, 1.6, 1.7, 1.8, 1.9), start=4):
             vals = send(t, k, info=False)
         assert int(vals['rejected']) == 0 and int(vals['paired_latest']) == 6, vals
@@ -69,6 +73,9 @@ def test_pairing_gaps_camera_matrix_distortion_and_depth_size(ros_env, tmp_path,
         vals = send(3.1, 11, info=False)
         assert int(vals['paired_matrix']) == 1 and int(vals['processed']) == 11, vals
         assert 'plumb_bob' in vals['distortion'], vals['distortion']
+        # camera_info again (camera_matrix unset: the image waits for its own info)
+        res = cam.set_parameters(camera_matrix=[0.0] * 9, camera_info_wait=3.0)
+        assert all(r.successful for r in res), res
         # depth at the camera's size (256x832) with the image's K and D ...
         d = cam.wait_for(lambda: [m for m in cam.received['depth'] if m.header.stamp.sec == 1],
                          10.0, 'depth', proc)[-1]
@@ -101,6 +108,7 @@ def test_pairing_gaps_camera_matrix_distortion_and_depth_size(ros_env, tmp_path,
         n += 1
         vals = cam.wait_for(lambda: cam.accounting(n), 60.0, 'unsupported distortion', proc)
         assert int(vals['processed']) == 13 and 'unsupported' in vals['distortion'], vals
+        assert int(vals['paired_exact']) == 6, vals
     finally:
         cam.close()
         rc, log = stop_node(proc)

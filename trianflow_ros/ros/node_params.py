@@ -124,11 +124,11 @@ def _inputs() -> List[ParamSpec]:
         P('camera_info_wait', 0.5, 'seconds an image waits for the camera_info of its stamp '
           'before the newest one within camera_info_max_age is used (a newer info ends the '
           'wait at once: the one of its stamp was lost); it does not wait when only '
-          'camera_matrix could be used', bounds=(0.0, 10.0), read_only=True),
+          'camera_matrix could be used', bounds=(0.0, 10.0)),
         P('camera_info_timeout', 2.0, 'seconds an image waits for camera_info while none has '
           'arrived since start (DDS discovery can deliver the first infos after the first '
           'images; those images then get the first info); then it is dropped with a warning. '
-          'Not used when camera_matrix is set', bounds=(0.0, 3600.0), read_only=True),
+          'Not used when camera_matrix is set', bounds=(0.0, 3600.0)),
         P('camera_info_max_age', 5.0, 'largest stamp difference (s) between an image and a '
           'camera_info used for it when the one of its stamp is missing; beyond it '
           'camera_matrix is used (or the image is dropped)', bounds=(0.0, 3600.0)),

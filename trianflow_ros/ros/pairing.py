@@ -202,6 +202,12 @@ class FramePairer:
         self._held: List[_Held] = []
         self._lock = threading.Lock()
 
+    def configure(self, wait: float, first_wait: float, max_age: float) -> None:
+        """Change the waits and the largest age (applies to images that arrive later)."""
+        with self._lock:
+            self.wait, self.first_wait = float(wait), float(first_wait)
+            self.max_age_ns = int(round(float(max_age) * 1e9))
+
     def pending(self) -> int:
         """Return how many images wait for their camera_info."""
         with self._lock:

@@ -395,7 +395,8 @@ class VONode(Node):
             self._odom.max_frame_interval = float(p['max_frame_interval'])
             self._odom.twist_sigma = tuple(float(v) for v in p['twist_unknown_sigma'])
         self._path.configure(p['path_max_length'], p['path_publish_period'])
-        self._pairer.max_age_ns = int(round(p['camera_info_max_age'] * 1e9))
+        self._pairer.configure(p['camera_info_wait'], p['camera_info_timeout'],
+                               p['camera_info_max_age'])
 
     # ----------------------------------------------------------------------------------------
     # worker
