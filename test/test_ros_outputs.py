@@ -179,3 +179,18 @@ def test_odometry_transform_direction():
     inv = odometry_transform(T, hdr, 'vo_odom', 'base_link', invert=True)
     assert (inv.header.frame_id, inv.child_frame_id) == ('base_link', 'vo_odom')
     assert np.allclose(conv.transform_to_matrix(inv) @ T, np.eye(4), atol=1e-12)
+
+
+def test_distortion_tracker_reports_changes_and_unsupported_models():
+    from trianflow_ros.ros.camera_distortion import DistortionTracker
+    tracker = DistortionTracker()
+    dist, changed, problem = tracker.update('plumb_bob', [0.0] * 5)
+    assert dist is None and changed and not problem and tracker.used == 'none (pinhole)'
+    dist, changed, problem = tracker.update('plumb_bob', [-0.1, 0.01, 0.0, 0.0, 0.0])
+    assert dist.model == 'plumb_bob' and changed and 'plumb_bob' in tracker.used
+    dist2, changed, _ = tracker.update('plumb_bob', [-0.1, 0.01, 0.0, 0.0, 0.0])
+    assert dist2 == dist and not changed
+    dist, changed, problem = tracker.update('double_sphere', [0.1] * 6)
+    assert dist is None and changed and 'double_sphere' in problem and 'pinhole' in problem
+    assert tracker.update('double_sphere', [0.1] * 6)[2] == problem      # said every time
+    assert 'unsupported' in tracker.used

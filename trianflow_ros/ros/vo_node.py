@@ -61,7 +61,7 @@ import time
 import traceback
 from typing import Dict, Optional
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry, Path as PathMsg
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -80,7 +80,9 @@ from std_srvs.srv import Trigger
 from trianflow_ros.config import ConfigError
 from trianflow_ros.geometry.distortion import Distortion
 from trianflow_ros.ros import conversions as conv
+from trianflow_ros.ros.camera_distortion import DistortionTracker
 from trianflow_ros.ros.depth_output import depth_output
+from trianflow_ros.ros.node_diagnostics import frame_status, summary_status
 from trianflow_ros.ros.node_stats import FrameStats
 from trianflow_ros.ros.odometry_output import OdometryOutput
 from trianflow_ros.ros.pairing import (FramePairer, INFO_CACHE_SIZE, InfoCache,
@@ -98,15 +100,10 @@ try:  # a ROS install has message_filters; the PyPI wheels do not
 except ImportError:  # pragma: no cover - depends on the machine
     message_filters = None
 
-PACKAGE = 'trianflow_ros'
 #: Seconds between repeated warnings of one kind and shape (:class:`LogThrottle`).
 WARN_PERIOD = 5.0
 #: Seconds between checks for images whose wait for camera_info is over.
 PAIRING_POLL = 0.02
-_LEVEL = {TrackingState.INITIALIZING: DiagnosticStatus.OK,
-          TrackingState.TRACKING: DiagnosticStatus.OK,
-          TrackingState.RECOVERED: DiagnosticStatus.WARN,
-          TrackingState.LOST: DiagnosticStatus.ERROR}
 
 
 class VONode(Node):
@@ -152,10 +149,7 @@ class VONode(Node):
         self._state_name = 'WAITING'
         self._work_hw = None
         self._extrinsics_source: Dict[str, str] = {}
-        self._distortion_key = None
-        self._distortion: Optional[Distortion] = None
-        self._distortion_error = ''
-        self._distortion_used = 'none (pinhole)'
+        self._distortion = DistortionTracker()
         self._odom = OdometryOutput(p['max_frame_interval'], p['twist_unknown_sigma'])
         self._path = PathKeeper(p['path_max_length'], p['path_publish_period'])
 
@@ -438,24 +432,12 @@ class VONode(Node):
 
     def _distortion_of(self, info: CameraInfo) -> Optional[Distortion]:
         """Return the Distortion of a camera_info (None: pinhole); say what is used."""
-        key = (info.distortion_model, tuple(float(v) for v in info.d))
-        if key != self._distortion_key:
-            self._distortion_key = key
-            try:
-                dist = Distortion.from_camera_info(*key)
-                self._distortion_error = ''
-                self._distortion_used = (f'{dist.model} {list(dist.coeffs)}'
-                                         if not dist.is_identity else 'none (pinhole)')
-                self._distortion = None if dist.is_identity else dist
-                self.get_logger().info(f'camera_info distortion: {self._distortion_used}')
-            except ValueError as e:
-                self._distortion = None
-                self._distortion_error = str(e)
-                self._distortion_used = f'unsupported {key[0]!r}: processed as pinhole'
-        if self._distortion_error:
-            self._warn('distortion', f'{self._distortion_error} The frames are processed as '
-                       'pinhole images (biased where the lens distorts).')
-        return self._distortion
+        dist, changed, problem = self._distortion.update(info.distortion_model, info.d)
+        if changed and not problem:
+            self.get_logger().info(f'camera_info distortion: {self._distortion.used}')
+        if problem:
+            self._warn('distortion', problem)
+        return dist
 
     def _camera_frame(self, image) -> str:
         camera_frame = self.params['camera_frame'] or image.header.frame_id
@@ -567,7 +549,8 @@ class VONode(Node):
             self._warn('clock', f'image stamps are {latency / 1000.0:.1f} s from the node '
                        'clock: latency_ms is not reported (n/a). With a bag, play it with '
                        '--clock and set use_sim_time:=true', once=True, level='info')
-        self.pub_status.publish(self._frame_status(r, latency if plausible else None))
+        self.pub_status.publish(
+            frame_status(self.get_name(), r, latency if plausible else None))
         if changed:
             self._publish_diagnostics()
 
@@ -589,17 +572,6 @@ class VONode(Node):
         if msg is not None:
             self.pub_path.publish(msg)
 
-    def _frame_status(self, r: FrameResult, latency_ms: Optional[float]) -> DiagnosticStatus:
-        values = {'state': r.state.name, 'stamp': f'{r.stamp:.9f}', 'method': r.method,
-                  'num_matches': r.num_matches, 'num_inliers': r.num_inliers,
-                  'scale_source': r.scale_source,
-                  'latency_ms': 'n/a' if latency_ms is None else f'{latency_ms:.1f}'}
-        values.update({f'time_{k}_ms': f'{v:.1f}' for k, v in r.timings.items()})
-        return DiagnosticStatus(level=_LEVEL[r.state], name=f'{self.get_name()}: frame',
-                                message=r.message or r.state.name, hardware_id=PACKAGE,
-                                values=[KeyValue(key=k, value=str(v))
-                                        for k, v in values.items()])
-
     def accounting(self) -> Dict[str, object]:
         """Return the frame accounting and timing values (see :mod:`.node_stats`)."""
         waiting = self._pairer.pending()
@@ -610,32 +582,15 @@ class VONode(Node):
     def _publish_diagnostics(self) -> None:
         values = self.accounting()
         with self._lock:
-            r, state, paused = self._last, self._state_name, self._paused
-        values['state'] = state
-        values['paused'] = paused
+            last, state, paused = self._last, self._state_name, self._paused
+        values.update(state=state, paused=paused, distortion=self._distortion.used,
+                      image_qos=self.params['image_qos'])
         values.update({f'paired_{k}': v for k, v in self._pairer.counts.items()})
-        values['distortion'] = self._distortion_used
         values['extrinsics'] = ', '.join(f'{k or "?"}: {v}'
                                          for k, v in self._extrinsics_source.items()) or '-'
-        if r is not None:
-            values.update({'num_matches': r.num_matches, 'num_inliers': r.num_inliers,
-                           'method': r.method, 'scale': f'{r.scale:.4f}',
-                           'scale_source': r.scale_source, 'message': r.message})
-            values.update({f'time_{k}_ms': f'{v:.1f}' for k, v in r.timings.items()})
         values.update(self.info)
-        values['image_qos'] = self.params['image_qos']
-        if paused:
-            level, message = DiagnosticStatus.WARN, 'paused'
-        elif r is None:
-            level, message = DiagnosticStatus.WARN, f'waiting for images on {self.image_topic}'
-        else:
-            level = _LEVEL[r.state]
-            message = r.state.name + (f': {r.message}' if r.message else '')
-        status = DiagnosticStatus(level=level, name=f'{self.get_name()}: visual odometry',
-                                  message=message, hardware_id=PACKAGE,
-                                  values=[KeyValue(key=k, value=str(v))
-                                          for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
+        msg = DiagnosticArray(status=[summary_status(self.get_name(), values, last, paused,
+                                                     self.image_topic)])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
