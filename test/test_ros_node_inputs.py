@@ -180,3 +180,65 @@ def test_vo_node_help_lists_every_parameter(capsys):
     assert out.startswith('usage: vo_node')
     for spec in node_param_specs():
         assert f'  {spec.name} (default' in out, spec.name
+
+
+@pytest.mark.ros
+def test_with_message_filters_the_info_cache_is_as_large_as_the_fallback(ros_env, monkeypatch):
+    """A ROS install has message_filters: its Cache keeps as many camera_infos as ours."""
+    import types
+    import rclpy
+    from trianflow_ros.ros import vo_node
+    from trianflow_ros.ros.pairing import INFO_CACHE_SIZE, InfoCache
+
+    class Subscriber:
+        """Stand-in of message_filters.Subscriber (a subscription that signals callbacks)."""
+
+        def __init__(self, node, msg_type, topic, **kwargs):
+            self.callbacks = []
+            self.qos = kwargs['qos_profile']
+            self.sub = node.create_subscription(msg_type, topic, self.signal, **kwargs)
+
+        def signal(self, msg):
+            for cb in self.callbacks:
+                cb(msg)
+
+        def registerCallback(self, cb):  # noqa: N802 - message_filters API
+            self.callbacks.append(cb)
+
+    class Cache(Subscriber):
+        """Stand-in of message_filters.Cache(input, cache_size)."""
+
+        def __init__(self, source, cache_size=1):
+            self.callbacks, self.cache_size, self.cache_msgs = [], cache_size, []
+            source.registerCallback(self.add)
+
+        def add(self, msg):
+            self.cache_msgs = (self.cache_msgs + [msg])[-self.cache_size:]
+            self.signal(msg)
+
+    fake = types.SimpleNamespace(Subscriber=Subscriber, Cache=Cache)
+    monkeypatch.setattr(vo_node, 'message_filters', fake)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(ros_env['ROS_DOMAIN_ID']))
+    node = None
+    try:
+        node = vo_node.VONode(context=context, parameter_overrides=[
+            rclpy.parameter.Parameter('vo.flow_provider', value='dis'),
+            rclpy.parameter.Parameter('vo.depth_provider', value='none')])
+        cache = node._pairer.infos.cache
+        assert isinstance(cache, Cache) and cache.cache_size == INFO_CACHE_SIZE
+        assert cache.cache_size == InfoCache().capacity
+        assert node._mf_info.qos.depth >= INFO_CACHE_SIZE
+        assert node.info['pairing'] == f'message_filters.Cache({INFO_CACHE_SIZE})'
+        # an info through the filter chain reaches the pairer
+        from std_msgs.msg import Header
+        from trianflow_ros.ros.conversions import make_camera_info
+        from node_harness import stamp_of
+        info = make_camera_info(np.eye(3), 4, 4, Header(stamp=stamp_of(2.0)))
+        node._mf_info.signal(info)
+        assert node._pairer.latest_info == 2_000_000_000
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
