@@ -117,6 +117,15 @@ class VONode(Node):
         :raises StartupError: unusable weights or parameters.
         """
         super().__init__('vo_node', **kwargs)
+        try:
+            self._setup()
+        except BaseException:
+            # a node that failed half-way is destroyed here: left to the interpreter's exit,
+            # its DDS participant was seen to hang the process (exit never reached)
+            self.destroy_node()
+            raise
+
+    def _setup(self) -> None:
         log = self.get_logger()
         try:
             self.params = NodeParameters(self)
