@@ -55,6 +55,9 @@ default true) or nothing; never TF, path or depth. ``~/status`` and ``/diagnosti
 jump in the odometry frame.
 """
 
+import ctypes
+import faulthandler
+import os
 import sys
 import threading
 import time
@@ -102,6 +105,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 #: Seconds between repeated warnings of one kind and shape (:class:`LogThrottle`).
 WARN_PERIOD = 5.0
+#: Seconds the shutdown (worker, executor, node, context) may take before the process exits.
+SHUTDOWN_TIMEOUT = 10.0
 #: Seconds between checks for images whose wait for camera_info is over.
 PAIRING_POLL = 0.02
 
@@ -117,13 +122,7 @@ class VONode(Node):
         :raises StartupError: unusable weights or parameters.
         """
         super().__init__('vo_node', **kwargs)
-        try:
-            self._setup()
-        except BaseException:
-            # a node that failed half-way is destroyed here: left to the interpreter's exit,
-            # its DDS participant was seen to hang the process (exit never reached)
-            self.destroy_node()
-            raise
+        self._setup()
 
     def _setup(self) -> None:
         log = self.get_logger()
@@ -625,6 +624,24 @@ def usage() -> str:
     return '\n'.join(lines)
 
 
+def exit_now(rc: int, error: str) -> None:
+    """
+    Log why the node cannot start and end the process at once with status ``rc``.
+
+    The half-built node is not destroyed: destroying an rclpy node a few milliseconds after its
+    creation crashed the process (SIGSEGV in ``destroy_node``, about 1 start in 40 with six
+    nodes starting at once here) or hung its exit, so the exit status was lost.
+    """
+    rclpy.logging.get_logger('vo_node').error(error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)      # the C logger's buffers too
+    except (OSError, AttributeError):
+        pass
+    os._exit(rc)
+
+
 def main(args=None) -> int:
     """Run the node until SIGINT; exit status 0, or 1 when it cannot start."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -644,15 +661,15 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except StartupError as e:
-        rclpy.logging.get_logger('vo_node').error(str(e))
-        rc = 1
+        exit_now(1, str(e))
     except (InvalidParameterValueException, InvalidParameterTypeException,
             ParameterException) as e:
-        rclpy.logging.get_logger('vo_node').error(
-            f'invalid parameter: {e}. Fix: give a value of the declared type within its range '
-            '(ros2 param describe /vo_node <name>)')
-        rc = 1
+        exit_now(1, f'invalid parameter: {e}. Fix: give a value of the declared type within '
+                    'its range (ros2 param describe /vo_node <name>)')
     finally:
+        # rclpy's destroy_node was seen to hang (1 exit in 60, six nodes stopping at once):
+        # bounded, the process then dumps its stacks and exits (status 1) instead of hanging
+        faulthandler.dump_traceback_later(SHUTDOWN_TIMEOUT, exit=True)
         if node is not None:
             node.shutdown()
         if executor is not None:
@@ -660,6 +677,7 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return rc
 
 
