@@ -147,7 +147,7 @@ def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, lo
     used = vo.cfg.data
     order = 'bgr' if used.bgr else 'rgb'
     if flow != 'net' and depth != 'net':
-        weights, source = '', 'not used (classical)' if fallen is None else source
+        weights, source = '', 'classical pipeline' if fallen is None else source
     return vo, {'flow': flow, 'depth': depth, 'weights': weights or '(none)',
                 'weights_source': source, 'device': str(vo.device),
                 'network_input': f'{used.img_width}x{used.img_height} {order}'}
