@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build (or refresh) the project's virtual environment in .venv. Idempotent: a second run with
-# nothing to do returns in about a second.
+# Build (or refresh) the project's virtual environment in .venv and install the package into it
+# (editable: trianflow-config, trianflow-vo, vo_node, ... work with scripts/with_env.sh).
+# Idempotent: a second run with nothing to do returns in about a second.
 #
 #   scripts/setup_env.sh            # what `make demo` and `make test` run first
 #   FORCE=1 scripts/setup_env.sh    # rebuild the package set even if the stamp matches
@@ -34,8 +35,34 @@ stamp_src="$(cat requirements/*.txt scripts/setup_env.sh tools/tf2_msgs/msg/*.ms
 stamp="$(printf '%s' "$stamp_src" | sha256sum | cut -d' ' -f1)"
 stamp_file="$VENV/.trianflow_setup_stamp"
 
+pip_install() {
+    # (this workplace's pip config names local indexes that may be absent; drop those warnings)
+    local rc=0
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+        | { grep -v 'is ignored: it is neither a file nor a directory' || true; } || rc=$?
+    return "$rc"
+}
+
+# The package itself, editable (the sources of this checkout stay live): its console scripts
+# (trianflow-config, trianflow-vo, trianflow-eval, vo_node, ...) land in $VENV/bin, which
+# scripts/with_env.sh puts first on PATH. Re-installed when setup.py / setup.cfg change or
+# the venv points at another checkout.
+pkg_stamp="$(cat setup.py setup.cfg | sha256sum | cut -d' ' -f1) $ROOT"
+pkg_stamp_file="$VENV/.trianflow_package_stamp"
+install_package() {
+    if [ -z "${FORCE:-}" ] && [ -f "$pkg_stamp_file" ] \
+            && [ "$(cat "$pkg_stamp_file")" = "$pkg_stamp" ] && [ -x "$VENV/bin/vo_node" ]; then
+        return 0
+    fi
+    log "installing trianflow_ros (editable) and its console scripts into $VENV/bin"
+    PYTHONWARNINGS=ignore pip_install --no-deps --no-build-isolation -e "$ROOT" \
+        || die "pip install -e $ROOT failed (output above)"
+    printf '%s' "$pkg_stamp" >"$pkg_stamp_file"
+}
+
 if [ -z "${FORCE:-}" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
         && [ -x "$VENV/bin/python" ]; then
+    install_package
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -49,14 +76,6 @@ if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
 fi
-pip_install() {
-    # (this workplace's pip config names local indexes that may be absent; drop those warnings)
-    local rc=0
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
-        | { grep -v 'is ignored: it is neither a file nor a directory' || true; } || rc=$?
-    return "$rc"
-}
-
 log "installing core and development packages (torch, OpenCV, test and lint tools)"
 pip_install --upgrade pip >/dev/null
 pip_install -r requirements/core.txt -r requirements/dev.txt
@@ -101,5 +120,6 @@ assert cv2.__version__.split('.')[0] == '4', 'OpenCV 4 expected, got ' + cv2.__v
 print('[setup] torch %s, numpy %s, OpenCV %s, rclpy ok, tf2_msgs ok'
       % (torch.__version__, numpy.__version__, cv2.__version__))
 EOF
+install_package
 printf '%s' "$stamp" >"$stamp_file"
 log "done"

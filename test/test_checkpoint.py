@@ -211,3 +211,12 @@ def test_unreadable_files_raise_checkpoint_error_naming_the_file(tmp_path):
         with pytest.raises(CheckpointError) as err:
             load_original_checkpoint(path, flow_net=FlowNet())
         assert str(path) in str(err.value) and 'Fix' in str(err.value)
+
+
+def test_empty_file_says_it_is_empty(tmp_path):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(CheckpointError) as err:
+        load_original_checkpoint(empty, flow_net=FlowNet())
+    assert str(empty) in str(err.value) and 'empty (0 bytes)' in str(err.value)
+    assert 'Fix' in str(err.value)

@@ -11,7 +11,6 @@ from std_msgs.msg import Header
 
 from trianflow_ros.ros import conversions as conv
 from trianflow_ros.ros import params
-from trianflow_ros.ros.sync import StampSynchronizer
 from trianflow_ros.ros.tf import OPTICAL_XYZ_RPY
 
 RNG = np.random.default_rng(0)
@@ -95,6 +94,36 @@ def test_bad_images_are_rejected_clearly():
         conv.image_to_rgb8(narrow)
     with pytest.raises(ValueError, match='uint8'):
         conv.numpy_to_image(np.zeros((2, 2), np.float32), 'mono8')
+    empty = Image(height=0, width=0, encoding='rgb8', step=0, data=b'')
+    with pytest.raises(ValueError, match='0x0.*no pixels.*camera driver'):
+        conv.image_to_rgb8(empty)
+    with pytest.raises(conv.ImageSizeError, match='no pixels'):
+        conv.fit_K_to_image(np.eye(3), (480, 640), (0, 0))
+
+
+def test_frame_parameters_are_checked_together():
+    from trianflow_ros.ros.node_params import check_frames, removed_given
+    assert check_frames({'odom_frame': 'odom', 'base_frame': 'base_link'}) == []
+    empty = check_frames({'odom_frame': '', 'base_frame': 'base_link'})
+    assert len(empty) == 1 and 'odom_frame is empty' in empty[0] and 'Fix' in empty[0]
+    same = check_frames({'odom_frame': 'base_link', 'base_frame': 'base_link'})
+    assert len(same) == 1 and 'both' in same[0] and 'Fix' in same[0]
+    slash = check_frames({'odom_frame': 'odom', 'base_frame': '/base_link',
+                          'camera_frame': '/cam'})
+    assert len(slash) == 2 and all("starts with '/'" in r for r in slash)
+    notes = removed_given({'camera_info_timeout': 1, 'sync_slop': 2, 'queue_size': 3})
+    assert len(notes) == 1 and 'sync_slop' in notes[0] and 'camera_info_max_age' in notes[0]
+
+
+def test_camera_info_carries_the_distortion():
+    from trianflow_ros.geometry.distortion import Distortion
+    K = np.array([[400.0, 0, 320], [0, 400, 240], [0, 0, 1]])
+    plain = conv.make_camera_info(K, 480, 640, header())
+    assert plain.distortion_model == 'plumb_bob' and list(plain.d) == [0.0] * 5
+    dist = Distortion('equidistant', (0.1, -0.01, 0.0, 0.001))
+    info = conv.make_camera_info(K, 480, 640, header(), dist)
+    assert info.distortion_model == 'equidistant' and list(info.d) == [0.1, -0.01, 0.0, 0.001]
+    assert Distortion.from_camera_info(info.distortion_model, info.d) == dist
 
 
 def test_compressed_images():
@@ -253,97 +282,6 @@ def test_points_from_depth():
 # --------------------------------------------------------------------------------------------
 # synchroniser
 # --------------------------------------------------------------------------------------------
-class Msg:
-    """A message with a header and a name."""
-
-    def __init__(self, name, t):
-        self.name = name
-        self.header = header(t)
-
-    def __repr__(self):
-        return self.name
-
-
-def make_sync(**kw):
-    pairs, drops = [], []
-    sync = StampSynchronizer(lambda a, b: pairs.append((a.name, b.name)), on_drop=lambda i, m,
-                             r: drops.append((i, m.name, r)), **kw)
-    return sync, pairs, drops
-
-
-def test_sync_exact_pairs_in_either_order():
-    sync, pairs, drops = make_sync(queue_size=5)
-    sync.add(0, Msg('i1', 1.0))
-    sync.add(1, Msg('c1', 1.0))
-    sync.add(1, Msg('c2', 1.1))
-    sync.add(0, Msg('i2', 1.1))
-    assert pairs == [('i1', 'c1'), ('i2', 'c2')] and drops == []
-    assert sync.pending(0) == sync.pending(1) == 0
-
-
-def test_sync_drops_stale_duplicate_and_unmatched():
-    sync, pairs, drops = make_sync(queue_size=5)
-    sync.add(0, Msg('i1', 1.0))           # its info never comes
-    sync.add(0, Msg('i2', 2.0))
-    sync.add(1, Msg('c2', 2.0))
-    assert pairs == [('i2', 'c2')] and (0, 'i1', 'unmatched') in drops
-    sync.add(0, Msg('i2b', 2.0))          # duplicate stamp
-    sync.add(0, Msg('i0', 0.5))           # out of order
-    assert (0, 'i2b', 'stale') in drops and (0, 'i0', 'stale') in drops
-    sync.reset()                          # a time jump is accepted after reset
-    sync.add(0, Msg('i0', 0.5))
-    sync.add(1, Msg('c0', 0.5))
-    assert pairs[-1] == ('i0', 'c0')
-
-
-def test_sync_queues_are_bounded():
-    sync, pairs, drops = make_sync(queue_size=3)
-    for i in range(10):
-        sync.add(0, Msg(f'i{i}', float(i)))
-    assert sync.pending(0) == 3 and pairs == []
-    assert [d[1] for d in drops] == [f'i{i}' for i in range(7)]
-    assert all(d[2] == 'queue_full' for d in drops)
-    assert sync.flush(0) == 3 and sync.pending(0) == 0 and drops[-1][2] == 'flushed'
-
-
-def test_sync_per_input_queue_sizes_keep_infos_that_overtake_their_images():
-    """Infos arriving 6 frames ahead of their images: a shared queue of 3 loses them."""
-    for sizes, expect_pairs in ((3, 3), ((3, 10), 8)):
-        sync, pairs, drops = make_sync(queue_size=sizes)
-        for i in range(6):
-            sync.add(1, Msg(f'c{i}', float(i)))
-        for i in range(6, 8):
-            sync.add(1, Msg(f'c{i}', float(i)))
-            sync.add(0, Msg(f'i{i - 6}', float(i - 6)))
-        for i in range(2, 8):
-            sync.add(0, Msg(f'i{i}', float(i)))
-        assert len(pairs) == expect_pairs, (sizes, pairs, drops)
-        assert all(a[1:] == b[1:] for a, b in pairs)
-        if sizes == 3:     # infos c0-c4 evicted, so images i0-i4 can never pair
-            assert {(i, r) for i, _, r in drops} <= {(1, 'queue_full'), (0, 'queue_full'),
-                                                     (0, 'unmatched')}
-            assert sorted(m for i, m, _ in drops if i == 0) == [f'i{k}' for k in range(5)]
-        else:
-            assert drops == [] and sync.pending(0) == sync.pending(1) == 0
-    with pytest.raises(ValueError, match='queue_size'):
-        StampSynchronizer(print, queue_size=(3, 0))
-
-
-def test_sync_approximate_takes_the_nearest_within_slop():
-    sync, pairs, drops = make_sync(queue_size=5, slop=0.02)
-    sync.add(1, Msg('c1', 0.995))
-    sync.add(0, Msg('i1', 1.0))           # c1 is 5 ms early, but a better one could come
-    assert pairs == []
-    sync.add(1, Msg('c2', 1.001))
-    assert pairs == [('i1', 'c2')] and (1, 'c1', 'unmatched') in drops
-    sync.add(0, Msg('i2', 2.0))
-    sync.add(1, Msg('c3', 2.5))           # beyond the slop: no pair, i2 waits
-    assert len(pairs) == 1
-    with pytest.raises(ValueError):
-        StampSynchronizer(print, queue_size=0)
-
-
-# --------------------------------------------------------------------------------------------
 # parameters
 # --------------------------------------------------------------------------------------------
 def test_parameter_specs_cover_the_config_with_ranges():
@@ -376,7 +314,11 @@ def test_parameter_values_are_checked_with_reasons():
     assert 'must be of type int' in params.check_value(specs['vo.num_matches'], 'a')
     assert params.check_value(specs['geometry.ransac.threshold_px'], 2) is None
     assert 'not one of' in params.check_value(specs['image_qos'], 'best_effort')
-    assert 'finite' in params.check_value(specs['sync_slop'], float('nan'))
+    assert 'finite' in params.check_value(specs['camera_info_max_age'], float('nan'))
+    assert 'range' in params.check_value(specs['vo.top_ratio'], 0.0)        # every frame LOST
+    assert params.check_value(specs['vo.top_ratio'], 0.05) is None
+    assert '2 positive' in params.check_value(specs['twist_unknown_sigma'], [1.0, 0.0])
+    assert 'not one of' in params.check_value(specs['depth_resolution'], 'full')
     assert '9 numbers' in params.check_value(specs['camera_matrix'], [1.0, 2.0])
     assert 'pinhole' in params.check_value(specs['camera_matrix'], [1.0] * 9)
     K = [500.0, 0, 320, 0, 500, 240, 0, 0, 1]

@@ -231,8 +231,8 @@ class VOConfig:
     """Per-frame visual odometry (vo/)."""
 
     num_matches: int = param(5000, 'correspondences per frame pair', range=(8, 10**6))
-    top_ratio: float = param(0.3, 'share of best-scored pixels matches are drawn from',
-                             range=(0.0, 1.0))
+    top_ratio: float = param(0.3, 'share of best-scored pixels matches are drawn from (0 would '
+                             'leave no candidate: every frame LOST)', range=(0.01, 1.0))
     min_flow_px: float = param(5.0, 'mean flow below this uses PnP instead of E (px)',
                                range=(0.0, 1000.0))
     device: str = param('auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N')

@@ -257,11 +257,15 @@ def read_checkpoint_entries(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Di
         raise CheckpointError(f'checkpoint file not found: {path}. Fix: pass the path of an '
                               'existing .pth file (the released TrianFlow weights are not '
                               'downloaded by this package).')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint file {path} is empty (0 bytes): an interrupted '
+                              'download or copy. Fix: copy or train the weights again.')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: B902 - torch raises many types for a bad file
+        first = (str(e).splitlines() or ['(no message)'])[0]
         raise CheckpointError(
-            f'cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}. '
+            f'cannot read checkpoint {path}: {type(e).__name__}: {first}. '
             'It is corrupt, not a PyTorch file, or holds objects other than tensors and plain '
             'containers (files are read with weights_only=True). Fix: use an original TrianFlow '
             "checkpoint, or re-save the weights with torch.save({'model_state_dict': "

@@ -5,9 +5,14 @@ The ROS 2 layer of trianflow_ros: the only package that imports rclpy and ``*_ms
   step` and its ``main``.
 - :mod:`.conversions`: sensor_msgs/Image, CompressedImage, CameraInfo <-> numpy; poses and
   covariances -> Odometry, TransformStamped, PoseStamped; depth -> Image / PointCloud2.
-- :mod:`.sync`: the Image + CameraInfo stamp synchroniser used when message_filters is absent.
-- :mod:`.tf`: TF broadcasting (tf2_ros or a /tf, /tf_static fallback) and the base -> camera
-  extrinsics.
-- :mod:`.params`: parameter declarations, descriptors, validation and the mapping onto the
-  shared configuration.
+- :mod:`.pairing`: images with their camera_info (same stamp, else the newest fresh one, else
+  ``camera_matrix``).
+- :mod:`.tf`, :mod:`.tf_tree`: TF broadcasting (tf2_ros or a /tf, /tf_static fallback), the
+  odometry transform policy and the base -> camera extrinsics (tf2_ros or an own TF tree).
+- :mod:`.odometry_output`, :mod:`.depth_output`, :mod:`.path_keeper`: what the node publishes
+  (pose, twist and covariances; depth at the camera's size; the bounded path).
+- :mod:`.params`, :mod:`.node_params`: parameter declarations, descriptors, validation and the
+  mapping onto the shared configuration.
+- :mod:`.weights`: which weights the node runs; :mod:`.node_stats`: frame accounting;
+  :mod:`.throttle`: log throttling per kind and message shape.
 """

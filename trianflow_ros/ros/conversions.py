@@ -80,6 +80,10 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     dtype, channels, _ = ENCODINGS[msg.encoding]
     dt = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
     h, w = int(msg.height), int(msg.width)
+    if h <= 0 or w <= 0:
+        raise ValueError(f'image is {w}x{h} ({msg.encoding}): it has no pixels. Fix: check the '
+                         'camera driver (an empty frame, e.g. a failed capture or a wrong '
+                         'resolution setting)')
     row_bytes = w * channels * dt.itemsize
     step = int(msg.step)
     if step < row_bytes:
@@ -182,6 +186,9 @@ def compressed_to_rgb8(msg: CompressedImage) -> np.ndarray:
     if decoded is None:
         raise ValueError(f"compressed image (format '{msg.format}', {raw.size} bytes) could not "
                          'be decoded; publish JPEG or PNG (image_transport compressed)')
+    if decoded.size == 0:
+        raise ValueError(f"compressed image (format '{msg.format}') decodes to no pixels; "
+                         'check the camera driver')
     if decoded.ndim == 3 and decoded.shape[2] == 4:
         decoded = decoded[:, :, :3]
     return to_rgb8(decoded, 'bgr' if decoded.ndim == 3 and decoded.shape[2] == 3 else None)
@@ -263,6 +270,9 @@ def fit_K_to_image(K: np.ndarray, info_hw: Tuple[int, int], image_hw: Tuple[int,
     :param tolerance: relative aspect-ratio difference still treated as a resize.
     :raises ImageSizeError: the aspect ratios differ (a crop, or the wrong camera_info).
     """
+    if image_hw[0] <= 0 or image_hw[1] <= 0:
+        raise ImageSizeError(f'image size {image_hw[1]}x{image_hw[0]} has no pixels; check the '
+                             'camera driver')
     if info_hw[0] <= 0 or info_hw[1] <= 0 or tuple(info_hw) == tuple(image_hw):
         return np.asarray(K, dtype=np.float64)
     a_info = info_hw[1] / float(info_hw[0])
@@ -275,17 +285,24 @@ def fit_K_to_image(K: np.ndarray, info_hw: Tuple[int, int], image_hw: Tuple[int,
     return scale_K(K, info_hw, image_hw)
 
 
-def make_camera_info(K: np.ndarray, height: int, width: int, header: Header) -> CameraInfo:
+def make_camera_info(K: np.ndarray, height: int, width: int, header: Header,
+                     distortion=None) -> CameraInfo:
     """
-    Build a rectified (distortion-free) CameraInfo for an image of size ``height x width``.
+    Build a CameraInfo for an image of size ``height x width``.
 
     :param K: (3, 3) intrinsics at that size.
+    :param distortion: the lens distortion of the image
+        (:class:`~trianflow_ros.geometry.distortion.Distortion`; coefficients do not depend on
+        the image size); None or 'none' = a rectified image (plumb_bob, zeros).
     """
     msg = CameraInfo()
     msg.header = header
     msg.height, msg.width = int(height), int(width)
-    msg.distortion_model = 'plumb_bob'
-    msg.d = [0.0] * 5
+    if distortion is None or distortion.model == 'none':
+        msg.distortion_model, msg.d = 'plumb_bob', [0.0] * 5
+    else:
+        msg.distortion_model = distortion.model
+        msg.d = [float(c) for c in distortion.coeffs]
     Kf = np.asarray(K, dtype=np.float64)
     msg.k = [float(v) for v in Kf.reshape(-1)]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]

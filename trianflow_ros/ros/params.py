@@ -21,106 +21,27 @@ resetting the trajectory.
 """
 
 import copy
-from dataclasses import dataclass
 import math
 from pathlib import Path
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from trianflow_ros.config import Config, ConfigError, field_specs, flatten, load_config
 from trianflow_ros.config import set_value, validate
+from trianflow_ros.ros.node_params import (check_frames, node_param_specs,  # noqa: F401
+                                           ParamSpec, removed_given)
 
 #: The config fields read once when the odometry is built: read-only parameters.
 READ_ONLY_CONFIG = ('vo.flow_provider', 'vo.depth_provider', 'vo.dis_preset',
                     'vo.resolution', 'data.img_height', 'data.img_width')
+#: Parameters declared after the odometry is built (:meth:`NodeParameters.declare_deferred`).
+DEFERRED = ('data.img_height', 'data.img_width')
 #: Config fields that are node parameters under another name.
 RENAMED_CONFIG = {'vo.device': 'device', 'vo.checkpoint': 'checkpoint'}
 #: Provider values that follow the weights: 'net' with a checkpoint, else classical.
 AUTO = 'auto'
-
-
-@dataclass
-class ParamSpec:
-    """One ROS parameter of the node."""
-
-    name: str
-    default: Any
-    description: str
-    bounds: Optional[Tuple[float, float]] = None
-    choices: Optional[Tuple[Any, ...]] = None
-    read_only: bool = False
-    config_key: Optional[str] = None     #: dotted config name when mapped onto the config
-
-    @property
-    def value_type(self) -> type:
-        """Return the Python type of the value (bool, int, float, str or list)."""
-        return type(self.default)
-
-
-def node_param_specs() -> List[ParamSpec]:
-    """Return the node's own parameters (not from the shared config)."""
-    P = ParamSpec
-    return [
-        P('config_file', '', 'YAML file of the shared configuration tree (a path, or a name '
-          "in the package's config folder such as kitti.yaml), loaded before the ROS "
-          'parameters override single fields', read_only=True),
-        P('checkpoint', '', "network weights (.pth). '' = models/default.pth of the package "
-          '(share or source tree) when it exists, else the classical pipeline (DIS flow, no '
-          "depth network); 'default' = models/default.pth (an error when missing). A "
-          'checkpoint that stores its training config sets the network variant, input size '
-          'and channel order (data.img_height / data.img_width given as parameters still '
-          'win); original ones (kitti_odo.pth) need config_file:=odo.yaml', read_only=True),
-        P('fallback_to_classical', False, 'when the weights cannot be loaded: false = log an '
-          'error and exit (never silently run something else), true = warn and run the '
-          'classical pipeline', read_only=True),
-        P('device', 'auto', 'torch device of the networks: auto (cuda when available, else '
-          'cpu), cpu, cuda, cuda:N', read_only=True),
-        P('odom_frame', 'odom', 'odometry frame: Odometry header.frame_id and TF parent '
-          '(REP-105)'),
-        P('base_frame', 'base_link', 'robot body frame: Odometry child_frame_id and TF child'),
-        P('camera_frame', '', 'optical frame of the camera (REP-103) used for the base -> '
-          "camera lookup and the depth header; '' = the image's header.frame_id"),
-        P('publish_tf', True, 'broadcast odom_frame -> base_frame on /tf'),
-        P('publish_depth', True, 'publish depth (32FC1, odometry scale, network resolution) '
-          'and depth/camera_info when a depth exists'),
-        P('publish_points', False, 'publish the depth as a PointCloud2 on points'),
-        P('points_stride', 4, 'use every Nth depth pixel (both directions) for points',
-          bounds=(1, 64)),
-        P('path_max_length', 10000, 'poses kept in the published path (oldest dropped)',
-          bounds=(1, 1000000)),
-        P('frame_skip', 1, 'process every Nth image (1 = all); skipped ones are counted',
-          bounds=(1, 1000)),
-        P('image_qos', 'reliable', 'QoS of the image and camera_info subscriptions: reliable '
-          '(default; measured here, 832x256 images from a reliable camera reached a '
-          'best-effort subscriber only 15-60 % of the time, a reliable one 100 %; the node '
-          'still keeps only the newest frame) or sensor_data (best effort: needed for '
-          'best-effort publishers)', choices=('reliable', 'sensor_data'), read_only=True),
-        P('queue_size', 10, 'depth of the image / camera_info subscriptions and of the stamp '
-          'synchroniser queues', bounds=(1, 1000), read_only=True),
-        P('sync_slop', 0.0, 'largest image / camera_info stamp difference paired (s); 0 = '
-          'identical stamps (camera drivers, bags)', bounds=(0.0, 10.0), read_only=True),
-        P('use_compressed', False, 'subscribe to image/compressed (sensor_msgs/'
-          'CompressedImage, JPEG/PNG) instead of image', read_only=True),
-        P('camera_matrix', [0.0] * 9, 'row-major K (9 numbers) at the image size, used when no '
-          'camera_info arrives within camera_info_timeout; all zeros = unset'),
-        P('camera_info_timeout', 2.0, 'seconds after the first image without any camera_info '
-          'before camera_matrix is used (or frames are dropped with a warning)',
-          bounds=(0.0, 3600.0)),
-        P('use_tf_extrinsics', True, 'look base_frame -> camera frame up in TF (when tf2_ros '
-          'is available) before using base_to_camera', read_only=True),
-        P('tf_timeout', 1.0, 'seconds to wait for the base -> camera transform in TF',
-          bounds=(0.0, 60.0), read_only=True),
-        P('base_to_camera', [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2],
-          'base -> camera optical frame [x, y, z, roll, pitch, yaw] (m, rad) when TF has none; '
-          'default: the REP-103 optical rotation, no offset', read_only=True),
-        P('publish_camera_tf', True, 'when base_to_camera comes from the parameter, also '
-          'publish it on /tf_static so that depth and points are placed in RViz',
-          read_only=True),
-        P('diagnostics_period', 1.0, 'seconds between /diagnostics messages',
-          bounds=(0.05, 60.0), read_only=True),
-    ]
 
 
 def _mapped(name: str) -> bool:
@@ -219,6 +140,10 @@ def check_value(spec: ParamSpec, value: Any) -> Optional[str]:
                     f'got {list(value)}')
     if spec.name == 'device' and not _DEVICE.match(value):
         return f'device = {value!r} is not one of auto, cpu, cuda, cuda:N'
+    if spec.name == 'twist_unknown_sigma':
+        if len(value) != 2 or not all(math.isfinite(v) and v > 0 for v in value):
+            return (f'twist_unknown_sigma must be 2 positive numbers [linear, angular], got '
+                    f'{list(value)}')
     return None
 
 
@@ -301,13 +226,41 @@ class NodeParameters:
         self.config_path = path
         specs += config_param_specs(self.base_config)
         self.specs: Dict[str, ParamSpec] = {s.name: s for s in specs}
+        overrides = self._overrides()
+        self.values: Dict[str, Any] = {}
         for s in specs[1:]:
-            node.declare_parameter(s.name, s.default, descriptor(s))
-        self.values: Dict[str, Any] = {s.name: node.get_parameter(s.name).value for s in specs}
+            if s.name in DEFERRED:      # declared by declare_deferred, with the size in use
+                given = overrides.get(s.name)
+                self.values[s.name] = s.default if given is None else given.value
+            else:
+                node.declare_parameter(s.name, s.default, descriptor(s))
+        self.values.update({s.name: node.get_parameter(s.name).value for s in specs
+                            if s.name not in DEFERRED})
         errors = [r for r in (check_value(self.specs[n], v) for n, v in self.values.items())
                   if r]
+        errors += check_frames(self.values)
         if errors:
             raise ConfigError('invalid parameters: ' + '; '.join(errors))
+        #: warnings for the node to log (removed parameters that are still given)
+        self.notes = removed_given(overrides)
+
+    def _overrides(self) -> Dict[str, Any]:
+        return getattr(self.node, '_parameter_overrides', None) or {}
+
+    def declare_deferred(self, cfg: Config) -> None:
+        """
+        Declare :data:`DEFERRED` (the input size) with the values of ``cfg``, the config in use.
+
+        They are declared after the odometry is built, so that ``ros2 param get`` reads back
+        the working size actually used (a checkpoint's stored size), not the config default.
+        A value the user gave is kept (it is also the one in use).
+        """
+        flat = flatten(cfg)
+        for name in DEFERRED:
+            spec = self.specs[name]
+            if not self.node.has_parameter(name):
+                self.node.declare_parameter(name, flat[spec.config_key], descriptor(spec))
+            self.values[name] = self.node.get_parameter(name).value
 
     def __getitem__(self, name: str) -> Any:
         """Return the current value of a parameter."""
@@ -326,6 +279,10 @@ class NodeParameters:
             r = check_value(spec, p.value)
             if r:
                 reasons.append(r)
+        if not reasons:
+            values = dict(self.values)
+            values.update({p.name: p.value for p in params if p.name in self.specs})
+            reasons = check_frames(values)
         return '; '.join(reasons) if reasons else None
 
     def explicit_config_keys(self) -> List[str]:
@@ -336,7 +293,7 @@ class NodeParameters:
         launch: the node's parameter overrides) or its value differs from its declared default
         (the value after ``config_file``).
         """
-        overrides = getattr(self.node, '_parameter_overrides', None) or {}
+        overrides = self._overrides()
         return [s.config_key for name, s in self.specs.items()
                 if s.config_key is not None
                 and (name in overrides or self.values[name] != s.default)]

@@ -9,15 +9,17 @@ name                         type                           what
 image (sub)                  sensor_msgs/Image              rgb8, bgr8, rgba8, bgra8, mono8,
                                                             mono16 (16UC1), rgb16, bgr16
 image/compressed (sub)       sensor_msgs/CompressedImage    instead of image (use_compressed)
-camera_info (sub)            sensor_msgs/CameraInfo         intrinsics, paired with image by stamp
-odom                         nav_msgs/Odometry              odom_frame -> base_frame, covariance
-path                         nav_msgs/Path                  the trajectory (since the last reset)
+camera_info (sub)            sensor_msgs/CameraInfo         K and D of the images (pairing below)
+odom                         nav_msgs/Odometry              odom_frame -> base_frame, covariances
+path                         nav_msgs/Path                  the trajectory since the last reset
+                                                            (bounded: path_max_length, _period)
 depth                        sensor_msgs/Image 32FC1        metres of the odometry scale, at the
-                                                            working (network) resolution
-depth/camera_info            sensor_msgs/CameraInfo         K of depth
+                                                            camera's resolution (depth_resolution)
+depth/camera_info            sensor_msgs/CameraInfo         K and D of depth
 points                       sensor_msgs/PointCloud2        depth back-projected (publish_points)
-/tf                          tf2_msgs/TFMessage             odom_frame -> base_frame (publish_tf)
-/tf_static                   tf2_msgs/TFMessage             base -> camera when from parameters
+/tf                          tf2_msgs/TFMessage             odom_frame -> base_frame, or the
+                                                            inverse (publish_tf, invert_tf)
+/tf_static                   tf2_msgs/TFMessage             only with publish_camera_tf
 ~/status                     diagnostic_msgs/               per processed frame: state, inliers
                              DiagnosticStatus
 /diagnostics                 diagnostic_msgs/               periodic: state, frame accounting,
@@ -26,46 +28,43 @@ points                       sensor_msgs/PointCloud2        depth back-projected
 
 Services: ``~/reset``, ``~/pause``, ``~/resume`` (std_srvs/Trigger).
 
-Frames (REP-105 / REP-103): the odometry of the core is the motion of the camera optical frame
-in the optical frame of the first image, ``T_cam0_cami``. The node publishes the base:
-``T_odom_base = T_base_cam @ T_cam0_cami @ inv(T_base_cam)`` (odom = the base pose of the first
-frame after start or reset), the covariance is transformed with the same conjugation, and the
-twist (in base_frame) is the base motion since the previous published frame over the stamp
-difference. ``T_base_cam`` comes from TF (tf2_ros, when importable) or ``base_to_camera``.
+Pairing (:mod:`~trianflow_ros.ros.pairing`): an image is processed with the camera_info of its
+stamp when it exists, otherwise the newest one within ``camera_info_max_age``, otherwise
+``camera_matrix``; an image waits up to ``camera_info_wait`` for the info of its stamp. Lens
+distortion (``D``, plumb_bob / rational_polynomial / equidistant) is passed to the odometry,
+which undistorts the matches; an unsupported model is warned about (throttled) and the frame
+is processed as a pinhole image (the diagnostics say so).
 
-Weights: ``checkpoint`` parameter > ``vo.checkpoint`` of ``config_file`` > ``models/default.pth``
-(package share, then source tree) when it exists > classical (DIS flow, no depth network);
-``checkpoint:=default`` names ``models/default.pth`` explicitly (an error when it is missing).
-Weights that were asked for but cannot be loaded stop the node at start-up with an error (exit
-status 1) unless ``fallback_to_classical`` is true. A checkpoint of this package stores the
-configuration it was trained with: the network variant, the input size ``data.img_height`` /
-``data.img_width``, ``data.bgr`` and the depth range are taken from it (logged at start-up,
-:func:`~trianflow_ros.vo.providers.network_config`), over ``config_file`` and the defaults;
-only the ROS parameters ``data.img_height`` / ``data.img_width``, when given (command line,
-parameter file, launch), keep the user's input size. The original checkpoints (no stored
-configuration) use the parameters as they are: ``kitti_odo.pth`` needs
-``config_file:=odo.yaml`` (256x832, BGR).
+Frames (REP-105 / REP-103): the odometry of the core is the motion of the camera optical frame
+in the optical frame of the first image, ``T_cam0_cami``; the node publishes the base
+(:mod:`~trianflow_ros.ros.odometry_output`). ``T_base_cam`` comes from TF (tf2_ros, or the
+node's own /tf_static + /tf listener), looked up again with every frame until found, and the
+``base_to_camera`` parameter meanwhile. The node never publishes the robot's static
+transforms unless ``publish_camera_tf`` asks.
+
+Weights: :mod:`~trianflow_ros.ros.weights`.
 
 Real time: the subscription callbacks only pair and store the newest frame in a one-slot buffer;
 a worker thread runs the odometry. A frame that arrives while the slot is full replaces the one
 waiting there (counted as skipped_busy), so nothing queues without bound. ``/diagnostics``
-accounts for every image: received = processed + skipped (busy, frame_skip, paused) + rejected
-+ pending.
+accounts for every image (:mod:`~trianflow_ros.ros.node_stats`).
 
-Tracking loss: LOST frames publish no odom, TF, path or depth (nothing misleading); ``~/status``
-and ``/diagnostics`` say LOST (ERROR) with the reason; tracking resumes (RECOVERED) against the
-last good frame, without a jump in the odometry frame.
+Tracking loss: LOST frames publish odometry with covariances of 1e6 (``publish_when_lost``,
+default true) or nothing; never TF, path or depth. ``~/status`` and ``/diagnostics`` say LOST
+(ERROR) with the reason; tracking resumes (RECOVERED) against the last good frame, without a
+jump in the odometry frame.
 """
 
-import copy
-from pathlib import Path
+import ctypes
+import faulthandler
+import os
 import sys
 import threading
 import time
 import traceback
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry, Path as PathMsg
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -80,17 +79,23 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-import torch
 
-from trianflow_ros.config import Config, ConfigError
-from trianflow_ros.nets.checkpoint import CheckpointError
+from trianflow_ros.config import ConfigError
+from trianflow_ros.geometry.distortion import Distortion
 from trianflow_ros.ros import conversions as conv
-from trianflow_ros.ros.params import AUTO, camera_matrix_or_none, NodeParameters
-from trianflow_ros.ros.sync import stamp_to_ns, StampSynchronizer
-from trianflow_ros.ros.tf import ExtrinsicsProvider, make_broadcasters
-from trianflow_ros.vo.odometry import VisualOdometry
-from trianflow_ros.vo.providers import (DEFAULT_CHECKPOINT, find_default_checkpoint,
-                                        network_config, resolve_checkpoint)
+from trianflow_ros.ros.camera_distortion import DistortionTracker
+from trianflow_ros.ros.depth_output import depth_output
+from trianflow_ros.ros.node_diagnostics import frame_status, summary_status
+from trianflow_ros.ros.node_stats import FrameStats
+from trianflow_ros.ros.odometry_output import OdometryOutput
+from trianflow_ros.ros.pairing import (FramePairer, INFO_CACHE_SIZE, InfoCache,
+                                       MessageFiltersInfoCache, stamp_to_ns)
+from trianflow_ros.ros.params import camera_matrix_or_none, describe, NodeParameters
+from trianflow_ros.ros.path_keeper import PathKeeper
+from trianflow_ros.ros.tf import ExtrinsicsProvider, make_broadcasters, odometry_transform
+from trianflow_ros.ros.throttle import LogThrottle
+from trianflow_ros.ros.weights import (build_odometry, default_weights,  # noqa: F401
+                                       resolve_weights, StartupError)
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 try:  # a ROS install has message_filters; the PyPI wheels do not
@@ -98,143 +103,12 @@ try:  # a ROS install has message_filters; the PyPI wheels do not
 except ImportError:  # pragma: no cover - depends on the machine
     message_filters = None
 
-PACKAGE = 'trianflow_ros'
-#: Weights used when the checkpoint parameter is empty (package share, then source tree).
-DEFAULT_WEIGHTS = DEFAULT_CHECKPOINT
-#: Seconds between repeated warnings of one kind.
+#: Seconds between repeated warnings of one kind and shape (:class:`LogThrottle`).
 WARN_PERIOD = 5.0
-#: Smallest queue of camera_info messages (DDS history and stamp synchroniser). Infos are a few
-#: hundred bytes and overtake their multi-megabyte images when the transport lags; with the
-#: image queue's depth (10) they were evicted before their images arrived, and those images
-#: were dropped as 'unmatched' (or, for the last ones, stayed pending).
-INFO_QUEUE_MIN = 100
-#: Reasons a frame is rejected (keys of the diagnostics' rejected_* values).
-REJECT_REASONS = ('encoding', 'malformed', 'size', 'stamp', 'camera_info', 'no_camera_info',
-                  'unsynchronised', 'error')
-_LEVEL = {TrackingState.INITIALIZING: DiagnosticStatus.OK,
-          TrackingState.TRACKING: DiagnosticStatus.OK,
-          TrackingState.RECOVERED: DiagnosticStatus.WARN,
-          TrackingState.LOST: DiagnosticStatus.ERROR}
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad weights, parameters); the message names the fix."""
-
-
-def default_weights() -> Optional[Path]:
-    """Return ``models/default.pth`` of the installed package or the source tree, if present."""
-    return find_default_checkpoint()
-
-
-def resolve_weights(param: str, cfg: Config) -> Tuple[str, str]:
-    """
-    Return (checkpoint path or '', where it came from) by the rule of the module docstring.
-
-    :raises StartupError: an explicitly named file does not exist.
-    """
-    for value, source in ((param, 'checkpoint parameter'), (cfg.vo.checkpoint, 'config_file')):
-        if value == 'default':
-            try:
-                return str(resolve_checkpoint(value)), f'{source} (default)'
-            except CheckpointError as e:
-                raise StartupError(f"{e} Or: checkpoint:='' for the classical pipeline") from e
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise StartupError(f"weights file '{value}' ({source}) does not exist. Fix: "
-                                   "pass an existing .pth to checkpoint:=..., or checkpoint:='' "
-                                   'for the classical pipeline')
-            return str(path), source
-    found = default_weights()
-    if found is not None:
-        return str(found), 'models/default.pth'
-    return '', 'none (classical)'
-
-
-def build_odometry(cfg: Config, checkpoint: str, device: str, fallback: bool, logger,
-                   flow: str = AUTO, depth: str = AUTO, explicit: Iterable[str] = ()
-                   ) -> Tuple[VisualOdometry, Dict[str, str]]:
-    """
-    Build the VisualOdometry of the node.
-
-    With learned networks the network-defined settings of the checkpoint are adopted
-    (``network_config``; the rule of the module docstring) and logged; ``vo.cfg`` is the
-    configuration actually used.
-
-    :param cfg: the resolved config.
-    :param checkpoint: the ``checkpoint`` parameter.
-    :param device: the ``device`` parameter.
-    :param fallback: ``fallback_to_classical``.
-    :param logger: where warnings go.
-    :param flow: ``vo.flow_provider`` parameter ('auto', 'dis', 'net').
-    :param depth: ``vo.depth_provider`` parameter ('auto', 'none', 'net').
-    :param explicit: dotted config names set explicitly by ROS parameters (only
-        ``data.img_height`` / ``data.img_width`` then keep their value over the checkpoint's).
-    :return: the odometry and a description (flow, depth, weights, device, network input)
-        for diagnostics.
-    :raises StartupError: weights requested but unusable (and no fallback).
-    """
-    cfg = copy.deepcopy(cfg)
-    weights, source = resolve_weights(checkpoint, cfg)
-    if flow == AUTO:
-        flow = 'net' if weights else 'dis'
-    if depth == AUTO:
-        depth = 'net' if weights else 'none'
-    if (flow == 'net' or depth == 'net') and not weights:
-        raise StartupError(f'vo.flow_provider={flow}, vo.depth_provider={depth} need weights, '
-                           'but none are set and models/default.pth does not exist. Fix: set '
-                           'checkpoint:=/path/to/weights.pth, or vo.flow_provider:=dis '
-                           'vo.depth_provider:=none')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        logger.warning(f"device '{device}' requested but CUDA is not available: running on "
-                       'the CPU')
-        device = 'cpu'
-    cfg.vo.flow_provider, cfg.vo.depth_provider = flow, depth
-    cfg.vo.checkpoint = weights if (flow == 'net' or depth == 'net') else ''
-    cfg.vo.device = device
-    try:
-        net_cfg = cfg
-        if cfg.vo.checkpoint:
-            net_cfg, notes = network_config(cfg.vo.checkpoint, cfg, explicit)
-            for note in notes:
-                logger.info(note)
-        vo = VisualOdometry(net_cfg, device=device)
-    except Exception as e:  # CheckpointError, OSError, RuntimeError of torch.load
-        if not fallback:
-            raise StartupError(
-                f"cannot load the weights '{weights}' ({source}): {e}. Fix: pass a valid "
-                "checkpoint (checkpoint:=...), checkpoint:='' with vo.flow_provider:=dis "
-                'vo.depth_provider:=none for the classical pipeline, or '
-                'fallback_to_classical:=true') from e
-        logger.error(f"cannot load the weights '{weights}' ({source}): {e}; "
-                     'fallback_to_classical is true: running the classical pipeline')
-        cfg.vo.flow_provider, cfg.vo.depth_provider, cfg.vo.checkpoint = 'dis', 'none', ''
-        flow, depth, weights, source = 'dis', 'none', '', 'fallback (classical)'
-        vo = VisualOdometry(cfg, device=device)
-    used = vo.cfg.data
-    order = 'bgr' if used.bgr else 'rgb'
-    return vo, {'flow': flow, 'depth': depth, 'weights': weights or '(none)',
-                'weights_source': source, 'device': str(vo.device),
-                'network_input': f'{used.img_width}x{used.img_height} {order}'}
-
-
-class _Stats:
-    """Frame accounting and timing of the node (guarded by the node's lock)."""
-
-    def __init__(self):
-        self.received = 0
-        self.processed = 0
-        self.lost = 0
-        self.skipped = {'busy': 0, 'stride': 0, 'paused': 0}
-        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
-        self.latency_ms = 0.0
-        self.latency_sum_ms = 0.0
-        self.latency_max_ms = 0.0
-        self.processing_ms = 0.0
-        self.node_ms = 0.0
-        self.node_sum_ms = 0.0
-        self.last: Optional[FrameResult] = None
-        self.start = time.monotonic()
+#: Seconds the shutdown (worker, executor, node, context) may take before the process exits.
+SHUTDOWN_TIMEOUT = 10.0
+#: Seconds between checks for images whose wait for camera_info is over.
+PAIRING_POLL = 0.02
 
 
 class VONode(Node):
@@ -248,6 +122,9 @@ class VONode(Node):
         :raises StartupError: unusable weights or parameters.
         """
         super().__init__('vo_node', **kwargs)
+        self._setup()
+
+    def _setup(self) -> None:
         log = self.get_logger()
         try:
             self.params = NodeParameters(self)
@@ -255,15 +132,19 @@ class VONode(Node):
         except ConfigError as e:
             raise StartupError(str(e)) from e
         p = self.params
+        for note in p.notes:
+            log.warning(note)
         self.vo, self.info = build_odometry(cfg, p['checkpoint'], p['device'],
                                             p['fallback_to_classical'], log,
                                             p['vo.flow_provider'], p['vo.depth_provider'],
                                             p.explicit_config_keys())
         cfg = self.vo.cfg
-        p.adopt(cfg)     # later parameter changes start from the sizes actually used
+        p.adopt(cfg)            # later parameter changes start from the sizes actually used
+        p.declare_deferred(cfg)  # data.img_height / img_width read back the size in use
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._stats = _Stats()
+        self._stats = FrameStats()
+        self._throttle = LogThrottle(WARN_PERIOD)
         self._slot = None
         self._busy = False
         self._stop = False
@@ -272,17 +153,14 @@ class VONode(Node):
         self._pending_cfg: Dict[str, object] = {}
         self._last_stamp: Optional[int] = None
         self._stride_counter = 0
-        self._info_seen = False
-        self._first_image: Optional[float] = None
-        self._warned: Dict[str, float] = {}
-        self._T_bc: Optional[np.ndarray] = None
-        self._T_bc_frame: Optional[str] = None
-        self._prev: Optional[Tuple[int, np.ndarray]] = None   # (stamp ns, T_world_cam)
-        self._work_hw: Optional[Tuple[int, int]] = None
-        self._path = PathMsg()
+        self._last: Optional[FrameResult] = None
         self._state_name = 'WAITING'
+        self._work_hw = None
+        self._extrinsics_source: Dict[str, str] = {}
+        self._distortion = DistortionTracker()
+        self._odom = OdometryOutput(p['max_frame_interval'], p['twist_unknown_sigma'])
+        self._path = PathKeeper(p['path_max_length'], p['path_publish_period'])
 
-        # publishers
         self.pub_odom = self.create_publisher(Odometry, 'odom', 10)
         self.pub_path = self.create_publisher(PathMsg, 'path', 10)
         self.pub_depth = self.create_publisher(Image, 'depth', 10)
@@ -290,15 +168,15 @@ class VONode(Node):
         self.pub_points = self.create_publisher(PointCloud2, 'points', 5)
         self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.tf_broadcaster, self.static_broadcaster, self.info['tf'] = make_broadcasters(self)
+        self.tf_broadcaster, self.static_broadcaster, self.info['tf'] = make_broadcasters(
+            self, static=p['publish_camera_tf'])
         self.extrinsics = ExtrinsicsProvider(self, p['use_tf_extrinsics'], p['tf_timeout'],
                                              p['base_to_camera'])
+        self.info['tf_listener'] = self.extrinsics.implementation
 
-        # subscriptions (one mutually exclusive group: pairing state is touched by one thread)
         self._sub_group = MutuallyExclusiveCallbackGroup()
         self._srv_group = ReentrantCallbackGroup()
         self._create_subscriptions()
-
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._srv_group)
         self.create_service(Trigger, '~/pause', self._on_pause, callback_group=self._srv_group)
         self.create_service(Trigger, '~/resume', self._on_resume,
@@ -307,15 +185,22 @@ class VONode(Node):
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self.create_timer(p['diagnostics_period'], self._publish_diagnostics,
                           callback_group=self._srv_group)
+        self.create_timer(PAIRING_POLL, self._pairer.poll, callback_group=self._sub_group)
+        self.create_timer(0.25, self._flush_path, callback_group=self._srv_group)
         self._worker = threading.Thread(target=self._work, name='vo_worker', daemon=True)
         self._worker.start()
         h, w = cfg.data.img_height, cfg.data.img_width
         size = 'input size' if cfg.vo.resolution == 'native' else f'{w}x{h}'
+        tf_out = ('none' if not p['publish_tf'] else
+                  f"{p['base_frame']} -> {p['odom_frame']} (inverted)" if p['invert_tf'] else
+                  f"{p['odom_frame']} -> {p['base_frame']}")
         log.info(f"visual odometry ready: flow={self.info['flow']} depth={self.info['depth']} "
                  f"weights={self.info['weights']} ({self.info['weights_source']}) "
                  f"device={self.info['device']} working resolution={size} "
                  f"channels={'bgr' if cfg.data.bgr else 'rgb'} "
-                 f"image_qos={p['image_qos']} sync={self.info['sync']} tf={self.info['tf']}")
+                 f"image_qos={p['image_qos']} pairing={self.info['pairing']} "
+                 f"tf={self.info['tf']} publishes tf: {tf_out}; extrinsics lookup: "
+                 f"{self.info['tf_listener']}")
 
     # ----------------------------------------------------------------------------------------
     # subscriptions and pairing
@@ -323,12 +208,12 @@ class VONode(Node):
     def _create_subscriptions(self) -> None:
         p = self.params
         depth = p['queue_size']
-        if p['image_qos'] == 'sensor_data':   # rclpy's qos_profile_sensor_data, own depth
-            qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.BEST_EFFORT,
-                             durability=DurabilityPolicy.VOLATILE)
-        else:
-            qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+        reliability = (ReliabilityPolicy.BEST_EFFORT if p['image_qos'] == 'sensor_data'
+                       else ReliabilityPolicy.RELIABLE)
+        qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability,
+                         durability=DurabilityPolicy.VOLATILE)
+        info_qos = QoSProfile(depth=max(depth, INFO_CACHE_SIZE), history=HistoryPolicy.KEEP_LAST,
+                              reliability=reliability, durability=DurabilityPolicy.VOLATILE)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         if p['use_compressed']:
             try:
@@ -338,48 +223,34 @@ class VONode(Node):
             image_type = CompressedImage
         else:
             image_topic, image_type = 'image', Image
-        self.image_topic = image_topic
-        self.info_topic = 'camera_info'
+        self.image_topic, self.info_topic = image_topic, 'camera_info'
         group = self._sub_group
         if message_filters is not None:
-            self.info['sync'] = 'message_filters'
-            kw = {'qos_profile': qos, 'callback_group': group}
-            try:
-                self._mf_image = message_filters.Subscriber(self, image_type, image_topic,
-                                                            event_callbacks=events, **kw)
-            except TypeError:
-                self._mf_image = message_filters.Subscriber(self, image_type, image_topic, **kw)
-            self._mf_info = message_filters.Subscriber(self, CameraInfo, self.info_topic, **kw)
-            if p['sync_slop'] > 0:
-                self._mf_sync = message_filters.ApproximateTimeSynchronizer(
-                    [self._mf_image, self._mf_info], p['queue_size'], p['sync_slop'])
-            else:
-                self._mf_sync = message_filters.TimeSynchronizer(
-                    [self._mf_image, self._mf_info], p['queue_size'])
-            self._mf_sync.registerCallback(self._on_pair)
-            self._mf_image.registerCallback(self._on_image)
-            self._mf_info.registerCallback(self._on_info)
-            self._sync = None
+            self.info['pairing'] = f'message_filters.Cache({INFO_CACHE_SIZE})'
+            self._mf_info = message_filters.Subscriber(
+                self, CameraInfo, self.info_topic, qos_profile=info_qos, callback_group=group)
+            infos = MessageFiltersInfoCache(message_filters, self._mf_info, INFO_CACHE_SIZE)
+            infos.cache.registerCallback(self._on_info)
         else:
-            self.info['sync'] = 'own StampSynchronizer'
-            info_depth = max(depth, INFO_QUEUE_MIN)
-            self._sync = StampSynchronizer(self._on_pair, (depth, info_depth), p['sync_slop'],
-                                           on_drop=self._on_sync_drop)
-            self.create_subscription(image_type, image_topic, self._on_image, qos,
-                                     callback_group=group, event_callbacks=events)
-            info_qos = QoSProfile(depth=info_depth, history=HistoryPolicy.KEEP_LAST,
-                                  reliability=qos.reliability, durability=qos.durability)
+            self.info['pairing'] = f'own InfoCache({INFO_CACHE_SIZE})'
+            infos = InfoCache(INFO_CACHE_SIZE)
             self.create_subscription(CameraInfo, self.info_topic, self._on_info, info_qos,
                                      callback_group=group, event_callbacks=events)
+        self._pairer = FramePairer(
+            self._on_paired, self._on_unpaired, wait=p['camera_info_wait'],
+            first_wait=p['camera_info_timeout'], max_age=p['camera_info_max_age'],
+            infos=infos, max_held=depth,
+            matrix_available=lambda: camera_matrix_or_none(self.params['camera_matrix'])
+            is not None)
+        self.create_subscription(image_type, image_topic, self._on_image, qos,
+                                 callback_group=group, event_callbacks=events)
 
-    def _warn(self, key: str, text: str, period: float = WARN_PERIOD, once: bool = False,
+    def _warn(self, key: str, text: str, period: Optional[float] = None, once: bool = False,
               level: str = 'warning') -> None:
-        """Log a warning at most once per ``period`` seconds per key (or once)."""
-        now = time.monotonic()
-        last = self._warned.get(key)
-        if last is not None and (once or now - last < period):
+        """Log a message, throttled per kind and message shape (:class:`LogThrottle`)."""
+        text = self._throttle.admit(key, text, period, once)
+        if text is None:
             return
-        self._warned[key] = now
         log = self.get_logger()
         # one call site per severity: rclpy refuses a call site that changes its severity
         if level == 'info':
@@ -397,27 +268,6 @@ class VONode(Node):
                    f'Fix: restart with image_qos:={other}, or make the camera publish '
                    'reliable', period=30.0)
 
-    def _stamp_warning(self, stamp: int, last: int) -> None:
-        kind = 'duplicate' if stamp == last else 'out-of-order'
-        self._warn(f'stamp_{kind}', f'{kind} image stamp {stamp / 1e9:.3f} s (last '
-                   f'{last / 1e9:.3f} s): frame dropped. Stamps must increase; after a time '
-                   'jump (bag loop) call ~/reset')
-
-    def _on_sync_drop(self, index: int, msg, reason: str) -> None:
-        if index != 0:
-            return
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            key = {'flushed': 'no_camera_info', 'stale': 'stamp'}.get(reason, 'unsynchronised')
-            self._stats.rejected[key] += 1
-            last = self._last_stamp
-        if reason == 'stale':
-            self._stamp_warning(stamp, stamp if last is None else last)
-        elif reason != 'flushed':
-            self._warn('sync', f'image at {stamp_to_ns(msg.header.stamp) / 1e9:.3f} s dropped: '
-                       f'no camera_info with its stamp ({reason}); camera_info must carry the '
-                       'stamp of its image (or set sync_slop)')
-
     def _guard(self, fn, *args) -> None:
         """Run a subscription callback; an exception is logged, never ends the executor."""
         try:
@@ -432,45 +282,32 @@ class VONode(Node):
         self._guard(self._handle_image, msg)
 
     def _on_info(self, msg: CameraInfo) -> None:
-        self._guard(self._handle_info, msg)
-
-    def _on_pair(self, image, info: CameraInfo) -> None:
-        self._guard(self._submit, image, info)
+        self._guard(self._pairer.add_info, msg)
 
     def _handle_image(self, msg) -> None:
-        now = time.monotonic()
         with self._lock:
             self._stats.received += 1
-            if self._first_image is None:
-                self._first_image = now
-            waited = now - self._first_image
-            info_seen = self._info_seen
-        if not info_seen and waited >= self.params['camera_info_timeout']:
-            K = camera_matrix_or_none(self.params['camera_matrix'])
-            if self._sync is not None:
-                self._sync.flush(0)
-            if K is None:
-                with self._lock:
-                    self._stats.rejected['no_camera_info'] += 1
-                self._warn('no_info', f'no camera_info received on {self.info_topic} within '
-                           f"camera_info_timeout={self.params['camera_info_timeout']} s: images "
-                           'are dropped. Fix: publish sensor_msgs/CameraInfo with the stamps of '
-                           'the images (remap camera_info:=<your topic>), or set the '
-                           'camera_matrix parameter (9 numbers, row-major K at the image size)',
-                           period=30.0)
-                return
-            self._warn('use_matrix', f'no camera_info on {self.info_topic}: using the '
-                       'camera_matrix parameter', once=True, level='info')
-            self._submit(msg, K)
-            return
-        if self._sync is not None:
-            self._sync.add(0, msg)
+        self._pairer.add_image(msg, stamp_to_ns(msg.header.stamp))
 
-    def _handle_info(self, msg: CameraInfo) -> None:
+    def _on_unpaired(self, image, text: str) -> None:
         with self._lock:
-            self._info_seen = True
-        if self._sync is not None:
-            self._sync.add(1, msg)
+            self._stats.rejected['no_camera_info'] += 1
+        stamp = stamp_to_ns(image.header.stamp) * 1e-9
+        self._warn('no_info', f'image at {stamp:.3f} s dropped: {text} on {self.info_topic} and '
+                   'camera_matrix is not set. Fix: publish sensor_msgs/CameraInfo with the '
+                   'stamps of the images (remap camera_info:=<your topic>), raise '
+                   'camera_info_max_age, or set camera_matrix (9 numbers, row-major K at the '
+                   'image size)')
+
+    def _on_paired(self, image, info, source: str) -> None:
+        if source == 'matrix':
+            K = camera_matrix_or_none(self.params['camera_matrix'])
+            self._warn('use_matrix', f'no camera_info within camera_info_max_age on '
+                       f'{self.info_topic}: using the camera_matrix parameter', level='info',
+                       period=60.0)
+            self._guard(self._submit, image, K)
+        else:
+            self._guard(self._submit, image, info)
 
     def _submit(self, image, source) -> None:
         """Store a frame in the one-slot buffer (stamp, stride and pause checks first)."""
@@ -482,9 +319,21 @@ class VONode(Node):
             last = self._last_stamp
             if last is not None and stamp <= last:
                 self._stats.rejected['stamp'] += 1
-                self._stamp_warning(stamp, last)
-                return
-            self._last_stamp = stamp
+            else:
+                self._last_stamp = stamp
+        if last is not None and stamp <= last:
+            kind = 'duplicate' if stamp == last else 'out-of-order'
+            self._warn(f'stamp_{kind}', f'{kind} image stamp {stamp / 1e9:.3f} s (last '
+                       f'{last / 1e9:.3f} s): frame dropped. Stamps must increase; after a '
+                       'time jump (bag loop) call ~/reset')
+            return
+        if last is not None and (stamp - last) * 1e-9 > self.params['max_frame_interval']:
+            self._warn('time_jump', f'image stamp jumped forward by {(stamp - last) * 1e-9:.1f} '
+                       f's (from {last / 1e9:.3f} to {stamp / 1e9:.3f} s, more than '
+                       f"max_frame_interval={self.params['max_frame_interval']} s): the "
+                       "frame's twist is reported unknown. If the clock jumped (bag loop, "
+                       'simulation restart), call ~/reset')
+        with self._cond:
             self._stride_counter += 1
             if (self._stride_counter - 1) % self.params['frame_skip']:
                 self._stats.skipped['stride'] += 1
@@ -501,8 +350,6 @@ class VONode(Node):
         with self._cond:
             self._reset_requested = True
             self._last_stamp = None
-        if self._sync is not None:
-            self._sync.reset()
         response.success = True
         response.message = 'odometry reset: the next frame is the new origin'
         self.get_logger().info(response.message)
@@ -539,13 +386,19 @@ class VONode(Node):
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, params) -> None:
+        p = self.params
         with self._lock:
             for q in params:
-                if q.name not in self.params.specs:
+                if q.name not in p.specs:
                     continue
-                self.params.values[q.name] = q.value
-                if self.params.specs[q.name].config_key:
+                p.values[q.name] = q.value
+                if p.specs[q.name].config_key:
                     self._pending_cfg[q.name] = q.value
+            self._odom.max_frame_interval = float(p['max_frame_interval'])
+            self._odom.twist_sigma = tuple(float(v) for v in p['twist_unknown_sigma'])
+        self._path.configure(p['path_max_length'], p['path_publish_period'])
+        self._pairer.configure(p['camera_info_wait'], p['camera_info_timeout'],
+                               p['camera_info_max_age'])
 
     # ----------------------------------------------------------------------------------------
     # worker
@@ -563,7 +416,10 @@ class VONode(Node):
                 pending, self._pending_cfg = self._pending_cfg, {}
             try:
                 if reset:
-                    self._do_reset()
+                    self.vo.reset()
+                    self._odom.reset()
+                    self._path.reset()
+                    self._work_hw = None
                 if pending:
                     self.vo.cfg = self.params.config(pending, base=self.vo.cfg)
                     self.get_logger().info(f'odometry settings changed: {pending}')
@@ -577,20 +433,51 @@ class VONode(Node):
                 with self._lock:
                     self._busy = False
 
-    def _do_reset(self) -> None:
-        self.vo.reset()
-        self._prev = None
-        self._work_hw = None
-        self._path = PathMsg()
-
     def _reject(self, reason: str, key: str, text: str) -> None:
         with self._lock:
             self._stats.rejected[reason] += 1
         self._warn(key, text)
 
+    def _distortion_of(self, info: CameraInfo) -> Optional[Distortion]:
+        """Return the Distortion of a camera_info (None: pinhole); say what is used."""
+        dist, changed, problem = self._distortion.update(info.distortion_model, info.d)
+        if changed and not problem:
+            self.get_logger().info(f'camera_info distortion: {self._distortion.used}')
+        if problem:
+            self._warn('distortion', problem)
+        return dist
+
+    def _camera_frame(self, image) -> str:
+        camera_frame = self.params['camera_frame'] or image.header.frame_id
+        if not camera_frame:
+            self._warn('frame_id', "the image's header.frame_id is empty and camera_frame is "
+                       'not set: odometry is published (base -> camera from base_to_camera), '
+                       'depth and points are not. Fix: camera_frame:=<camera optical frame>, '
+                       'or set frame_id in the camera driver')
+        return camera_frame
+
+    def _extrinsics(self, camera_frame: str) -> np.ndarray:
+        p = self.params
+        T_bc, source, problem = self.extrinsics.lookup(p['base_frame'], camera_frame)
+        if problem:
+            self._warn('extrinsics', problem, period=60.0)
+        before = self._extrinsics_source.get(camera_frame)
+        if source != before:
+            self._extrinsics_source[camera_frame] = source
+            text = (f"base '{p['base_frame']}' -> camera '{camera_frame}' from {source}")
+            if before == 'parameters':
+                text += (': switched from base_to_camera; the published base pose changes '
+                         'where the two differ (publish the mount before starting the node '
+                         'to avoid this)')
+            self.get_logger().info(text)
+            if source == 'parameters' and self.static_broadcaster is not None and camera_frame:
+                hdr = Header(stamp=self.get_clock().now().to_msg(), frame_id=p['base_frame'])
+                self.static_broadcaster.sendTransform(
+                    conv.transform_msg(T_bc, hdr, camera_frame))
+        return T_bc
+
     def _process(self, image, source, arrival: float) -> None:
         """Convert, run the odometry and publish one frame."""
-        p = self.params
         try:
             if isinstance(image, CompressedImage):
                 rgb = conv.compressed_to_rgb8(image)
@@ -601,10 +488,12 @@ class VONode(Node):
         except ValueError as e:
             return self._reject('malformed', 'malformed', f'frame dropped: {e}')
         hw = rgb.shape[:2]
+        distortion = None
         try:
             if isinstance(source, CameraInfo):
                 K = conv.camera_info_to_K(source)
                 K = conv.fit_K_to_image(K, conv.camera_info_size(source), hw)
+                distortion = self._distortion_of(source)
             else:
                 K = np.asarray(source, dtype=np.float64)
         except conv.ImageSizeError as e:
@@ -617,154 +506,99 @@ class VONode(Node):
                                 f"{work_hw} differs from the previous frames' {self._work_hw} "
                                 "(vo.resolution='native'); call ~/reset after changing the "
                                 'image size')
-        camera_frame = p['camera_frame'] or image.header.frame_id
-        if self._T_bc is None or camera_frame != self._T_bc_frame:
-            self._T_bc, source_name = self.extrinsics.lookup(p['base_frame'], camera_frame)
-            self._T_bc_frame = camera_frame
-            if source_name == 'parameters' and p['publish_camera_tf'] and camera_frame:
-                hdr = Header(stamp=image.header.stamp, frame_id=p['base_frame'])
-                self.static_broadcaster.sendTransform(
-                    conv.transform_msg(self._T_bc, hdr, camera_frame))
-            self.get_logger().info(f"base '{p['base_frame']}' -> camera '{camera_frame}' "
-                                   f'from {source_name}')
-        t_sec = stamp_to_ns(image.header.stamp) * 1e-9
+        camera_frame = self._camera_frame(image)
+        T_bc = self._extrinsics(camera_frame)
         t0 = time.perf_counter()
-        result = self.vo.step(t_sec, rgb, K)
+        result = self.vo.step(stamp_to_ns(image.header.stamp) * 1e-9, rgb, K,
+                              distortion=distortion)
         self._work_hw = work_hw
-        self._publish(result, image.header, camera_frame, 1000.0 * (time.perf_counter() - t0),
-                      1000.0 * (time.monotonic() - arrival))
+        self._publish(result, image.header, camera_frame, T_bc, hw, K, distortion,
+                      1000.0 * (time.perf_counter() - t0), 1000.0 * (time.monotonic() - arrival))
 
     # ----------------------------------------------------------------------------------------
     # publishing
     # ----------------------------------------------------------------------------------------
     def _publish(self, r: FrameResult, image_header: Header, camera_frame: str,
-                 processing_ms: float, node_ms: float) -> None:
+                 T_bc: np.ndarray, image_hw, K_image, distortion, processing_ms: float,
+                 node_ms: float) -> None:
         p = self.params
         stamp_ns = stamp_to_ns(image_header.stamp)
-        latency = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        sample = self._odom.sample(r, T_bc, stamp_ns, p['publish_when_lost'])
+        odom_header = Header(stamp=image_header.stamp, frame_id=p['odom_frame'])
+        if sample is not None:
+            self.pub_odom.publish(conv.odometry_msg(
+                sample.T_odom_base, sample.pose_covariance, odom_header, p['base_frame'],
+                sample.linear, sample.angular, sample.twist_covariance))
         if r.state == TrackingState.LOST:
-            self._warn('lost', f'tracking LOST at {stamp_ns / 1e9:.3f} s: {r.message}; no '
-                       'odometry is published until it recovers')
+            what = ('odometry with covariance 1e6 is published' if p['publish_when_lost']
+                    else 'no odometry is published')
+            self._warn('lost', f'tracking LOST at {stamp_ns / 1e9:.3f} s: {r.message}; {what} '
+                       'until it recovers')
         else:
-            T_bc = self._T_bc
-            T_ob = conv.conjugate_pose(T_bc, r.T_world_cam)
-            cov_ob = conv.conjugate_covariance(r.covariance, T_bc, r.T_world_cam)
-            lin, ang, twist_cov = np.zeros(3), np.zeros(3), None
-            if self._prev is not None and r.state != TrackingState.INITIALIZING:
-                dt = (stamp_ns - self._prev[0]) * 1e-9
-                motion = conv.conjugate_pose(T_bc, r.T_prev_cur)
-                lin, ang = conv.twist_from_motion(motion, dt)
-                if dt > 0:
-                    twist_cov = conv.conjugate_covariance(r.relative_covariance, T_bc,
-                                                          r.T_prev_cur) / (dt * dt)
-            self._prev = (stamp_ns, r.T_world_cam)
-            odom_header = Header(stamp=image_header.stamp, frame_id=p['odom_frame'])
-            self.pub_odom.publish(conv.odometry_msg(T_ob, cov_ob, odom_header, p['base_frame'],
-                                                    lin, ang, twist_cov))
             if p['publish_tf']:
-                self.tf_broadcaster.sendTransform(
-                    conv.transform_msg(T_ob, odom_header, p['base_frame']))
-            self._path.header = odom_header
-            self._path.poses.append(conv.pose_stamped_msg(T_ob, odom_header))
-            excess = len(self._path.poses) - p['path_max_length']
-            if excess > 0:
-                del self._path.poses[:excess]
-            self.pub_path.publish(self._path)
-            if r.depth is not None and (p['publish_depth'] or p['publish_points']):
-                depth_header = Header(stamp=image_header.stamp,
-                                      frame_id=camera_frame or image_header.frame_id)
-                if p['publish_depth']:
-                    self.pub_depth.publish(conv.depth_to_image(r.depth, depth_header))
-                    self.pub_depth_info.publish(conv.make_camera_info(
-                        r.K, r.depth.shape[0], r.depth.shape[1], depth_header))
-                if p['publish_points']:
-                    pts = conv.depth_to_points(r.depth, r.K, p['points_stride'])
-                    self.pub_points.publish(conv.pointcloud2_msg(pts, depth_header))
+                self.tf_broadcaster.sendTransform(odometry_transform(
+                    sample.T_odom_base, odom_header, p['odom_frame'], p['base_frame'],
+                    p['invert_tf']))
+            self._path.add(conv.pose_stamped_msg(sample.T_odom_base, odom_header), odom_header)
+            self._flush_path()
+            if r.depth is not None and camera_frame and (p['publish_depth']
+                                                         or p['publish_points']):
+                self._publish_depth(r, image_header, camera_frame, image_hw, K_image,
+                                    distortion)
+        latency = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
         with self._lock:
-            s = self._stats
-            s.processed += 1
-            s.lost += int(r.state == TrackingState.LOST)
-            s.latency_ms = latency
-            s.latency_sum_ms += latency
-            s.latency_max_ms = max(s.latency_max_ms, latency)
-            s.processing_ms = processing_ms
-            s.node_ms = node_ms
-            s.node_sum_ms += node_ms
-            s.last = r
+            plausible = self._stats.frame_done(latency, processing_ms, node_ms,
+                                               r.state == TrackingState.LOST)
+            self._stats.time_jumps += int(bool(sample is not None and sample.time_jump))
+            self._last = r
             changed = self._state_name != r.state.name
             self._state_name = r.state.name
-        self.pub_status.publish(self._frame_status(r, latency))
+        if not plausible:
+            self._warn('clock', f'image stamps are {latency / 1000.0:.1f} s from the node '
+                       'clock: latency_ms is not reported (n/a). With a bag, play it with '
+                       '--clock and set use_sim_time:=true', once=True, level='info')
+        self.pub_status.publish(
+            frame_status(self.get_name(), r, latency if plausible else None))
         if changed:
             self._publish_diagnostics()
 
-    def _frame_status(self, r: FrameResult, latency_ms: float) -> DiagnosticStatus:
-        values = {'state': r.state.name, 'stamp': f'{r.stamp:.9f}', 'method': r.method,
-                  'num_matches': r.num_matches, 'num_inliers': r.num_inliers,
-                  'scale_source': r.scale_source, 'latency_ms': f'{latency_ms:.1f}'}
-        values.update({f'time_{k}_ms': f'{v:.1f}' for k, v in r.timings.items()})
-        return DiagnosticStatus(level=_LEVEL[r.state], name=f'{self.get_name()}: frame',
-                                message=r.message or r.state.name, hardware_id=PACKAGE,
-                                values=[KeyValue(key=k, value=str(v))
-                                        for k, v in values.items()])
+    def _publish_depth(self, r: FrameResult, image_header: Header, camera_frame: str,
+                       image_hw, K_image, distortion) -> None:
+        p = self.params
+        header = Header(stamp=image_header.stamp, frame_id=camera_frame)
+        if p['publish_depth']:
+            depth, K = depth_output(r.depth, r.K, image_hw, K_image, p['depth_resolution'])
+            self.pub_depth.publish(conv.depth_to_image(depth, header))
+            self.pub_depth_info.publish(conv.make_camera_info(
+                K, depth.shape[0], depth.shape[1], header, distortion))
+        if p['publish_points']:
+            pts = conv.depth_to_points(r.depth, r.K, p['points_stride'])
+            self.pub_points.publish(conv.pointcloud2_msg(pts, header))
 
-    def accounting(self) -> Dict[str, int]:
-        """
-        Count the frames.
+    def _flush_path(self) -> None:
+        msg = self._path.take(PathMsg)
+        if msg is not None:
+            self.pub_path.publish(msg)
 
-        :return: received and processed, skipped_*, rejected_*, pending (their sum).
-        """
+    def accounting(self) -> Dict[str, object]:
+        """Return the frame accounting and timing values (see :mod:`.node_stats`)."""
+        waiting = self._pairer.pending()
         with self._lock:
-            s = self._stats
-            pending = int(self._slot is not None) + int(self._busy)
-            out = {'received': s.received, 'processed': s.processed, 'pending': pending}
-            out.update({f'skipped_{k}': v for k, v in s.skipped.items()})
-            out.update({f'rejected_{k}': v for k, v in s.rejected.items()})
-        if self._sync is not None:
-            out['pending'] += self._sync.pending(0)
-        return out
+            pending = int(self._slot is not None) + int(self._busy) + waiting
+            return self._stats.values(pending)
 
     def _publish_diagnostics(self) -> None:
-        acc = self.accounting()
+        values = self.accounting()
         with self._lock:
-            s = self._stats
-            r = s.last
-            state = self._state_name
-            paused = self._paused
-            values = dict(acc)
-            values['rejected'] = sum(v for k, v in acc.items() if k.startswith('rejected_'))
-            values['skipped'] = sum(v for k, v in acc.items() if k.startswith('skipped_'))
-            values['lost'] = s.lost
-            values['latency_ms'] = f'{s.latency_ms:.1f}'
-            values['latency_mean_ms'] = (f'{s.latency_sum_ms / s.processed:.1f}'
-                                         if s.processed else '0.0')
-            values['latency_max_ms'] = f'{s.latency_max_ms:.1f}'
-            values['processing_ms'] = f'{s.processing_ms:.1f}'
-            values['in_node_ms'] = f'{s.node_ms:.1f}'
-            values['in_node_mean_ms'] = (f'{s.node_sum_ms / s.processed:.1f}'
-                                         if s.processed else '0.0')
-            elapsed = max(time.monotonic() - s.start, 1e-9)
-            values['processed_per_s'] = f'{s.processed / elapsed:.2f}'
-        values['state'] = state
-        values['paused'] = paused
-        if r is not None:
-            values.update({'num_matches': r.num_matches, 'num_inliers': r.num_inliers,
-                           'method': r.method, 'scale': f'{r.scale:.4f}',
-                           'scale_source': r.scale_source, 'message': r.message})
-            values.update({f'time_{k}_ms': f'{v:.1f}' for k, v in r.timings.items()})
+            last, state, paused = self._last, self._state_name, self._paused
+        values.update(state=state, paused=paused, distortion=self._distortion.used,
+                      image_qos=self.params['image_qos'])
+        values.update({f'paired_{k}': v for k, v in self._pairer.counts.items()})
+        values['extrinsics'] = ', '.join(f'{k or "?"}: {v}'
+                                         for k, v in self._extrinsics_source.items()) or '-'
         values.update(self.info)
-        values['image_qos'] = self.params['image_qos']
-        if paused:
-            level, message = DiagnosticStatus.WARN, 'paused'
-        elif r is None:
-            level, message = DiagnosticStatus.WARN, f'waiting for images on {self.image_topic}'
-        else:
-            level = _LEVEL[r.state]
-            message = r.state.name + (f': {r.message}' if r.message else '')
-        status = DiagnosticStatus(level=level, name=f'{self.get_name()}: visual odometry',
-                                  message=message, hardware_id=PACKAGE,
-                                  values=[KeyValue(key=k, value=str(v))
-                                          for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
+        msg = DiagnosticArray(status=[summary_status(self.get_name(), values, last, paused,
+                                                     self.image_topic)])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
@@ -776,8 +610,45 @@ class VONode(Node):
         self._worker.join(timeout=5.0)
 
 
+def usage() -> str:
+    """Return the ``vo_node --help`` text: the command line and every node parameter."""
+    from trianflow_ros.ros.node_params import node_param_specs
+    lines = ['usage: vo_node [--ros-args -p NAME:=VALUE ... --params-file FILE '
+             '-r image:=TOPIC -r camera_info:=TOPIC]', '',
+             (__doc__ or '').strip().split('\n\n')[0].strip('`'), '',
+             'node parameters (ros2 param describe /vo_node NAME):']
+    for spec in node_param_specs():
+        lines.append(f'  {spec.name} (default {spec.default!r}): {describe(spec)}')
+    lines += ['', 'and the shared-config fields vo.*, geometry.*, data.img_height, '
+              'data.img_width, flow_net.fb_* (trianflow-config --fields)']
+    return '\n'.join(lines)
+
+
+def exit_now(rc: int, error: str) -> None:
+    """
+    Log why the node cannot start and end the process at once with status ``rc``.
+
+    The half-built node is not destroyed: destroying an rclpy node a few milliseconds after its
+    creation crashed the process (SIGSEGV in ``destroy_node``, about 1 start in 40 with six
+    nodes starting at once here) or hung its exit, so the exit status was lost.
+    """
+    rclpy.logging.get_logger('vo_node').error(error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)      # the C logger's buffers too
+    except (OSError, AttributeError):
+        pass
+    os._exit(rc)
+
+
 def main(args=None) -> int:
     """Run the node until SIGINT; exit status 0, or 1 when it cannot start."""
+    argv = list(sys.argv[1:] if args is None else args)
+    own = argv[:argv.index('--ros-args')] if '--ros-args' in argv else argv
+    if '-h' in own or '--help' in own:
+        print(usage())
+        return 0
     rclpy.init(args=args)
     node = None
     executor = None
@@ -790,15 +661,15 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except StartupError as e:
-        rclpy.logging.get_logger('vo_node').error(str(e))
-        rc = 1
+        exit_now(1, str(e))
     except (InvalidParameterValueException, InvalidParameterTypeException,
             ParameterException) as e:
-        rclpy.logging.get_logger('vo_node').error(
-            f'invalid parameter: {e}. Fix: give a value of the declared type within its range '
-            '(ros2 param describe /vo_node <name>)')
-        rc = 1
+        exit_now(1, f'invalid parameter: {e}. Fix: give a value of the declared type within '
+                    'its range (ros2 param describe /vo_node <name>)')
     finally:
+        # rclpy's destroy_node was seen to hang (1 exit in 60, six nodes stopping at once):
+        # bounded, the process then dumps its stacks and exits (status 1) instead of hanging
+        faulthandler.dump_traceback_later(SHUTDOWN_TIMEOUT, exit=True)
         if node is not None:
             node.shutdown()
         if executor is not None:
@@ -806,6 +677,7 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return rc
 
 

@@ -146,12 +146,11 @@ class VisualOdometry:
     def reset(self) -> None:
         """Forget everything: the next frame starts a new odometry frame (INITIALIZING)."""
         self._kf: Optional[Keyframe] = None
-        self._window = []
         self._kf_inliers: Optional[int] = None   # inliers of the keyframe's first pair
         self._next_id = 0                          # next map point id
         self._window: List[Keyframe] = []          # the last keyframes (window adjustment)
         self._T_world = np.eye(4)
-        self._cov_left = cov.make_spd(np.zeros((6, 6)))
+        self._cov_left = cov.initial_covariance()
         self._count = 0
         self._lost = False
         self._last_speed = 0.0
@@ -303,7 +302,7 @@ class VisualOdometry:
 
         if self._kf is None:
             self._T_world = np.eye(4)
-            self._cov_left = cov.make_spd(np.zeros((6, 6)))
+            self._cov_left = cov.initial_covariance()
             d, s, kind = self._provider_map(depth)
             self._kf = Keyframe(frame, np.eye(4), self._cov_left, d, s, kind)
             self._kf_inliers = None
@@ -343,7 +342,8 @@ class VisualOdometry:
             est.method, focal_px=focal, sigma_px=est.sigma_px, num_inliers=est.num_inliers,
             translation_norm=t_norm, scene_depth=est.scene_depth, scale_sigma=est.scale_sigma,
             last_speed=self._last_speed * frames,
-            standstill_px=self.cfg.geometry.degeneracy.standstill_px)
+            standstill_px=self.cfg.geometry.degeneracy.standstill_px,
+            translation=T_kf_cur[:3, 3])
         cov_left = cov.propagate(kf.cov_left, kf.T_world, cov_rel)
 
         state = TrackingState.RECOVERED if self._lost else TrackingState.TRACKING
