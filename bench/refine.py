@@ -3,8 +3,9 @@
 SA4Depth-style LM pose refinement: VO with / without it, and the small-scale generalisation test.
 
 1. Visual odometry (``trianflow_ros.vo``) with and without the inference refinement
-   (``geometry.refine.enabled``; :class:`trianflow_ros.vo.refinement.RefiningVisualOdometry`,
-   image features: blurred grey + gradients, no weights):
+   (``geometry.refine.enabled``: :class:`~trianflow_ros.vo.odometry.VisualOdometry` refines
+   each pair with :class:`trianflow_ros.vo.refinement.PoseRefiner`; image features: blurred
+   grey + gradients, no weights):
 
    - synthetic 'forward' (driving) and 'handheld' sequences, seed 0, 96x320, with DIS flow and
      the oracle (exact, metric) depth, and classical (DIS flow, no depth: scale propagated by
@@ -77,7 +78,6 @@ from trianflow_ros.model.refined_posenet import RefinedPoseNetModel  # noqa: E40
 from trianflow_ros.model.trianflow import TrianFlowModel  # noqa: E402
 from trianflow_ros.vo import (DISFlowProvider, NetworkFlowProvider,  # noqa: E402
                               OracleDepthProvider, TrackingState, VisualOdometry)
-from trianflow_ros.vo.refinement import RefiningVisualOdometry  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
 
@@ -128,8 +128,7 @@ def vo_config(h: int, w: int, refine: bool, **refine_kw) -> Config:
 
 def run_vo(cfg: Config, frames, flow, depth, gt: np.ndarray) -> Dict[str, float]:
     """Run the odometry (refining when configured) over (stamp, image, K) frames."""
-    cls = RefiningVisualOdometry if cfg.geometry.refine.enabled else VisualOdometry
-    vo = cls(cfg, flow, depth)
+    vo = VisualOdometry(cfg, flow, depth)        # refines when geometry.refine.enabled
     results = [vo.step(stamp, image, K) for stamp, image, K in frames]
     est = np.stack([r.T_world_cam for r in results])
     out = trajectory_errors(est, gt)

@@ -39,7 +39,7 @@ NODE_PARAMETERS = {
     'config_file': 'shared-config YAML (e.g. odo.yaml, kitti.yaml) loaded before the ROS '
                    "parameters; '' = as in params_file",
     'checkpoint': "network weights (.pth) or 'default'; '' = as in params_file (node default: "
-                  'models/default.pth if installed, else classical)',
+                  'the classical pipeline; default = models/default.pth)',
     'odom_frame': "odometry frame (TF parent, Odometry header); '' = as in params_file "
                   '(default odom)',
     'base_frame': "robot body frame (TF child, Odometry child_frame_id); '' = as in "

@@ -58,8 +58,10 @@ def test_default_name_resolves_to_the_shipped_file():
 
 def test_trianflow_vo_default_is_classical_and_the_weights_one_option_away(tmp_path):
     """
-    The default pipeline is the classical one (issue 12: it wins bench/vo_real.py on the real
-    sequences; until then the shipped weights were the default, and this test said so).
+    Check that the default pipeline is the classical one.
+
+    Issue 12: it wins bench/vo_real.py on the real sequences; until then the shipped weights
+    were the default, and this test said so.
     """
     from trianflow_ros.vo.cli import build_parser, resolve_config
     notes = []

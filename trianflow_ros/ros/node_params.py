@@ -144,12 +144,13 @@ def node_param_specs() -> List[ParamSpec]:
         P('config_file', '', 'YAML file of the shared configuration tree (a path, or a name '
           "in the package's config folder such as kitti.yaml), loaded before the ROS "
           'parameters override single fields', read_only=True),
-        P('checkpoint', '', "network weights (.pth). '' = models/default.pth of the package "
-          '(share or source tree) when it exists, else the classical pipeline (DIS flow, no '
-          "depth network); 'default' = models/default.pth (an error when missing). A "
-          'checkpoint that stores its training config sets the network variant, input size '
-          'and channel order (data.img_height / data.img_width given as parameters still '
-          'win); original ones (kitti_odo.pth) need config_file:=odo.yaml', read_only=True),
+        P('checkpoint', '', "network weights (.pth). '' = the classical pipeline (DIS flow, "
+          'no depth network: it beats the shipped small weights on the real sequences of '
+          "bench/vo_real.py); 'default' = models/default.pth of the package (share or source "
+          'tree; an error when missing). A checkpoint that stores its training config sets '
+          'the network variant, input size and channel order (data.img_height / '
+          'data.img_width given as parameters still win); original ones (kitti_odo.pth) '
+          'need config_file:=odo.yaml', read_only=True),
         P('fallback_to_classical', False, 'when the weights cannot be used (a missing or empty '
           'file, a directory, a corrupt checkpoint): false = log an error and exit (never '
           'silently run something else), true = log the error and run the classical '

@@ -35,7 +35,8 @@ from trianflow_ros.ros.node_params import (check_frames, node_param_specs,  # no
 
 #: The config fields read once when the odometry is built: read-only parameters.
 READ_ONLY_CONFIG = ('vo.flow_provider', 'vo.depth_provider', 'vo.dis_preset',
-                    'vo.resolution', 'data.img_height', 'data.img_width')
+                    'vo.resolution', 'data.img_height', 'data.img_width', 'vo.net_backend',
+                    'vo.net_cache_dir')
 #: Parameters declared after the odometry is built (:meth:`NodeParameters.declare_deferred`).
 DEFERRED = ('data.img_height', 'data.img_width')
 #: Config fields that are node parameters under another name.

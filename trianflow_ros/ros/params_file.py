@@ -29,7 +29,7 @@ HEADER = """\
 # The shared-config fields (vo.*, geometry.*, data.img_height/img_width, flow_net.fb_*) are
 # left commented out so that config_file (e.g. config/kitti.yaml) is not overridden; uncomment
 # one to override it. Weights (checkpoint, config_file: launch arguments): checkpoint >
-# vo.checkpoint of config_file > models/default.pth (if installed) > the classical pipeline.
+# vo.checkpoint of config_file > the classical pipeline (checkpoint:=default: models/default.pth).
 """
 
 

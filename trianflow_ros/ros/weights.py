@@ -1,9 +1,11 @@
 """
 Which weights the node runs, and building its odometry (``checkpoint``, ``fallback_to_classical``).
 
-Rule: ``checkpoint`` parameter > ``vo.checkpoint`` of ``config_file`` > ``models/default.pth``
-(package share, then source tree) when it exists > classical (DIS flow, no depth network);
-``checkpoint:=default`` names ``models/default.pth`` explicitly (an error when missing).
+Rule: ``checkpoint`` parameter > ``vo.checkpoint`` of ``config_file`` > classical (DIS flow,
+no depth network): the classical pipeline is the default because it beats the shipped small
+weights on every real sequence of ``bench/vo_real.py`` (docs/BENCHMARKS.md, issue 12);
+``checkpoint:=default`` names ``models/default.pth`` (package share, then source tree; an error
+when missing).
 Weights that were asked for but cannot be used (a missing path, a directory, an empty or
 corrupt file) stop the node at start-up with an error that names the file and the fix (exit
 status 1), unless ``fallback_to_classical`` is true: then the error is logged and the node
@@ -66,10 +68,7 @@ def resolve_weights(param: str, cfg: Config) -> Tuple[str, str]:
                 raise StartupError(f"{e} Or: checkpoint:='' for the classical pipeline") from e
         if value:
             return str(_check_file(value, source)), source
-    found = default_weights()
-    if found is not None:
-        return str(found), 'models/default.pth'
-    return '', 'none (classical)'
+    return '', 'none (classical: the default, see the module docstring)'
 
 
 def _classical(cfg: Config, device: str, logger, reason: str):
