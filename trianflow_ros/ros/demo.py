@@ -10,8 +10,8 @@ What it does, with nothing from outside the repository and no network:
 3. starts the node (``python -m trianflow_ros.ros.vo_node``, default parameters: the classical
    pipeline, DIS flow and scale by triangulation, the node's default by bench/vo_real.py)
    and a recorder (odom and depth), then replays the bag with ``trianflow-play
-   --wait-for-subscribers 1 --sync-topic /vo_node/status`` (lock-step: one image, then wait until the node reports it,
-   so no frame is dropped however slow this CPU is);
+   --wait-for-subscribers 1 --sync-topic /vo_node/status`` (lock-step: one image, then wait
+   until the node reports it, so no frame is dropped however slow this CPU is);
 4. stops everything with SIGINT and writes into ``--out`` (default ``results/demo``):
    ``poses_tum.txt`` and ``poses_kitti.txt`` (camera optical poses ``T_world_cam`` recovered
    from odom -> base_link with the node's default base -> camera rotation),
