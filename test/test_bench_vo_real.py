@@ -44,9 +44,9 @@ def test_quick_synthetic_run_has_every_figure(bench, capsys, tmp_path):
     assert 0.0 <= classical['ate'] < 0.05 and classical['rpe_rot'] < 0.2    # 64x208, ~5 m
     assert set(classical['stage_ms']) >= {'flow', 'select', 'solver', 'scale', 'total'}
     assert runs['baseline']['res'] == '64x208 native' and 'stage_ms' not in runs['baseline']
-    # trianflow-vo's default today: the shipped weights, i.e. the learned run, reused
-    assert runs['default']['same_as'] == 'learned'
-    assert runs['default']['ate'] == runs['learned']['ate']
+    # trianflow-vo's default since issue 12: the classical pipeline, i.e. its run, reused
+    assert runs['default']['same_as'] == 'classical'
+    assert runs['default']['ate'] == runs['classical']['ate']
     assert (tmp_path / 'syn_forward' / 'classical' / 'poses_kitti.txt').exists()
 
 
