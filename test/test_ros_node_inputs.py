@@ -134,6 +134,8 @@ def test_startup_checks_name_the_fix_and_fallback_applies(ros_env, tmp_path):
         'fallback_dir': SMALL[:4] + ['-p', f'checkpoint:={folder}', '-p',
                                      'fallback_to_classical:=true'],
         'default': ['-r', '__node:=vo_default', '-p', 'device:=cpu'],
+        'shipped': ['-r', '__node:=vo_shipped', '-p', 'device:=cpu', '-p',
+                    'checkpoint:=default'],
     }
     procs = {name: start_node(ros_env, tmp_path, args, name) for name, args in runs.items()}
     values = None
@@ -141,12 +143,12 @@ def test_startup_checks_name_the_fix_and_fallback_applies(ros_env, tmp_path):
         for name in ('no_odom', 'same', 'top_ratio', 'empty'):
             procs[name].wait(timeout=120)
         end = time.monotonic() + 120
-        for name in ('fallback_missing', 'fallback_dir', 'default'):
+        for name in ('fallback_missing', 'fallback_dir', 'default', 'shipped'):
             while 'visual odometry ready' not in procs[name].log_path.read_text():
                 assert procs[name].poll() is None, procs[name].log_path.read_text()
                 assert time.monotonic() < end, f'{name} node did not start'
                 time.sleep(0.2)
-        cam = Camera(ros_env, node_name='vo_default')
+        cam = Camera(ros_env, node_name='vo_shipped')
         try:
             values = cam.get_parameters('data.img_height', 'data.img_width')
         finally:
@@ -167,6 +169,9 @@ def test_startup_checks_name_the_fix_and_fallback_applies(ros_env, tmp_path):
     rc, log = results['fallback_dir']
     assert rc == 0 and 'is a directory' in log and 'flow=dis' in log, log
     rc, log = results['default']
+    # the default is the classical pipeline (issue 12: it wins bench/vo_real.py)
+    assert rc == 0 and 'flow=dis depth=none' in log and '(classical pipeline)' in log, log
+    rc, log = results['shipped']
     assert rc == 0 and 'flow=net depth=net' in log and 'working resolution=192x64' in log, log
     # the parameters read back the size in use (the checkpoint's), not the config default
     assert [v.integer_value for v in values] == [64, 192], values

@@ -183,6 +183,24 @@ def test_classical_mode_is_consistent_up_to_scale(kind, stride):
     assert rotation_error_deg(est[-1, :3, :3], gt[-1, :3, :3]) < 1.0
 
 
+@pytest.mark.parametrize('kind', ['forward', 'handheld'])
+def test_depth_output_off_gives_the_same_poses(kind):
+    """Without the depth output the classical pipeline skips its dense maps, poses unchanged."""
+    seq = sequence(kind, 1, 8)
+    runs = {}
+    for output in (True, False):
+        vo = VisualOdometry(small_config(), DISFlowProvider('medium'), None)
+        vo.output_depth = output
+        runs[output] = [vo.step(float(i), im, seq.K.numpy())
+                        for i, im in enumerate(seq.images_uint8())]
+    check_sane(runs[False])
+    assert any(r.depth is not None for r in runs[True])
+    assert all(r.depth is None for r in runs[False])
+    for a, b in zip(runs[True], runs[False]):
+        assert np.array_equal(a.T_world_cam, b.T_world_cam), (a.index, a.method, b.method)
+        assert np.allclose(a.covariance, b.covariance, rtol=1e-12, atol=0.0)
+
+
 def test_classical_mode_rotation_standstill_and_handheld():
     seq = sequence('pure_rotation')
     results, est = run(seq, 'dis', 'none')

@@ -45,15 +45,37 @@ def grid_points(height: int, width: int, device=None, dtype=torch.float64) -> to
     return pixel_grid(1, height, width, device, dtype).reshape(1, 2, -1).transpose(1, 2)
 
 
-def _flow_points(flow_21: torch.Tensor, undistort: Undistort, grid_2: Optional[torch.Tensor]):
-    """Raw x1 (sampling positions), pinhole x1 and pinhole x2 of every pixel of image 2."""
+def _valid_flow_points(flow_21: torch.Tensor, valid_2: torch.Tensor, undistort: Undistort,
+                       grid_2: Optional[torch.Tensor], need_x2: bool = True):
+    """
+    Return the flat indices of the trusted pixels of image 2 and their raw x1, pinhole x1, x2.
+
+    Only these pixels are computed (30-70 % of an image in practice): the dense maps were
+    built for every pixel and masked afterwards.
+    """
+    check_shape(valid_2, 'valid_2', (1, 1) + tuple(flow_21.shape[-2:]))
     _, _, h, w = flow_21.shape
-    raw2 = grid_points(h, w, flow_21.device)
-    raw1 = raw2 + torch.nan_to_num(flow_21.double()).reshape(1, 2, -1).transpose(1, 2)
+    flow = flow_21.reshape(1, 2, -1)
+    keep = valid_2.reshape(-1) & torch.isfinite(flow[0]).all(0)
+    idx = torch.nonzero(keep).flatten()
+    raw2 = grid_points(h, w, flow_21.device)[:, idx]
+    raw1 = raw2 + flow[:, :, idx].double().transpose(1, 2)
     if undistort is None:
-        return raw1, raw1, raw2
-    x2 = grid_2.to(torch.float64) if grid_2 is not None else undistort(raw2)
-    return raw1, undistort(raw1), x2
+        return idx, raw1, raw1, raw2
+    if not need_x2:
+        x2 = raw2
+    elif grid_2 is not None:
+        x2 = grid_2.to(torch.float64)[:, idx]
+    else:
+        x2 = undistort(raw2)
+    return idx, raw1, undistort(raw1), x2
+
+
+def _scatter(idx: torch.Tensor, values: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Write (1, M) values at flat pixel indices into a (1, 1, H, W) float32 map, 0 elsewhere."""
+    out = torch.zeros(h * w, dtype=torch.float32, device=values.device)
+    out[idx] = values[0].float()
+    return out.reshape(1, 1, h, w)
 
 
 def _skew(t: torch.Tensor) -> torch.Tensor:
@@ -89,22 +111,21 @@ def triangulate_flow_depth(flow_21: torch.Tensor, valid_2: torch.Tensor, K1: tor
     _, _, h, w = flow_21.shape
     check_shape(valid_2, 'valid_2', (1, 1, h, w))
     dt = torch.float64
-    _, x1, x2 = _flow_points(flow_21, undistort, grid_2)
+    idx, _, x1, x2 = _valid_flow_points(flow_21, valid_2, undistort, grid_2)
     K1d, K2d, T = K1.to(dt), K2.to(dt), T_21.to(dt)
     X1 = midpoint_triangulate(x1, x2, K1d, K2d, T)
     z1 = X1[..., 2]
     z2 = transform_points(T, X1)[..., 2]
     angle = ray_angle(x1, x2, K1d, K2d, T)
-    ok = valid_2.reshape(1, -1) & torch.isfinite(x1).all(-1) & torch.isfinite(x2).all(-1)
+    ok = torch.isfinite(x1).all(-1) & torch.isfinite(x2).all(-1)
     ok = ok & (angle >= torch.deg2rad(torch.tensor(min_angle_deg, dtype=dt)))
     ok = ok & (z1 > min_depth) & (z2 > min_depth) & torch.isfinite(z2)
     Fm = fundamental_from_essential(_skew(T[:, :3, 3]) @ T[:, :3, :3], K1d, K2d)
     ok = ok & (sampson_distance(Fm, torch.nan_to_num(x1), torch.nan_to_num(x2)) < max_sampson_px)
     focal = 0.5 * (K2d[:, 0, 0] + K2d[:, 1, 1])
     sigma = sigma_px / (angle * focal[:, None]).clamp(min=1e-9)
-    depth = torch.where(ok, z2, torch.zeros_like(z2)).reshape(1, 1, h, w).float()
-    sigma = torch.where(ok, sigma, torch.zeros_like(sigma)).reshape(1, 1, h, w).float()
-    return depth, sigma
+    return (_scatter(idx, torch.where(ok, z2, torch.zeros_like(z2)), h, w),
+            _scatter(idx, torch.where(ok, sigma, torch.zeros_like(sigma)), h, w))
 
 
 def transfer_flow_depth(depth_1: torch.Tensor, sigma_1: Optional[torch.Tensor],
@@ -132,20 +153,18 @@ def transfer_flow_depth(depth_1: torch.Tensor, sigma_1: Optional[torch.Tensor],
     check_shape(depth_1, 'depth_1', (1, 1, None, None))
     _, _, h, w = flow_21.shape
     dt = torch.float64
-    raw1, x1, _ = _flow_points(flow_21, undistort, None)
+    idx, raw1, x1, _ = _valid_flow_points(flow_21, valid_2, undistort, None, need_x2=False)
     d1 = depth_1.to(dt)
     known = sample_at((d1 > 0).to(dt), raw1, 'zeros')[..., 0] > 0.999
     z1 = 1.0 / sample_at(_inverse(d1), raw1, 'zeros')[..., 0].clamp(min=1e-12)
     X2 = transform_points(T_21.to(dt), backproject_pixels(torch.nan_to_num(x1), z1, K1.to(dt)))
     z2 = X2[..., 2]
-    ok = valid_2.reshape(1, -1) & known & (z1 > 0) & (z2 > 0) & torch.isfinite(z2)
-    ok = ok & torch.isfinite(x1).all(-1)
-    depth = torch.where(ok, z2, torch.zeros_like(z2)).reshape(1, 1, h, w).float()
+    ok = known & (z1 > 0) & (z2 > 0) & torch.isfinite(z2) & torch.isfinite(x1).all(-1)
+    depth = _scatter(idx, torch.where(ok, z2, torch.zeros_like(z2)), h, w)
     if sigma_1 is None:
         return depth, torch.zeros_like(depth)
     s1 = sample_at(sigma_1.to(dt), raw1, 'zeros')[..., 0]
-    sigma = torch.where(ok, s1, torch.zeros_like(s1)).reshape(1, 1, h, w).float()
-    return depth, sigma
+    return depth, _scatter(idx, torch.where(ok, s1, torch.zeros_like(s1)), h, w)
 
 
 def fuse_log_depth(depth_a: torch.Tensor, sigma_a: torch.Tensor, depth_b: torch.Tensor,

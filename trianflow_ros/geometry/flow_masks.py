@@ -66,8 +66,8 @@ def occlusion_mask(flow_ba: torch.Tensor) -> torch.Tensor:
         return out.view(b, 1, h, w).clamp(0.0, 1.0)
 
 
-def _fb_residual(flow_12: torch.Tensor, flow_21: torch.Tensor) -> torch.Tensor:
-    """Per-channel ``|flow_21(x + flow_12(x)) + flow_12(x)|``, shape (B, 2, H, W)."""
+def fb_residual(flow_12: torch.Tensor, flow_21: torch.Tensor) -> torch.Tensor:
+    """Return the per-channel ``|flow_21(x + flow_12(x)) + flow_12(x)|``, (B, 2, H, W)."""
     check_shape(flow_12, 'flow_12', ('B', 2, 'H', 'W'))
     check_shape(flow_21, 'flow_21', flow_12.shape)
     # zero padding as the original: a match that leaves the image reads flow 0, so its residual
@@ -88,7 +88,7 @@ def fb_difference(flow_12: torch.Tensor, flow_21: torch.Tensor) -> torch.Tensor:
     :param flow_21: flow from image 2 to image 1, shape (B, 2, H, W).
     :return: D_fb in pixels, shape (B, 1, H, W). Differentiable w.r.t. both flows.
     """
-    return _fb_residual(flow_12, flow_21).mean(dim=1, keepdim=True)
+    return fb_residual(flow_12, flow_21).mean(dim=1, keepdim=True)
 
 
 def fb_consistency_mask(flow_12: torch.Tensor, flow_21: torch.Tensor, alpha: float = 3.0,
@@ -109,9 +109,30 @@ def fb_consistency_mask(flow_12: torch.Tensor, flow_21: torch.Tensor, alpha: flo
         Not differentiable.
     """
     with torch.no_grad():
-        residual = _fb_residual(flow_12.detach(), flow_21.detach())
-        bound = (beta * flow_12.detach().norm(dim=1, keepdim=True)).clamp(min=alpha)
-        return (residual.norm(dim=1, keepdim=True) < bound).to(flow_12.dtype)
+        residual = fb_residual(flow_12.detach(), flow_21.detach())
+        return fb_consistency_from_residual(flow_12.detach(), residual, alpha, beta)
+
+
+def _channel_norm(x: torch.Tensor) -> torch.Tensor:
+    # |x|_2 over the 2 channels of (B, 2, H, W): torch.hypot is elementwise; Tensor.norm over
+    # dim 1 of a channels-first tensor was 80x slower on the CPU (18 ms at 256x832)
+    return torch.hypot(x[:, 0:1], x[:, 1:2])
+
+
+def fb_consistency_from_residual(flow_12: torch.Tensor, residual: torch.Tensor,
+                                 alpha: float = 3.0, beta: float = 0.05) -> torch.Tensor:
+    """
+    Return :func:`fb_consistency_mask` from an F-B residual computed already.
+
+    :param flow_12: (B, 2, H, W) flow from image 1 to image 2.
+    :param residual: (B, 2, H, W) per-channel residual of :func:`fb_residual`.
+    :param alpha: absolute threshold in pixels.
+    :param beta: threshold relative to the flow magnitude.
+    :return: 1 = consistent, 0 = not, shape (B, 1, H, W), dtype of the flow.
+    """
+    with torch.no_grad():
+        bound = (beta * _channel_norm(flow_12)).clamp(min=alpha)
+        return (_channel_norm(residual) < bound).to(flow_12.dtype)
 
 
 def flow_valid_mask(flow_12: torch.Tensor, flow_21: torch.Tensor, consistency: bool = True,

@@ -509,6 +509,8 @@ class VONode(Node):
         camera_frame = self._camera_frame(image)
         T_bc = self._extrinsics(camera_frame)
         t0 = time.perf_counter()
+        # no dense depth map when nothing publishes it (same poses, less work)
+        self.vo.output_depth = bool(self.params['publish_depth'] or self.params['publish_points'])
         result = self.vo.step(stamp_to_ns(image.header.stamp) * 1e-9, rgb, K,
                               distortion=distortion)
         self._work_hw = work_hw

@@ -376,6 +376,7 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     if args.max_frames is not None:
         indices = indices[:args.max_frames]
     vo = VisualOdometry(cfg)
+    vo.output_depth = not args.no_depth_output      # no dense map only the output would read
     out.mkdir(parents=True, exist_ok=True)
     (out / 'config.yaml').write_text(dump_yaml(cfg))
     results: List[FrameResult] = []

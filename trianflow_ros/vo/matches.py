@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config
-from trianflow_ros.geometry.flow_masks import (fb_difference, flow_valid_mask,
-                                               sample_correspondences, score_map)
+from trianflow_ros.geometry.flow_masks import (fb_consistency_from_residual, fb_residual,
+                                               occlusion_mask, sample_correspondences,
+                                               score_map)
 from trianflow_ros.geometry.warp import backward_warp, sample_at
 
 #: Forward-backward difference (px) of a "consistent" match (the count behind LOST).
@@ -100,14 +101,16 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     fin2 = torch.isfinite(flow_21).all(1, keepdim=True)
     f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
     f21 = torch.nan_to_num(flow_21, nan=0.0, posinf=0.0, neginf=0.0)
-    valid = flow_valid_mask(f12, f21, consistency=True, alpha=cfg.flow_net.fb_alpha,
-                            beta=cfg.flow_net.fb_beta) > 0.5
+    # flow_valid_mask and fb_difference, sharing the one F-B residual
+    residual = fb_residual(f12, f21)
+    valid = (occlusion_mask(f21) * fb_consistency_from_residual(
+        f12, residual, alpha=cfg.flow_net.fb_alpha, beta=cfg.flow_net.fb_beta)) > 0.5
     valid = valid & fin1 & (backward_warp(fin2.float(), f12, 'zeros') > 0.999)
     thr = cfg.vo.photometric_threshold
     if thr > 0:
         warped = backward_warp(img2, f12, 'zeros')
         valid = valid & ((warped - img1).abs().mean(1, keepdim=True) < thr)
-    score = score_map(valid.float(), fb_difference(f12, f21))
+    score = score_map(valid.float(), residual.mean(dim=1, keepdim=True))
     return valid, torch.where(valid, score, torch.zeros_like(score))
 
 

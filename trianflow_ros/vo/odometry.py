@@ -140,6 +140,12 @@ class VisualOdometry:
         self.bgr = bgr
         self._refiner = None    # geometry.refine: the LM pose refinement, built on first use
         self._undistort_cache = None
+        #: Whether the caller uses ``FrameResult.depth``. False skips the dense depth map
+        #: wherever only the output would use it (no depth provider, no refinement): the
+        #: classical pipeline then keeps only its tracked map points, and the poses are the
+        #: same (tested). The node sets it from publish_depth / publish_points, trianflow-vo
+        #: from --no-depth-output.
+        self.output_depth = True
         self.reset()
 
     # ----------------------------------------------------------------------------------------
@@ -376,7 +382,7 @@ class VisualOdometry:
                     self._T_world = T_world_cur
                 if out_depth is None:
                     out_depth = d
-            elif out_depth is None and kf.depth is not None:
+            elif out_depth is None and kf.depth is not None and self.output_depth:
                 valid_2 = self._valid_2(kf, frame, flow_21, flow_12)
                 out_depth, _ = transfer_flow_depth(
                     kf.depth, None, flow_21, valid_2, kf.frame.K,
@@ -541,6 +547,8 @@ class VisualOdometry:
         net_d, net_s, kind = self._provider_map(cur.depth)
         if not cfg.vo.map_fusion and net_d is not None:
             return net_d, net_s, kind
+        if not (self.output_depth or self.depth is not None or g.refine.enabled):
+            return None, None, 'none'        # only the depth output would read the dense map
         T = torch.from_numpy(est.T_21)[None].to(cur.K.device)
         valid_2 = None
         maps = []

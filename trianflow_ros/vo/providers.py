@@ -135,17 +135,36 @@ class DepthProvider:
         raise NotImplementedError
 
 
+_GREY_CACHE: List[Tuple[torch.Tensor, int, np.ndarray]] = []
+_GREY_CACHE_SIZE = 4
+_GREY_LOCK = threading.Lock()
+
+
 def to_grey_uint8(image: torch.Tensor) -> np.ndarray:
     """
     Convert a (1, 3, H, W) RGB [0, 1] tensor to an (H, W) uint8 grey image (BT.601 luma).
+
+    The grey images of the last few tensors are kept (by identity and version, the tensor
+    held so that its memory is not reused): a frame is read by the flow, the match selection,
+    Lucas-Kanade and the patch check, which converted it 6 times per frame. The result is
+    shared: do not modify it in place.
 
     :param image: (1, 3, H, W) float tensor.
     :return: (H, W) uint8 numpy array.
     """
     _check_image(image, 'image')
+    with _GREY_LOCK:
+        for tensor, version, grey in _GREY_CACHE:
+            if tensor is image and version == image._version:
+                return grey
     w = image.new_tensor(_LUMA).view(1, 3, 1, 1)
     grey = (image * w).sum(1)[0].clamp(0.0, 1.0).mul(255.0).round()
-    return grey.to(torch.uint8).cpu().numpy()
+    grey = grey.to(torch.uint8).cpu().numpy()
+    grey.setflags(write=False)
+    with _GREY_LOCK:
+        _GREY_CACHE.insert(0, (image, image._version, grey))
+        del _GREY_CACHE[_GREY_CACHE_SIZE:]
+    return grey
 
 
 class DISFlowProvider(FlowProvider):
@@ -153,7 +172,7 @@ class DISFlowProvider(FlowProvider):
     Classical dense flow: OpenCV's DIS (Kroeger et al., ECCV 2016) on grey images.
 
     Both directions are computed (two ``calc`` calls); no weights are needed. The grey image of
-    the last current frame is cached, so a sequence converts each frame once.
+    each frame is cached (:func:`to_grey_uint8`), so a sequence converts each frame once.
     """
 
     def __init__(self, preset: str = 'medium'):
@@ -167,14 +186,9 @@ class DISFlowProvider(FlowProvider):
             raise ValueError(f'DIS preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}')
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
-        self._cache: Optional[Tuple[torch.Tensor, np.ndarray]] = None
 
     def _grey(self, image: torch.Tensor) -> np.ndarray:
-        if self._cache is not None and self._cache[0] is image:
-            return self._cache[1]
-        grey = to_grey_uint8(image)
-        self._cache = (image, grey)
-        return grey
+        return to_grey_uint8(image)                 # cached per tensor
 
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """Return (flow_12, flow_21), each (1, 2, H, W) float32 on the images' device."""

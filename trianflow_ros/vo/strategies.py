@@ -150,6 +150,21 @@ def _median_depth(depth: Optional[torch.Tensor]) -> float:
     return float(d.median()) if d.numel() else 0.0
 
 
+def keyframe_scene_depth(kf: Keyframe) -> float:
+    """
+    Median depth of the keyframe's structure (the covariance's scene depth), 0 if unknown.
+
+    The depth provider's map where there is one, else the tracked map points (the structure
+    the scale rests on), else a propagated dense map: the figure does not depend on whether
+    the dense map was built for the depth output.
+    """
+    if kf.depth is not None and kf.kind == 'depth':
+        return _median_depth(kf.depth)
+    if kf.points is not None and kf.points.count > 0:
+        return _median_depth(kf.points.depth)
+    return _median_depth(kf.depth)
+
+
 def keyframe_depth_at(ctx: PairContext):
     """
     Keyframe depth and log-depth sigma of every match (what its scale and PnP rely on).
@@ -192,7 +207,7 @@ def hold(ctx: PairContext) -> PairEstimate:
     return PairEstimate(method='hold', T_21=np.eye(4), motion=ctx.motion,
                         num_matches=ctx.m.count, num_inliers=int(ctx.cls.num_points[0]),
                         sigma_px=float(ctx.cls.sigma_px[0]), parallax_px=0.0,
-                        scene_depth=_median_depth(ctx.kf.depth))
+                        scene_depth=keyframe_scene_depth(ctx.kf))
 
 
 def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
@@ -312,7 +327,7 @@ def rotation(ctx: PairContext) -> Optional[PairEstimate]:
     return PairEstimate(method='rotation', T_21=T, motion=ctx.motion, num_matches=ctx.m.count,
                         num_inliers=n_inl, sigma_px=float(ctx.cls.sigma_px[0]),
                         parallax_px=median_parallax_px(ctx, T[:3, :3], inliers),
-                        scene_depth=_median_depth(ctx.kf.depth), matches=ctx.m,
+                        scene_depth=keyframe_scene_depth(ctx.kf), matches=ctx.m,
                         inliers=inliers)
 
 
