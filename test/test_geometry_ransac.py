@@ -357,3 +357,13 @@ def test_refine_essential_noise_scale():
         assert torch.allclose(E.flatten(1).norm(dim=1), torch.ones(2, dtype=E.dtype))
         rot, tdir = _pose_errors(E, x1, x2, K, w > 0, R, t)
         assert rot.max().item() < ROT_TOL_DEG and tdir.max().item() < TDIR_TOL_DEG
+
+
+def test_min_hypotheses_draws_every_set_and_stays_exact():
+    """With min_hypotheses = 256 (no early stop: all 64 five-point sets) E is still exact."""
+    x1, x2, K, R, t, is_out = _scene(2, 600, seed=21, noise=0.0, outliers=0.2)
+    for floor in (0, 256):
+        res = ransac_essential(x1, x2, K, K, generator=_gen(0), min_hypotheses=floor)
+        assert bool((res.inliers | is_out).all())
+        rot, tdir = _pose_errors(res.model, x1, x2, K, res.inliers, R, t)
+        assert rot.max().item() < 1e-3 and tdir.max().item() < 1e-2

@@ -133,6 +133,10 @@ class RansacConfig:
                                 range=(1e-3, 100.0))
     num_hypotheses: int = param(256, 'hypotheses per pair, evaluated at once', range=(1, 10**5))
     lo_iters: int = param(3, 'local-optimisation refits on the inliers', range=(0, 100))
+    min_hypotheses: int = param(0, 'E: at least this many hypotheses (five-point sets x 4) '
+                                'before the adaptive stop (256: no early stop; fixed a short-'
+                                'baseline TUM pair, worsened far-field scenes: see '
+                                'docs/BENCHMARKS.md)', range=(0, 10**5))
     seed: int = param(0, 'seed of the hypothesis sampler', range=(0, 2**31 - 1))
 
 

@@ -256,20 +256,26 @@ def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypotheses,
-                           generator):
+                           generator, min_hypotheses: int = 0):
     """
     Adaptive five-point hypotheses: minimal sets in chunks until the RANSAC bound is met.
 
     Chunks of ``CHUNK_SETS`` sets (all batch elements at once) are solved and scored on the
     subset (features sW, weights sw) until, for every batch element, the number of sets drawn
     reaches log(1 - p) / log(1 - w^5) (H&Z Sec. 4.7.1, p = ``CONFIDENCE``) for the best ratio w
-    seen so far of points within ``COUNT_SPAN`` thresholds, or the cap num_hypotheses // 4.
+    seen so far of points within ``COUNT_SPAN`` thresholds, or the cap num_hypotheses // 4;
+    never fewer than min_hypotheses // 4 sets (the bound assumes that any all-inlier set gives a
+    good model, which fails for short baselines: their minimal solutions scatter between the
+    true pose and a rotation-translation ambiguity, and 16 sets missed the right one on a real
+    TUM pair 4 times in 12; 64 sets never did, but on far-field scenes more hypotheses found
+    wrong models that fit the many far points best, so the default floor is 0).
 
     :return: models (B, H, 3, 3), unit Frobenius norm, and their MSAC quality (B, H) on the
         subset (-1 for complex or degenerate roots).
     """
     b = y1.shape[0]
     cap = max(1, num_hypotheses // SOLUTIONS_PER_SET)
+    floor = min(cap, -(-int(min_hypotheses) // SOLUTIONS_PER_SET))
     wsum = sw.sum(1).clamp(min=1e-30)
     best_frac = sw.new_zeros(b)
     log_fail = math.log(1.0 - CONFIDENCE)
@@ -297,7 +303,7 @@ def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypot
         all_quality.append(quality)
         drawn += sets
         miss = (1.0 - best_frac.double() ** 5).clamp(1e-12, 1.0 - 1e-12)
-        if bool((log_fail / torch.log(miss) <= drawn).all()):
+        if drawn >= floor and bool((log_fail / torch.log(miss) <= drawn).all()):
             break
     if len(all_models) == 1:
         return all_models[0], all_quality[0]
@@ -307,7 +313,8 @@ def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypot
 def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor,
              w: torch.Tensor, threshold_px: float, num_hypotheses: int, lo_iters: int,
              generator: Optional[torch.Generator], essential: bool, five: bool = False,
-             W_all: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+             W_all: Optional[torch.Tensor] = None, min_hypotheses: int = 0
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Shared LO-MSAC core in affine-normalised coordinates y (float64, channels-first).
 
@@ -357,7 +364,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     thr_h2 = thr2 * HYP_SPAN ** 2
     if five:
         models, quality = _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2,
-                                                 num_hypotheses, generator)
+                                                 num_hypotheses, generator, min_hypotheses)
     else:
         k = MIN_POINTS
         idx = sample_minimal_sets(sample_w, k, num_hypotheses, generator).reshape(b, -1)
@@ -748,7 +755,8 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
                      weights: Optional[torch.Tensor] = None, *, threshold_px: float = 0.5,
                      num_hypotheses: int = 256, lo_iters: int = 3,
                      generator: Optional[torch.Generator] = None,
-                     refine_iters: int = 4, minimal_solver: str = 'five') -> RansacResult:
+                     refine_iters: int = 4, minimal_solver: str = 'five',
+                     min_hypotheses: int = 0) -> RansacResult:
     """
     Robust essential matrix by batched LO-MSAC plus a robust Sampson Gauss-Newton refinement.
 
@@ -790,6 +798,10 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         (up to 10 real solutions each, all scored); ``'eight'``: 8-point minimal sets projected
         onto the essential manifold, about as fast but far less robust with many outliers or
         sideways motion (8-point minimal solutions are very noise sensitive).
+    :param min_hypotheses: the adaptive stop comes after at least min_hypotheses // 4
+        five-point sets (at most the cap; 256 = the cap of the default num_hypotheses: no early
+        stop, see :func:`_five_point_hypotheses`; 0 = the RANSAC bound alone, the default:
+        more hypotheses made far-field scenes worse, docs/BENCHMARKS.md).
     :return: :class:`RansacResult` with model = E (y2^T E y1 = 0, singular values (s, s, 0)).
         A pair with fewer than 8 positive weights gets a zero model, no inliers and score 0.
         Not differentiable.
@@ -809,7 +821,8 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         L1, L2 = K1i[:, :2, :2].transpose(1, 2), K2i[:, :2, :2].transpose(1, 2)
         W = _sampson_features(y1, y2)
         E, r2 = _lo_msac(y1, y2, L1, L2, w, threshold_px, num_hypotheses, lo_iters, generator,
-                         essential=True, five=minimal_solver == 'five', W_all=W)
+                         essential=True, five=minimal_solver == 'five', W_all=W,
+                         min_hypotheses=min_hypotheses)
         near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
         for round_ in range(REFINE_ROUNDS if refine_iters > 0 else 0):
             # each round refines on the points near the current model; a further round only

@@ -430,7 +430,8 @@ class VisualOdometry:
         K1, K2 = kf.frame.K.double(), cur.K.double()
         ransac = ransac_essential(m.u1, m.u2, K1, K2, threshold_px=g.ransac.threshold_px,
                                   num_hypotheses=g.ransac.num_hypotheses,
-                                  lo_iters=g.ransac.lo_iters, generator=generator)
+                                  lo_iters=g.ransac.lo_iters, generator=generator,
+                                  min_hypotheses=g.ransac.min_hypotheses)
         num_e = int(ransac.num_inliers[0])
         e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
         F_est = fundamental_from_essential(ransac.model.double(), K1, K2)
