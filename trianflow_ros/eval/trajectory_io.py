@@ -9,7 +9,8 @@ Formats (one pose a line; blank lines and lines starting with '#' are skipped):
 - KITTI: 12 numbers, the 3x4 matrix ``[R | t]`` row-major (``r11 r12 r13 tx r21 ... tz``).
   13 numbers are accepted as a leading time stamp followed by the 12 (as the original
   evaluator's loader does, which reads that column as a frame index).
-- TUM: 8 numbers ``timestamp tx ty tz qx qy qz qw`` (Hamilton quaternion, scalar last).
+- TUM: 8 numbers ``timestamp tx ty tz qx qy qz qw`` (Hamilton quaternion, scalar last; the
+  conversions are :mod:`trianflow_ros.geometry.lie`'s, written with ``qw >= 0``).
 
 Commas are accepted as separators. :func:`read_trajectory` detects the format from the number
 of values on the first data line. :func:`associate` pairs two stamped trajectories by time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+
+from trianflow_ros.geometry.lie import matrix_to_quaternion, quaternion_to_matrix
 
 PathLike = Union[str, Path]
 
@@ -89,73 +92,6 @@ class Trajectory:
         if len(self) < 2:
             return 0.0
         return float(np.sum(np.linalg.norm(np.diff(self.positions, axis=0), axis=1)))
-
-
-# --------------------------------------------------------------------------------------------
-# Rotations <-> quaternions
-# --------------------------------------------------------------------------------------------
-
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
-    """
-    Convert unit quaternions ``(qx, qy, qz, qw)`` (Hamilton, scalar last) to rotation matrices.
-
-    :param q: shape (N, 4); normalised here.
-    :return: shape (N, 3, 3).
-    :raises ValueError: a quaternion of (near) zero norm.
-    """
-    q = np.asarray(q, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    if np.any(norm < 1e-12):
-        raise ValueError('quaternion of zero norm')
-    x, y, z, w = (q / norm).T
-    R = np.empty((len(q), 3, 3))
-    R[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    R[:, 0, 1] = 2 * (x * y - z * w)
-    R[:, 0, 2] = 2 * (x * z + y * w)
-    R[:, 1, 0] = 2 * (x * y + z * w)
-    R[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    R[:, 1, 2] = 2 * (y * z - x * w)
-    R[:, 2, 0] = 2 * (x * z - y * w)
-    R[:, 2, 1] = 2 * (y * z + x * w)
-    R[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """
-    Convert rotation matrices to unit quaternions ``(qx, qy, qz, qw)`` with ``qw >= 0``.
-
-    Shepperd's method: the largest of ``4 qw^2, 4 qx^2, 4 qy^2, 4 qz^2`` (from the trace and
-    the diagonal) is computed first for numerical stability.
-
-    :param R: shape (N, 3, 3).
-    :return: shape (N, 4).
-    """
-    R = np.asarray(R, dtype=np.float64)
-    q = np.empty((len(R), 4))
-    for i, m in enumerate(R):
-        tr = m[0, 0] + m[1, 1] + m[2, 2]
-        cand = (tr, m[0, 0], m[1, 1], m[2, 2])
-        k = int(np.argmax(cand))
-        if k == 0:
-            s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))
-            q[i] = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s,
-                    (m[1, 0] - m[0, 1]) / s, s / 4)
-        elif k == 1:
-            s = 2.0 * np.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 0.0))
-            q[i] = (s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s,
-                    (m[2, 1] - m[1, 2]) / s)
-        elif k == 2:
-            s = 2.0 * np.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 0.0))
-            q[i] = ((m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s,
-                    (m[0, 2] - m[2, 0]) / s)
-        else:
-            s = 2.0 * np.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 0.0))
-            q[i] = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4,
-                    (m[1, 0] - m[0, 1]) / s)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q[q[:, 3] < 0] *= -1.0
-    return q
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +207,7 @@ def read_tum(path: PathLike) -> Trajectory:
             raise TrajectoryFormatError(f'{path}:{lineno}: quaternion of zero norm')
     data = np.array([v for _, v in rows], dtype=np.float64)
     poses = np.tile(np.eye(4), (len(data), 1, 1))
-    poses[:, :3, :3] = quaternion_to_rotation(data[:, 4:8])
+    poses[:, :3, :3] = quaternion_to_matrix(data[:, 4:8])
     poses[:, :3, 3] = data[:, 1:4]
     return Trajectory(poses, data[:, 0].copy(), str(path))
 
@@ -376,7 +312,7 @@ def write_tum(path: PathLike, traj: Trajectory, overwrite: bool = False) -> None
     if traj.stamps is None:
         raise ValueError('the TUM format needs time stamps (give the trajectory stamps, e.g. '
                          'from a KITTI times file)')
-    q = rotation_to_quaternion(traj.poses[:, :3, :3])
+    q = matrix_to_quaternion(traj.poses[:, :3, :3])
     t = traj.positions
     lines = ['# timestamp tx ty tz qx qy qz qw']
     for i in range(len(traj)):

@@ -27,8 +27,8 @@ import torch
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
                                              five_point, normalize_points)
+from trianflow_ros.geometry.lie import skew
 from trianflow_ros.geometry.sampling import sample_minimal_sets
-from trianflow_ros.geometry.se3 import skew
 from trianflow_ros.geometry.threads import one_cpu_thread
 
 MIN_POINTS = 8
@@ -516,21 +516,12 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
         return _finish(F, r2, w, threshold_px, ok, x1.dtype)
 
 
-# [v]_x = v @ _SKEW_MAP reshaped to 3 x 3: one product instead of a stack of nine entries
-_SKEW_MAP = torch.zeros(3, 9, dtype=torch.float64)
-_SKEW_MAP[2, 1], _SKEW_MAP[1, 2], _SKEW_MAP[2, 3] = -1.0, 1.0, 1.0
-_SKEW_MAP[0, 5], _SKEW_MAP[1, 6], _SKEW_MAP[0, 7] = -1.0, -1.0, 1.0
 # the LM step (omega, delta) (B, 5) -> the rotation increments of R and of the frame
 # F = [b1, b2, t] of t, (B, 2, 3): F exp([(-delta_2, delta_1, 0)]_x) moves t by b1 delta_1 +
 # b2 delta_2 to first order
 _STEP_MAP = torch.zeros(5, 6, dtype=torch.float64)
 _STEP_MAP[0, 0], _STEP_MAP[1, 1], _STEP_MAP[2, 2] = 1.0, 1.0, 1.0
 _STEP_MAP[3, 4], _STEP_MAP[4, 3] = 1.0, -1.0
-
-
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """Cross-product matrices [v]_x of vectors (..., 3), shape (..., 3, 3)."""
-    return (v @ _SKEW_MAP.to(v)).unflatten(-1, (3, 3))
 
 
 def _cayley(phi: torch.Tensor) -> torch.Tensor:
@@ -543,7 +534,7 @@ def _cayley(phi: torch.Tensor) -> torch.Tensor:
     a = phi / 2: I + 2 ([a]_x + [a]_x^2) / (1 + |a|^2).
     """
     a = phi * 0.5
-    W = _skew(a)
+    W = skew(a)
     k = 2.0 / (1.0 + a.square().sum(-1))
     return torch.eye(3, dtype=phi.dtype, device=phi.device) + k[..., None, None] * (W + W @ W)
 
@@ -578,7 +569,7 @@ def _sampson_rt(RF: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.T
         J W_N J^T (B, 5, 5) with the Newton weights of the loss W_N, the gradient
         J W_I r (B, 5) with its IRLS weights W_I, and the residuals r (B, N).
     """
-    SR = _skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                     # [b1]x R, [b2]x R, E
+    SR = skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                      # [b1]x R, [b2]x R, E
     # E, E [e_k]_x (k = 1, 2, 3), [b1]x R, [b2]x R
     Q = torch.cat((SR[:, 2:] @ _E_GENERATORS.to(SR), SR[:, :2]), dim=1)   # (B, 6, 3, 3)
     P = _sampson_rows(Q, L1, L2) @ W                                      # (B, 12, N)
@@ -643,7 +634,7 @@ def _final_step(RF, W, L1, L2, c2, w):
     eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
     step = torch.linalg.solve_ex(H + 1e-9 * (H * eye + eye), -g)[0]
     RF_new = RF @ _cayley((step @ _STEP_MAP.to(RF)).reshape(-1, 2, 3))
-    r_new = _sampson_rt_residuals(_skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
+    r_new = _sampson_rt_residuals(skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
     better = (w * torch.log1p(r_new.square() / c2)).sum(-1) <= cost
     return (torch.where(better[:, None, None, None], RF_new, RF),
             torch.where(better[:, None], r_new, r))
@@ -741,7 +732,7 @@ def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, r2=None, W=None
         RF = _levenberg_marquardt(RF, W[:, :, ::k].contiguous(), L1, L2, c2,
                                   w[:, ::k].contiguous(), iters, step_tol * SUBSET_TOL)
         RF, r = _final_step(RF, W, L1, L2, c2, w)
-    return _skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
+    return skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
 
 
 def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
