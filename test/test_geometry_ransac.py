@@ -357,3 +357,15 @@ def test_refine_essential_noise_scale():
         assert torch.allclose(E.flatten(1).norm(dim=1), torch.ones(2, dtype=E.dtype))
         rot, tdir = _pose_errors(E, x1, x2, K, w > 0, R, t)
         assert rot.max().item() < ROT_TOL_DEG and tdir.max().item() < TDIR_TOL_DEG
+
+
+def test_msac_score_is_the_truncated_quadratic():
+    from trianflow_ros.geometry.sampling import msac_score
+    r2 = torch.tensor([[0.0, 0.25, 1.0, 4.0]], dtype=torch.float64)
+    assert msac_score(r2, 1.0).tolist() == [1.0 + 0.75 + 0.0 + 0.0]
+    w = torch.tensor([[2.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert msac_score(r2, 1.0, w).tolist() == [2.0 + 0.75]
+    # per-batch thresholds and another point dimension
+    thr2 = torch.tensor([1.0, 4.0], dtype=torch.float64)[:, None]
+    r2b = torch.cat((r2, r2)).T                                            # (N, B)
+    assert msac_score(r2b, thr2.T, dim=0).tolist() == [1.75, 1.0 + 15 / 16 + 0.75 + 0.0]

@@ -46,6 +46,7 @@ from trianflow_ros.data.sample import (DatasetError, depth_to_tensor, load_depth
                                        load_image, MissingFileError, PairDataset, parse_floats,
                                        PathLike, prepare_image, read_lines, relative_pose,
                                        require_path, Sample)
+from trianflow_ros.eval.trajectory_io import associate as associate_stamps
 from trianflow_ros.geometry.distortion import as_distortion, Distortion
 from trianflow_ros.geometry.lie import quaternion_slerp, quaternion_to_matrix
 
@@ -137,26 +138,12 @@ def read_groundtruth(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 
 def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_dt: float) -> Dict[int, int]:
     """
-    Match two sorted timestamp lists one-to-one: closest pairs first, each within ``max_dt``.
+    Match two timestamp lists one-to-one as the TUM tools do (closest pairs first, |dt| < max_dt).
 
-    :return: {index in a: index in b}.
+    :return: {index in a: index in b} (see :func:`trianflow_ros.eval.trajectory_io.associate`).
     """
-    candidates = []
-    if stamps_b.size:
-        pos = np.searchsorted(stamps_b, stamps_a)
-        for i, p in enumerate(pos):
-            for j in (p - 1, p):
-                if 0 <= j < stamps_b.size:
-                    dt = abs(stamps_a[i] - stamps_b[j])
-                    if dt <= max_dt:
-                        candidates.append((dt, i, j))
-    candidates.sort()
-    out, used = {}, set()
-    for _, i, j in candidates:
-        if i not in out and j not in used:
-            out[i] = j
-            used.add(j)
-    return out
+    ia, ib = associate_stamps(stamps_a, stamps_b, max_dt)
+    return dict(zip(ia.tolist(), ib.tolist()))
 
 
 def interpolate_pose(t: float, stamps: np.ndarray, positions: np.ndarray,

@@ -28,7 +28,7 @@ from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
                                              five_point, normalize_points)
 from trianflow_ros.geometry.lie import skew
-from trianflow_ros.geometry.sampling import sample_minimal_sets
+from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
 from trianflow_ros.geometry.threads import one_cpu_thread
 
 MIN_POINTS = 8
@@ -211,11 +211,6 @@ def _unit_essential(M: torch.Tensor) -> torch.Tensor:
     return (U[..., :2] @ Vh[..., :2, :]).mul_(0.5 ** 0.5)
 
 
-def _msac(r2: torch.Tensor, w: torch.Tensor, thr2: float) -> torch.Tensor:
-    """MSAC quality sum_i w_i (1 - min(r2_i, thr2) / thr2) of (..., N) residuals -> (...)."""
-    return (w * (1.0 - r2.clamp(max=thr2) / thr2)).sum(-1)
-
-
 def _design_rows(y1n: torch.Tensor, y2n: torch.Tensor) -> torch.Tensor:
     """Rows A_i of the 8-point system (H&Z eq. 11.3), channels-first, shape (B, 9, N)."""
     u1, v1 = y1n[:, 0], y1n[:, 1]
@@ -289,7 +284,7 @@ def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypot
         models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
         e, den = _model_terms(models.float(), sW, L1f, L2f)                # (B, 10 S, P)
         r2 = e.square_().div_(den)
-        quality = torch.where(valid, _msac(r2, sw.unsqueeze(1), thr_h2), -1.0)
+        quality = torch.where(valid, msac_score(r2, thr_h2, sw.unsqueeze(1)), -1.0)
         frac = ((r2 < thr_h2 * (COUNT_SPAN / HYP_SPAN) ** 2).float() @ sw.unsqueeze(-1)
                 ).squeeze(-1) / wsum.unsqueeze(1)
         best_frac = torch.maximum(best_frac, torch.where(valid, frac, 0.0).amax(1))
@@ -371,7 +366,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
                                mode='complete')
         models = to_model(Q[..., 8])
         e, den = _model_terms(models.float(), sW, L1f, L2f)
-        quality = _msac(e.square_().div_(den), sw.unsqueeze(1), thr_h2)
+        quality = msac_score(e.square_().div_(den), thr_h2, sw.unsqueeze(1))
     topk = min(LO_TOPK if five else 2 * LO_TOPK, models.shape[1])
     pick = quality.topk(topk, dim=1).indices
     best = models[torch.arange(b, device=y1.device)[:, None], pick]      # (B, k, 3, 3)
@@ -395,7 +390,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     W = _sampson_features(y1, y2)
     e, den = _model_terms(best, W, L1, L2)                                # (B, k, N)
     r2 = cur_r2 = e.square() / den
-    scores = _msac(r2, wk, thr2)                                          # (B, k)
+    scores = msac_score(r2, thr2, wk)                                     # (B, k)
     for it in range(lo_iters):
         span = LO_SPAN ** ((lo_iters - 1 - it) / (lo_iters - 1)) if lo_iters > 1 else 1.0
         lo_w = wk * (cur_r2 < thr2 * span ** 2) / den
@@ -404,7 +399,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         cand = to_model(vecs[..., 0])
         cand_e, cand_den = _model_terms(cand, W, L1, L2)
         cand_r2 = cand_e.square() / cand_den
-        cand_score = _msac(cand_r2, wk, thr2)
+        cand_score = msac_score(cand_r2, thr2, wk)
         # continue from the candidate; keep the best model seen at the final threshold
         cur_r2 = torch.where(usable[..., None], cand_r2, cur_r2)
         den = torch.where(usable[..., None], cand_den, den)
@@ -434,7 +429,7 @@ def _finish(model: torch.Tensor, r2: torch.Tensor, w: torch.Tensor, threshold_px
     model = torch.nan_to_num(model, nan=0.0, posinf=0.0, neginf=0.0)
     r2 = torch.nan_to_num(r2, nan=float('inf'), posinf=float('inf'))
     inliers = (r2 < thr2) & (w > 0) & ok[:, None]
-    score = torch.where(ok, _msac(r2, w, thr2), torch.zeros_like(r2[:, 0]))
+    score = torch.where(ok, msac_score(r2, thr2, w), torch.zeros_like(r2[:, 0]))
     model = torch.where(ok[:, None, None], _fix_sign(model), torch.zeros_like(model))
     return RansacResult(model=model.to(dtype), inliers=inliers,
                         num_inliers=inliers.sum(1).to(torch.int64), score=score.to(dtype))
