@@ -122,6 +122,23 @@ def _numeric_lines(path: Path) -> List[Tuple[int, List[float]]]:
     return rows
 
 
+def _table(path: Path, width: int, what: str, line: str) -> Tuple[List[int], np.ndarray]:
+    """
+    Return the line numbers and the values (N, width) of a file of ``width`` numbers a line.
+
+    :param what: what the file holds, for the error of an empty file ('poses').
+    :param line: what a line must hold, for the error of another count.
+    :raises TrajectoryFormatError: no data line, or a line with another count (line named).
+    """
+    rows = _numeric_lines(path)
+    if not rows:
+        raise TrajectoryFormatError(f'{path}: no {what} (empty or only comments)')
+    for lineno, values in rows:
+        if len(values) != width:
+            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; {line}')
+    return [lineno for lineno, _ in rows], np.array([v for _, v in rows], dtype=np.float64)
+
+
 def detect_format(path: PathLike) -> str:
     """
     Detect the format of a trajectory file from its first data line.
@@ -196,16 +213,10 @@ def read_tum(path: PathLike) -> Trajectory:
     :raises TrajectoryFormatError: malformed line or zero quaternion (file and line named).
     """
     path = Path(path)
-    rows = _numeric_lines(path)
-    if not rows:
-        raise TrajectoryFormatError(f'{path}: no poses (empty or only comments)')
-    for lineno, values in rows:
-        if len(values) != 8:
-            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; a TUM line '
-                                        f'has 8 (timestamp tx ty tz qx qy qz qw)')
-        if np.linalg.norm(values[4:]) < 1e-12:
-            raise TrajectoryFormatError(f'{path}:{lineno}: quaternion of zero norm')
-    data = np.array([v for _, v in rows], dtype=np.float64)
+    linenos, data = _table(path, 8, 'poses', 'a TUM line has 8 (timestamp tx ty tz qx qy qz qw)')
+    zero = np.flatnonzero(np.linalg.norm(data[:, 4:8], axis=1) < 1e-12)
+    if zero.size:
+        raise TrajectoryFormatError(f'{path}:{linenos[zero[0]]}: quaternion of zero norm')
     poses = np.tile(np.eye(4), (len(data), 1, 1))
     poses[:, :3, :3] = quaternion_to_matrix(data[:, 4:8])
     poses[:, :3, 3] = data[:, 1:4]
@@ -220,15 +231,7 @@ def read_times(path: PathLike) -> np.ndarray:
     :return: stamps, shape (N,), float64.
     :raises TrajectoryFormatError: malformed line (file and line named) or empty file.
     """
-    path = Path(path)
-    rows = _numeric_lines(path)
-    if not rows:
-        raise TrajectoryFormatError(f'{path}: no time stamps (empty or only comments)')
-    for lineno, values in rows:
-        if len(values) != 1:
-            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; a times '
-                                        f'file has one stamp a line')
-    return np.array([v[0] for _, v in rows], dtype=np.float64)
+    return _table(Path(path), 1, 'time stamps', 'a times file has one stamp a line')[1][:, 0]
 
 
 def read_trajectory(path: PathLike, fmt: str = 'auto',
