@@ -367,3 +367,15 @@ def test_min_hypotheses_draws_every_set_and_stays_exact():
         assert bool((res.inliers | is_out).all())
         rot, tdir = _pose_errors(res.model, x1, x2, K, res.inliers, R, t)
         assert rot.max().item() < 1e-3 and tdir.max().item() < 1e-2
+
+
+def test_msac_score_is_the_truncated_quadratic():
+    from trianflow_ros.geometry.sampling import msac_score
+    r2 = torch.tensor([[0.0, 0.25, 1.0, 4.0]], dtype=torch.float64)
+    assert msac_score(r2, 1.0).tolist() == [1.0 + 0.75 + 0.0 + 0.0]
+    w = torch.tensor([[2.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert msac_score(r2, 1.0, w).tolist() == [2.0 + 0.75]
+    # per-batch thresholds and another point dimension
+    thr2 = torch.tensor([1.0, 4.0], dtype=torch.float64)[:, None]
+    r2b = torch.cat((r2, r2)).T                                            # (N, B)
+    assert msac_score(r2b, thr2.T, dim=0).tolist() == [1.75, 1.0 + 15 / 16 + 0.75 + 0.0]

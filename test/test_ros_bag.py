@@ -44,10 +44,10 @@ def image_array(msg):
 
 
 def pose_of(msg_pose):
-    from trianflow_ros.eval.trajectory_io import quaternion_to_rotation
+    from trianflow_ros.geometry.lie import quaternion_to_matrix
     q = msg_pose.orientation
     T = np.eye(4)
-    T[:3, :3] = quaternion_to_rotation(np.array([[q.x, q.y, q.z, q.w]]))[0]
+    T[:3, :3] = quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
     T[:3, 3] = [msg_pose.position.x, msg_pose.position.y, msg_pose.position.z]
     return T
 

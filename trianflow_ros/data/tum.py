@@ -46,7 +46,9 @@ from trianflow_ros.data.sample import (DatasetError, depth_to_tensor, load_depth
                                        load_image, MissingFileError, PairDataset, parse_floats,
                                        PathLike, prepare_image, read_lines, relative_pose,
                                        require_path, Sample)
+from trianflow_ros.eval.trajectory_io import associate as associate_stamps
 from trianflow_ros.geometry.distortion import as_distortion, Distortion
+from trianflow_ros.geometry.lie import quaternion_slerp, quaternion_to_matrix
 
 #: fx, fy, cx, cy of the TUM RGB-D colour cameras at 640x480 (TUM documentation).
 FAMILY_INTRINSICS = {'fr1': (517.3, 516.5, 318.6, 255.3),
@@ -136,47 +138,12 @@ def read_groundtruth(path: PathLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 
 def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_dt: float) -> Dict[int, int]:
     """
-    Match two sorted timestamp lists one-to-one: closest pairs first, each within ``max_dt``.
+    Match two timestamp lists one-to-one as the TUM tools do (closest pairs first, |dt| < max_dt).
 
-    :return: {index in a: index in b}.
+    :return: {index in a: index in b} (see :func:`trianflow_ros.eval.trajectory_io.associate`).
     """
-    candidates = []
-    if stamps_b.size:
-        pos = np.searchsorted(stamps_b, stamps_a)
-        for i, p in enumerate(pos):
-            for j in (p - 1, p):
-                if 0 <= j < stamps_b.size:
-                    dt = abs(stamps_a[i] - stamps_b[j])
-                    if dt <= max_dt:
-                        candidates.append((dt, i, j))
-    candidates.sort()
-    out, used = {}, set()
-    for _, i, j in candidates:
-        if i not in out and j not in used:
-            out[i] = j
-            used.add(j)
-    return out
-
-
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3, 3) of a unit quaternion (x, y, z, w)."""
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
-    """Spherical linear interpolation of unit quaternions (shortest arc), s in [0, 1]."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 1.0 - 1e-12:
-        q = q0 + s * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = np.arccos(min(d, 1.0))
-    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
+    ia, ib = associate_stamps(stamps_a, stamps_b, max_dt)
+    return dict(zip(ia.tolist(), ib.tolist()))
 
 
 def interpolate_pose(t: float, stamps: np.ndarray, positions: np.ndarray,
@@ -197,7 +164,7 @@ def interpolate_pose(t: float, stamps: np.ndarray, positions: np.ndarray,
         return None
     s = 0.0 if i0 == i1 else (t - stamps[i0]) / (stamps[i1] - stamps[i0])
     T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(slerp(quaternions[i0], quaternions[i1], s))
+    T[:3, :3] = quaternion_to_matrix(quaternion_slerp(quaternions[i0], quaternions[i1], s))
     T[:3, 3] = (1 - s) * positions[i0] + s * positions[i1]
     return T
 

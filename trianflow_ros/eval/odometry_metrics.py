@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from trianflow_ros.eval.alignment import align_kitti_original, ALIGN_MODES, align_poses
 from trianflow_ros.eval.trajectory_io import associate, MAX_DT, Trajectory
+from trianflow_ros.geometry.lie import se3_inverse
 
 #: KITTI segment lengths, m.
 KITTI_SEGMENT_LENGTHS = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0)
@@ -89,22 +90,6 @@ def rotation_angle(R: np.ndarray) -> np.ndarray:
     return np.arctan2(0.5 * np.linalg.norm(axis, axis=-1), cos)
 
 
-def invert_rigid(T: np.ndarray) -> np.ndarray:
-    """
-    Inverse of rigid transforms: ``[R | t]^-1 = [R^T | -R^T t]``.
-
-    :param T: shape (..., 4, 4).
-    :return: shape (..., 4, 4).
-    """
-    T = np.asarray(T, dtype=np.float64)
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(T[..., :3, :3], -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -(Rt @ T[..., :3, 3:])[..., 0]
-    out[..., 3, 3] = 1.0
-    return out
-
-
 def trajectory_distances(positions: np.ndarray) -> np.ndarray:
     """
     Distance travelled up to every frame, eq. (1).
@@ -135,7 +120,7 @@ def relative_errors(gt: np.ndarray, est: np.ndarray, first: np.ndarray, last: np
     gt, est = _check_pair(gt, est)
     first = np.asarray(first, dtype=int)
     last = np.asarray(last, dtype=int)
-    inv = np.linalg.inv if devkit else invert_rigid
+    inv = np.linalg.inv if devkit else se3_inverse
     delta_gt = inv(gt[first]) @ gt[last]
     delta_est = inv(est[first]) @ est[last]
     err = inv(delta_gt) @ delta_est

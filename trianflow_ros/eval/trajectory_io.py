@@ -9,7 +9,8 @@ Formats (one pose a line; blank lines and lines starting with '#' are skipped):
 - KITTI: 12 numbers, the 3x4 matrix ``[R | t]`` row-major (``r11 r12 r13 tx r21 ... tz``).
   13 numbers are accepted as a leading time stamp followed by the 12 (as the original
   evaluator's loader does, which reads that column as a frame index).
-- TUM: 8 numbers ``timestamp tx ty tz qx qy qz qw`` (Hamilton quaternion, scalar last).
+- TUM: 8 numbers ``timestamp tx ty tz qx qy qz qw`` (Hamilton quaternion, scalar last; the
+  conversions are :mod:`trianflow_ros.geometry.lie`'s, written with ``qw >= 0``).
 
 Commas are accepted as separators. :func:`read_trajectory` detects the format from the number
 of values on the first data line. :func:`associate` pairs two stamped trajectories by time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+
+from trianflow_ros.geometry.lie import matrix_to_quaternion, quaternion_to_matrix
 
 PathLike = Union[str, Path]
 
@@ -92,73 +95,6 @@ class Trajectory:
 
 
 # --------------------------------------------------------------------------------------------
-# Rotations <-> quaternions
-# --------------------------------------------------------------------------------------------
-
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
-    """
-    Convert unit quaternions ``(qx, qy, qz, qw)`` (Hamilton, scalar last) to rotation matrices.
-
-    :param q: shape (N, 4); normalised here.
-    :return: shape (N, 3, 3).
-    :raises ValueError: a quaternion of (near) zero norm.
-    """
-    q = np.asarray(q, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    if np.any(norm < 1e-12):
-        raise ValueError('quaternion of zero norm')
-    x, y, z, w = (q / norm).T
-    R = np.empty((len(q), 3, 3))
-    R[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    R[:, 0, 1] = 2 * (x * y - z * w)
-    R[:, 0, 2] = 2 * (x * z + y * w)
-    R[:, 1, 0] = 2 * (x * y + z * w)
-    R[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    R[:, 1, 2] = 2 * (y * z - x * w)
-    R[:, 2, 0] = 2 * (x * z - y * w)
-    R[:, 2, 1] = 2 * (y * z + x * w)
-    R[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """
-    Convert rotation matrices to unit quaternions ``(qx, qy, qz, qw)`` with ``qw >= 0``.
-
-    Shepperd's method: the largest of ``4 qw^2, 4 qx^2, 4 qy^2, 4 qz^2`` (from the trace and
-    the diagonal) is computed first for numerical stability.
-
-    :param R: shape (N, 3, 3).
-    :return: shape (N, 4).
-    """
-    R = np.asarray(R, dtype=np.float64)
-    q = np.empty((len(R), 4))
-    for i, m in enumerate(R):
-        tr = m[0, 0] + m[1, 1] + m[2, 2]
-        cand = (tr, m[0, 0], m[1, 1], m[2, 2])
-        k = int(np.argmax(cand))
-        if k == 0:
-            s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))
-            q[i] = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s,
-                    (m[1, 0] - m[0, 1]) / s, s / 4)
-        elif k == 1:
-            s = 2.0 * np.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 0.0))
-            q[i] = (s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s,
-                    (m[2, 1] - m[1, 2]) / s)
-        elif k == 2:
-            s = 2.0 * np.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 0.0))
-            q[i] = ((m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s,
-                    (m[0, 2] - m[2, 0]) / s)
-        else:
-            s = 2.0 * np.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 0.0))
-            q[i] = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4,
-                    (m[1, 0] - m[0, 1]) / s)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q[q[:, 3] < 0] *= -1.0
-    return q
-
-
-# --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
 
@@ -184,6 +120,23 @@ def _numeric_lines(path: Path) -> List[Tuple[int, List[float]]]:
             raise TrajectoryFormatError(f'{path}:{lineno}: NaN or inf in {s[:80]!r}')
         rows.append((lineno, values))
     return rows
+
+
+def _table(path: Path, width: int, what: str, line: str) -> Tuple[List[int], np.ndarray]:
+    """
+    Return the line numbers and the values (N, width) of a file of ``width`` numbers a line.
+
+    :param what: what the file holds, for the error of an empty file ('poses').
+    :param line: what a line must hold, for the error of another count.
+    :raises TrajectoryFormatError: no data line, or a line with another count (line named).
+    """
+    rows = _numeric_lines(path)
+    if not rows:
+        raise TrajectoryFormatError(f'{path}: no {what} (empty or only comments)')
+    for lineno, values in rows:
+        if len(values) != width:
+            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; {line}')
+    return [lineno for lineno, _ in rows], np.array([v for _, v in rows], dtype=np.float64)
 
 
 def detect_format(path: PathLike) -> str:
@@ -260,18 +213,12 @@ def read_tum(path: PathLike) -> Trajectory:
     :raises TrajectoryFormatError: malformed line or zero quaternion (file and line named).
     """
     path = Path(path)
-    rows = _numeric_lines(path)
-    if not rows:
-        raise TrajectoryFormatError(f'{path}: no poses (empty or only comments)')
-    for lineno, values in rows:
-        if len(values) != 8:
-            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; a TUM line '
-                                        f'has 8 (timestamp tx ty tz qx qy qz qw)')
-        if np.linalg.norm(values[4:]) < 1e-12:
-            raise TrajectoryFormatError(f'{path}:{lineno}: quaternion of zero norm')
-    data = np.array([v for _, v in rows], dtype=np.float64)
+    linenos, data = _table(path, 8, 'poses', 'a TUM line has 8 (timestamp tx ty tz qx qy qz qw)')
+    zero = np.flatnonzero(np.linalg.norm(data[:, 4:8], axis=1) < 1e-12)
+    if zero.size:
+        raise TrajectoryFormatError(f'{path}:{linenos[zero[0]]}: quaternion of zero norm')
     poses = np.tile(np.eye(4), (len(data), 1, 1))
-    poses[:, :3, :3] = quaternion_to_rotation(data[:, 4:8])
+    poses[:, :3, :3] = quaternion_to_matrix(data[:, 4:8])
     poses[:, :3, 3] = data[:, 1:4]
     return Trajectory(poses, data[:, 0].copy(), str(path))
 
@@ -284,15 +231,7 @@ def read_times(path: PathLike) -> np.ndarray:
     :return: stamps, shape (N,), float64.
     :raises TrajectoryFormatError: malformed line (file and line named) or empty file.
     """
-    path = Path(path)
-    rows = _numeric_lines(path)
-    if not rows:
-        raise TrajectoryFormatError(f'{path}: no time stamps (empty or only comments)')
-    for lineno, values in rows:
-        if len(values) != 1:
-            raise TrajectoryFormatError(f'{path}:{lineno}: {len(values)} numbers; a times '
-                                        f'file has one stamp a line')
-    return np.array([v[0] for _, v in rows], dtype=np.float64)
+    return _table(Path(path), 1, 'time stamps', 'a times file has one stamp a line')[1][:, 0]
 
 
 def read_trajectory(path: PathLike, fmt: str = 'auto',
@@ -376,7 +315,7 @@ def write_tum(path: PathLike, traj: Trajectory, overwrite: bool = False) -> None
     if traj.stamps is None:
         raise ValueError('the TUM format needs time stamps (give the trajectory stamps, e.g. '
                          'from a KITTI times file)')
-    q = rotation_to_quaternion(traj.poses[:, :3, :3])
+    q = matrix_to_quaternion(traj.poses[:, :3, :3])
     t = traj.positions
     lines = ['# timestamp tx ty tz qx qy qz qw']
     for i in range(len(traj)):

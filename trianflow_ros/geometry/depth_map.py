@@ -33,6 +33,7 @@ import torch
 from trianflow_ros.geometry.camera import backproject_pixels, pixel_grid
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
+from trianflow_ros.geometry.lie import skew
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
 from trianflow_ros.geometry.warp import sample_at
@@ -78,13 +79,6 @@ def _scatter(idx: torch.Tensor, values: torch.Tensor, h: int, w: int) -> torch.T
     return out.reshape(1, 1, h, w)
 
 
-def _skew(t: torch.Tensor) -> torch.Tensor:
-    """[t]_x of (B, 3) vectors, shape (B, 3, 3)."""
-    z = torch.zeros_like(t[:, 0])
-    return torch.stack((z, -t[:, 2], t[:, 1], t[:, 2], z, -t[:, 0], -t[:, 1], t[:, 0], z),
-                       -1).reshape(-1, 3, 3)
-
-
 def triangulate_flow_depth(flow_21: torch.Tensor, valid_2: torch.Tensor, K1: torch.Tensor,
                            K2: torch.Tensor, T_21: torch.Tensor, *, min_angle_deg: float,
                            min_depth: float, max_sampson_px: float, sigma_px: float = 0.5,
@@ -120,7 +114,7 @@ def triangulate_flow_depth(flow_21: torch.Tensor, valid_2: torch.Tensor, K1: tor
     ok = torch.isfinite(x1).all(-1) & torch.isfinite(x2).all(-1)
     ok = ok & (angle >= torch.deg2rad(torch.tensor(min_angle_deg, dtype=dt)))
     ok = ok & (z1 > min_depth) & (z2 > min_depth) & torch.isfinite(z2)
-    Fm = fundamental_from_essential(_skew(T[:, :3, 3]) @ T[:, :3, :3], K1d, K2d)
+    Fm = fundamental_from_essential(skew(T[:, :3, 3]) @ T[:, :3, :3], K1d, K2d)
     ok = ok & (sampson_distance(Fm, torch.nan_to_num(x1), torch.nan_to_num(x2)) < max_sampson_px)
     focal = 0.5 * (K2d[:, 0, 0] + K2d[:, 1, 1])
     sigma = sigma_px / (angle * focal[:, None]).clamp(min=1e-9)

@@ -26,7 +26,7 @@ import torch
 
 from trianflow_ros.geometry.camera import to_homogeneous, unproject
 from trianflow_ros.geometry.checks import check_shape
-from trianflow_ros.geometry.sampling import sample_minimal_sets
+from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
 
 _EPS = 1e-12
 
@@ -280,12 +280,6 @@ def rotation_homography(R: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor) -> 
 # Batched RANSAC
 # --------------------------------------------------------------------------------------------
 
-def _msac_score(errors: torch.Tensor, w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """MSAC score (higher is better) of errors (B, M, N), weights (B, N), thresholds (B,)."""
-    r = (errors / threshold[:, None, None]) ** 2
-    return (w.unsqueeze(1) * (1.0 - r.clamp(max=1.0))).sum(-1)
-
-
 def _ransac(fit_sets: Callable[[torch.Tensor], torch.Tensor],
             fit_weighted: Callable[[torch.Tensor], torch.Tensor],
             errors: Callable[[torch.Tensor], torch.Tensor],
@@ -312,9 +306,10 @@ def _ransac(fit_sets: Callable[[torch.Tensor], torch.Tensor],
         raise ValueError(f'need num_hypotheses >= 1 and lo_iters >= 0, got {num_hypotheses} '
                          f'and {lo_iters}')
     idx = sample_minimal_sets(weights, sample_size, num_hypotheses, generator)   # (B, H, k)
+    thr2, w = thr[:, None, None] ** 2, weights.unsqueeze(1)                 # for (B, M, N)
     with torch.no_grad():
         models = fit_sets(idx)                                                # (B, H, 3, 3)
-        scores = _msac_score(errors(models), weights, thr)                   # (B, H)
+        scores = msac_score(errors(models).square(), thr2, w)                 # (B, H)
         best = scores.argmax(dim=1)
         batch = torch.arange(b, device=weights.device)
         model, score = models[batch, best], scores[batch, best]
@@ -323,7 +318,7 @@ def _ransac(fit_sets: Callable[[torch.Tensor], torch.Tensor],
             e = errors(model.unsqueeze(1))[:, 0]
             inl = (e < thr[:, None]) & valid
             candidate = fit_weighted(weights * inl.to(weights.dtype))
-            cand_score = _msac_score(errors(candidate.unsqueeze(1)), weights, thr)[:, 0]
+            cand_score = msac_score(errors(candidate.unsqueeze(1)).square(), thr2, w)[:, 0]
             better = (cand_score > score) & (inl.sum(-1) >= sample_size)
             model = torch.where(better[:, None, None], candidate, model)
             score = torch.where(better, cand_score, score)

@@ -32,7 +32,7 @@ import torch
 
 from trianflow_ros.geometry.camera import unproject
 from trianflow_ros.geometry.checks import check_shape
-from trianflow_ros.geometry.sampling import sample_minimal_sets
+from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
 from trianflow_ros.geometry.se3 import make_pose, se3_exp
 
 MIN_POINTS = 6
@@ -188,20 +188,30 @@ def _pixels(Xc: torch.Tensor, K: torch.Tensor):
     return fx * xn + s * yn + cx, fy * yn + cy, xn, yn, iz
 
 
-def _msac(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tensor,
-          valid: torch.Tensor, thr2: float):
+def _quality(err2: torch.Tensor, front: torch.Tensor, valid: torch.Tensor,
+             thr2: float) -> torch.Tensor:
     """
-    MSAC cost of poses T (B, H, 4, 4): shape (B, H); also squared errors and in-front (B, N, H).
+    MSAC quality (B, H) of squared errors and in-front flags (B, N, H), valid points (B, N).
 
-    Points behind camera 2 cost the full threshold; invalid points cost nothing.
+    Points behind camera 2 are outliers; invalid points do not count.
+    """
+    ok = valid.unsqueeze(-1)
+    r2 = torch.where(front & ok, err2, torch.full_like(err2, thr2))
+    return msac_score(r2, thr2, ok.to(err2.dtype), dim=1)
+
+
+def _pose_quality(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tensor,
+                  valid: torch.Tensor, thr2: float):
+    """
+    MSAC quality of poses T (B, H, 4, 4): shape (B, H); also squared errors and in-front (B, N, H).
+
+    Higher is better (see :func:`_quality`).
     """
     Xc = _transform(T, X)                                                    # (B, N, H, 3)
     u, v, _, _, _ = _pixels(Xc, K)
     err2 = (u - x[..., :1]) ** 2 + (v - x[..., 1:]) ** 2                      # (B, N, H)
     front = Xc[..., 2] > _EPS_Z
-    cost = torch.where(front, err2.clamp(max=thr2), torch.full_like(err2, thr2))
-    cost = torch.where(valid.unsqueeze(-1), cost, torch.zeros_like(cost)).sum(dim=1)
-    return cost, err2, front
+    return _quality(err2, front, valid, thr2), err2, front
 
 
 def _lm_refine(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tensor,
@@ -224,8 +234,7 @@ def _lm_refine(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tenso
         ru, rv = u - x[..., :1], v - x[..., 1:]
         err2 = ru ** 2 + rv ** 2
         front = Xc[..., 2] > _EPS_Z
-        cost = torch.where(front, err2.clamp(max=thr2_k), torch.full_like(err2, thr2_k))
-        cost = torch.where(valid.unsqueeze(-1), cost, torch.zeros_like(cost)).sum(dim=1)
+        quality = _quality(err2, front, valid, thr2_k)
         inl = (valid.unsqueeze(-1) & front & (err2 < thr2_k)).to(T.dtype)   # (B, N, H)
         # d(normalised point)/d(rho, phi) for X' <- X' + rho + phi x X' (closed form)
         zero = torch.zeros_like(iz)
@@ -243,8 +252,8 @@ def _lm_refine(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tenso
         delta = -torch.linalg.solve(Hm + damp + 1e-12 * eye6, g).squeeze(-1)
         delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
         T_new = (se3_exp(delta.reshape(-1, 6)) @ T.reshape(-1, 4, 4)).reshape(b, h, 4, 4)
-        cost_new, _, _ = _msac(T_new, X, x, K, valid, thr2_k)
-        accept = cost_new <= cost
+        quality_new, _, _ = _pose_quality(T_new, X, x, K, valid, thr2_k)
+        accept = quality_new >= quality
         T = torch.where(accept[..., None, None], T_new, T)
         lam = torch.where(accept, lam * 0.1, lam * 10.0).clamp(1e-10, 1e6)
     return T
@@ -323,14 +332,14 @@ def pnp_ransac(X1: torch.Tensor, x2: torch.Tensor, K: torch.Tensor,
     # 2. MSAC scoring of every hypothesis at once, in the input precision (at least float32):
     #    the (B, N, H) tensors dominate the cost, and float32 pixels are exact to ~1e-4 px
     sd = torch.promote_types(out_dtype, torch.float32)
-    cost, _, _ = _msac(hyps.to(sd), X.to(sd), x.to(sd), Kd.to(sd), valid, thr2)  # (B, H+1)
-    best = hyps[torch.arange(b, device=device), cost.argmin(dim=1)]          # (B, 4, 4)
+    quality = _pose_quality(hyps.to(sd), X.to(sd), x.to(sd), Kd.to(sd), valid, thr2)[0]  # (B, H+1)
+    best = hyps[torch.arange(b, device=device), quality.argmax(dim=1)]       # (B, 4, 4)
 
     # 3. LM refinement of the truncated cost, from the best hypothesis and from the identity
     starts = torch.stack((best, eye), dim=1)                                 # (B, 2, 4, 4)
     refined = _lm_refine(starts, X, x, Kd, valid, thr2, refine_iters)
-    cost, err2, front = _msac(refined, X, x, Kd, valid, thr2)
-    pick = cost.argmin(dim=1)                                                # (B,)
+    quality, err2, front = _pose_quality(refined, X, x, Kd, valid, thr2)
+    pick = quality.argmax(dim=1)                                             # (B,)
     ar = torch.arange(b, device=device)
     T = refined[ar, pick]
     inliers = valid & front[ar, :, pick] & (err2[ar, :, pick] < thr2)

@@ -66,6 +66,22 @@ def decompose_essential(E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return R, t
 
 
+def _check_two_view(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
+                    K2: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Check the inputs of :func:`recover_pose` / :func:`choose_pose`; return the mask, bool."""
+    check_shape(E, 'E', ('B', 3, 3))
+    b = E.shape[0]
+    check_shape(x1, 'x1', (b, 'N', 2))
+    check_shape(x2, 'x2', x1.shape)
+    check_shape(K1, 'K1', (b, 3, 3))
+    check_shape(K2, 'K2', (b, 3, 3))
+    n = x1.shape[1]
+    if mask is None:
+        mask = torch.ones(b, n, dtype=torch.bool, device=x1.device)
+    check_shape(mask, 'mask', (b, n))
+    return mask > 0
+
+
 def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
                  K2: torch.Tensor, mask: Optional[torch.Tensor] = None,
                  max_depth: float = 50.0) -> PoseResult:
@@ -92,17 +108,7 @@ def recover_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.
     :return: :class:`PoseResult`. Not differentiable. On CPU the call runs on one intra-op
         thread (see :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
     """
-    check_shape(E, 'E', ('B', 3, 3))
-    b = E.shape[0]
-    check_shape(x1, 'x1', (b, 'N', 2))
-    check_shape(x2, 'x2', x1.shape)
-    check_shape(K1, 'K1', (b, 3, 3))
-    check_shape(K2, 'K2', (b, 3, 3))
-    n = x1.shape[1]
-    if mask is None:
-        mask = torch.ones(b, n, dtype=torch.bool, device=x1.device)
-    check_shape(mask, 'mask', (b, n))
-    mask = mask > 0
+    mask = _check_two_view(E, x1, x2, K1, K2, mask)
     dtype = x1.dtype
     same_K = K2 is K1
     E, K1 = E.detach().to(dtype), K1.detach().to(dtype)
@@ -214,18 +220,8 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
     :param min_votes: fewer votes for the winner: undecided.
     :return: :class:`PoseChoice`. Not differentiable; one intra-op thread on CPU.
     """
-    check_shape(E, 'E', ('B', 3, 3))
-    b = E.shape[0]
-    check_shape(x1, 'x1', (b, 'N', 2))
-    check_shape(x2, 'x2', x1.shape)
-    check_shape(K1, 'K1', (b, 3, 3))
-    check_shape(K2, 'K2', (b, 3, 3))
-    n = x1.shape[1]
-    if mask is None:
-        mask = torch.ones(b, n, dtype=torch.bool, device=x1.device)
-    check_shape(mask, 'mask', (b, n))
-    mask = mask > 0
-    dtype = x1.dtype
+    mask = _check_two_view(E, x1, x2, K1, K2, mask)
+    b, dtype = x1.shape[0], x1.dtype
     E, K1, K2 = E.detach().to(dtype), K1.detach().to(dtype), K2.detach().to(dtype)
     x1, x2 = x1.detach(), x2.detach()
     with one_cpu_thread(x1.device):

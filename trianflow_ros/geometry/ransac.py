@@ -27,8 +27,8 @@ import torch
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
                                              five_point, normalize_points)
-from trianflow_ros.geometry.sampling import sample_minimal_sets
-from trianflow_ros.geometry.se3 import skew
+from trianflow_ros.geometry.lie import skew
+from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
 from trianflow_ros.geometry.threads import one_cpu_thread
 
 MIN_POINTS = 8
@@ -211,11 +211,6 @@ def _unit_essential(M: torch.Tensor) -> torch.Tensor:
     return (U[..., :2] @ Vh[..., :2, :]).mul_(0.5 ** 0.5)
 
 
-def _msac(r2: torch.Tensor, w: torch.Tensor, thr2: float) -> torch.Tensor:
-    """MSAC quality sum_i w_i (1 - min(r2_i, thr2) / thr2) of (..., N) residuals -> (...)."""
-    return (w * (1.0 - r2.clamp(max=thr2) / thr2)).sum(-1)
-
-
 def _design_rows(y1n: torch.Tensor, y2n: torch.Tensor) -> torch.Tensor:
     """Rows A_i of the 8-point system (H&Z eq. 11.3), channels-first, shape (B, 9, N)."""
     u1, v1 = y1n[:, 0], y1n[:, 1]
@@ -295,7 +290,7 @@ def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypot
         models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
         e, den = _model_terms(models.float(), sW, L1f, L2f)                # (B, 10 S, P)
         r2 = e.square_().div_(den)
-        quality = torch.where(valid, _msac(r2, sw.unsqueeze(1), thr_h2), -1.0)
+        quality = torch.where(valid, msac_score(r2, thr_h2, sw.unsqueeze(1)), -1.0)
         frac = ((r2 < thr_h2 * (COUNT_SPAN / HYP_SPAN) ** 2).float() @ sw.unsqueeze(-1)
                 ).squeeze(-1) / wsum.unsqueeze(1)
         best_frac = torch.maximum(best_frac, torch.where(valid, frac, 0.0).amax(1))
@@ -378,7 +373,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
                                mode='complete')
         models = to_model(Q[..., 8])
         e, den = _model_terms(models.float(), sW, L1f, L2f)
-        quality = _msac(e.square_().div_(den), sw.unsqueeze(1), thr_h2)
+        quality = msac_score(e.square_().div_(den), thr_h2, sw.unsqueeze(1))
     topk = min(LO_TOPK if five else 2 * LO_TOPK, models.shape[1])
     pick = quality.topk(topk, dim=1).indices
     best = models[torch.arange(b, device=y1.device)[:, None], pick]      # (B, k, 3, 3)
@@ -402,7 +397,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     W = _sampson_features(y1, y2)
     e, den = _model_terms(best, W, L1, L2)                                # (B, k, N)
     r2 = cur_r2 = e.square() / den
-    scores = _msac(r2, wk, thr2)                                          # (B, k)
+    scores = msac_score(r2, thr2, wk)                                     # (B, k)
     for it in range(lo_iters):
         span = LO_SPAN ** ((lo_iters - 1 - it) / (lo_iters - 1)) if lo_iters > 1 else 1.0
         lo_w = wk * (cur_r2 < thr2 * span ** 2) / den
@@ -411,7 +406,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         cand = to_model(vecs[..., 0])
         cand_e, cand_den = _model_terms(cand, W, L1, L2)
         cand_r2 = cand_e.square() / cand_den
-        cand_score = _msac(cand_r2, wk, thr2)
+        cand_score = msac_score(cand_r2, thr2, wk)
         # continue from the candidate; keep the best model seen at the final threshold
         cur_r2 = torch.where(usable[..., None], cand_r2, cur_r2)
         den = torch.where(usable[..., None], cand_den, den)
@@ -441,7 +436,7 @@ def _finish(model: torch.Tensor, r2: torch.Tensor, w: torch.Tensor, threshold_px
     model = torch.nan_to_num(model, nan=0.0, posinf=0.0, neginf=0.0)
     r2 = torch.nan_to_num(r2, nan=float('inf'), posinf=float('inf'))
     inliers = (r2 < thr2) & (w > 0) & ok[:, None]
-    score = torch.where(ok, _msac(r2, w, thr2), torch.zeros_like(r2[:, 0]))
+    score = torch.where(ok, msac_score(r2, thr2, w), torch.zeros_like(r2[:, 0]))
     model = torch.where(ok[:, None, None], _fix_sign(model), torch.zeros_like(model))
     return RansacResult(model=model.to(dtype), inliers=inliers,
                         num_inliers=inliers.sum(1).to(torch.int64), score=score.to(dtype))
@@ -523,21 +518,12 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
         return _finish(F, r2, w, threshold_px, ok, x1.dtype)
 
 
-# [v]_x = v @ _SKEW_MAP reshaped to 3 x 3: one product instead of a stack of nine entries
-_SKEW_MAP = torch.zeros(3, 9, dtype=torch.float64)
-_SKEW_MAP[2, 1], _SKEW_MAP[1, 2], _SKEW_MAP[2, 3] = -1.0, 1.0, 1.0
-_SKEW_MAP[0, 5], _SKEW_MAP[1, 6], _SKEW_MAP[0, 7] = -1.0, -1.0, 1.0
 # the LM step (omega, delta) (B, 5) -> the rotation increments of R and of the frame
 # F = [b1, b2, t] of t, (B, 2, 3): F exp([(-delta_2, delta_1, 0)]_x) moves t by b1 delta_1 +
 # b2 delta_2 to first order
 _STEP_MAP = torch.zeros(5, 6, dtype=torch.float64)
 _STEP_MAP[0, 0], _STEP_MAP[1, 1], _STEP_MAP[2, 2] = 1.0, 1.0, 1.0
 _STEP_MAP[3, 4], _STEP_MAP[4, 3] = 1.0, -1.0
-
-
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """Cross-product matrices [v]_x of vectors (..., 3), shape (..., 3, 3)."""
-    return (v @ _SKEW_MAP.to(v)).unflatten(-1, (3, 3))
 
 
 def _cayley(phi: torch.Tensor) -> torch.Tensor:
@@ -550,7 +536,7 @@ def _cayley(phi: torch.Tensor) -> torch.Tensor:
     a = phi / 2: I + 2 ([a]_x + [a]_x^2) / (1 + |a|^2).
     """
     a = phi * 0.5
-    W = _skew(a)
+    W = skew(a)
     k = 2.0 / (1.0 + a.square().sum(-1))
     return torch.eye(3, dtype=phi.dtype, device=phi.device) + k[..., None, None] * (W + W @ W)
 
@@ -585,7 +571,7 @@ def _sampson_rt(RF: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.T
         J W_N J^T (B, 5, 5) with the Newton weights of the loss W_N, the gradient
         J W_I r (B, 5) with its IRLS weights W_I, and the residuals r (B, N).
     """
-    SR = _skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                     # [b1]x R, [b2]x R, E
+    SR = skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                      # [b1]x R, [b2]x R, E
     # E, E [e_k]_x (k = 1, 2, 3), [b1]x R, [b2]x R
     Q = torch.cat((SR[:, 2:] @ _E_GENERATORS.to(SR), SR[:, :2]), dim=1)   # (B, 6, 3, 3)
     P = _sampson_rows(Q, L1, L2) @ W                                      # (B, 12, N)
@@ -650,7 +636,7 @@ def _final_step(RF, W, L1, L2, c2, w):
     eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
     step = torch.linalg.solve_ex(H + 1e-9 * (H * eye + eye), -g)[0]
     RF_new = RF @ _cayley((step @ _STEP_MAP.to(RF)).reshape(-1, 2, 3))
-    r_new = _sampson_rt_residuals(_skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
+    r_new = _sampson_rt_residuals(skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
     better = (w * torch.log1p(r_new.square() / c2)).sum(-1) <= cost
     return (torch.where(better[:, None, None, None], RF_new, RF),
             torch.where(better[:, None], r_new, r))
@@ -748,7 +734,7 @@ def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, r2=None, W=None
         RF = _levenberg_marquardt(RF, W[:, :, ::k].contiguous(), L1, L2, c2,
                                   w[:, ::k].contiguous(), iters, step_tol * SUBSET_TOL)
         RF, r = _final_step(RF, W, L1, L2, c2, w)
-    return _skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
+    return skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
 
 
 def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,

@@ -1,10 +1,37 @@
-"""Random minimal sets for batched RANSAC: every hypothesis of every batch element at once."""
+"""
+Shared pieces of the batched RANSACs (essential / fundamental, homography, PnP).
 
-from typing import Optional
+- :func:`sample_minimal_sets`: random minimal sets, every hypothesis of every batch element at
+  once;
+- :func:`msac_score`: the MSAC quality every one of them ranks its hypotheses by.
+"""
+
+from typing import Optional, Union
 
 import torch
 
 from trianflow_ros.geometry.checks import check_shape
+
+
+def msac_score(r2: torch.Tensor, thr2: Union[float, torch.Tensor],
+               weights: Optional[torch.Tensor] = None, dim: int = -1) -> torch.Tensor:
+    """
+    MSAC quality (higher is better): ``sum_i w_i (1 - min(r2_i, thr2) / thr2)`` over ``dim``.
+
+    The truncated quadratic of MSAC (Torr and Zisserman 2000) written as a quality: a point
+    adds its weight for a perfect fit, less as its residual grows, nothing at or beyond the
+    threshold. Give an outlier by construction (a point behind the camera) ``r2 >= thr2`` and
+    a point that must not count weight 0.
+
+    :param r2: squared residuals, the points along ``dim`` (e.g. (B, H, N)).
+    :param thr2: squared threshold, a number or a tensor broadcastable to ``r2`` (e.g. one per
+        batch element, (B, 1, 1)).
+    :param weights: per-point weights broadcastable to ``r2``, or None for 1.
+    :param dim: the dimension of the points, summed over.
+    :return: ``r2`` without ``dim``. Differentiable almost everywhere.
+    """
+    quality = 1.0 - r2.clamp(max=thr2) / thr2
+    return (quality if weights is None else weights * quality).sum(dim)
 
 
 def sample_minimal_sets(weights: torch.Tensor, sample_size: int, num_hypotheses: int,

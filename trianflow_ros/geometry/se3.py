@@ -4,6 +4,11 @@ Rigid-body transforms: SE(3) matrices, the so(3)/se(3) exponential and logarithm
 ``T_ab`` maps points in frame b into frame a: ``X_a = R_ab X_b + t_ab``. Poses are (B, 4, 4),
 rotations (B, 3, 3), translations (B, 3). A tangent vector ``xi = (rho, phi)`` puts the
 translational part first. Differentiable unless stated otherwise.
+
+The representation changes shared with the numpy layers (``skew`` = ``hat``, the rigid inverse
+``invert_pose`` = ``se3_inverse``, quaternions, roll-pitch-yaw) are in
+:mod:`trianflow_ros.geometry.lie`; this module adds the exponential and logarithm maps and the
+pose errors, torch only.
 """
 
 from typing import Tuple
@@ -11,6 +16,9 @@ from typing import Tuple
 import torch
 
 from trianflow_ros.geometry.checks import check_shape
+# hat ([v]_x) and the rigid inverse live in the Lie module (numpy and torch); re-exported here
+from trianflow_ros.geometry.lie import se3_inverse as invert_pose  # noqa: F401
+from trianflow_ros.geometry.lie import skew
 
 
 def make_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -31,13 +39,6 @@ def split_pose(T: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return T[:, :3, :3], T[:, :3, 3]
 
 
-def invert_pose(T: torch.Tensor) -> torch.Tensor:
-    """Inverse of rigid poses (B, 4, 4): T_ba from T_ab, using R^T (no general inverse)."""
-    R, t = split_pose(T)
-    Rt = R.transpose(1, 2)
-    return make_pose(Rt, -(Rt @ t.unsqueeze(-1)).squeeze(-1))
-
-
 def transform_points(T: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """
     Apply poses to point sets.
@@ -49,15 +50,6 @@ def transform_points(T: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     R, t = split_pose(T)
     check_shape(X, 'X', (T.shape[0], None, 3))
     return X @ R.transpose(1, 2) + t.unsqueeze(1)
-
-
-def skew(v: torch.Tensor) -> torch.Tensor:
-    """Cross-product matrices [v]_x of vectors (B, 3), shape (B, 3, 3)."""
-    check_shape(v, 'v', ('B', 3))
-    z = torch.zeros_like(v[:, 0])
-    return torch.stack((z, -v[:, 2], v[:, 1],
-                        v[:, 2], z, -v[:, 0],
-                        -v[:, 1], v[:, 0], z), dim=-1).reshape(-1, 3, 3)
 
 
 def _sinc_terms(theta2: torch.Tensor):

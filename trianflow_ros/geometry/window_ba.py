@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from trianflow_ros.geometry.checks import check_shape
+from trianflow_ros.geometry.lie import hat
 
 
 @dataclass
@@ -48,18 +49,11 @@ class WindowResult:
     iterations: int
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """[v]_x of (..., 3) vectors, shape (..., 3, 3)."""
-    z = torch.zeros_like(v[..., 0])
-    return torch.stack((z, -v[..., 2], v[..., 1], v[..., 2], z, -v[..., 0],
-                        -v[..., 1], v[..., 0], z), -1).reshape(v.shape[:-1] + (3, 3))
-
-
 def _exp_se3(xi: torch.Tensor) -> torch.Tensor:
     """Return the exponential of (F, 6) twists [rho, phi] as (F, 4, 4) matrices."""
     rho, phi = xi[:, :3], xi[:, 3:]
     theta = phi.norm(dim=-1).clamp(min=1e-12)[:, None, None]
-    W = _skew(phi)
+    W = hat(phi)
     W2 = W @ W
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(W)
     small = theta < 1e-6
@@ -166,7 +160,7 @@ def window_adjust(T_world: torch.Tensor, K: torch.Tensor, anchor: torch.Tensor,
         Jpi[:, 1, 1] = Ki[:, 1, 1] / z
         Jpi[:, 1, 2] = -Ki[:, 1, 1] * Pi[:, 1] / z ** 2
         A = torch.cat((torch.eye(3, dtype=dt, device=T.device).expand(o, 3, 3),
-                       -_skew(Pw)), -1)                                   # dPw / dxi (O, 3, 6)
+                       -hat(Pw)), -1)                                     # dPw / dxi (O, 3, 6)
         JR = Jpi @ Riw                                                    # (O, 2, 3)
         J_i = -(JR @ A)                                                   # (O, 2, 6)
         J_a = JR @ A

@@ -31,7 +31,7 @@ valid pixels. Its smoothness call overwrote the image-1 term with the image-2 te
 the raw depth; here both images' mean-normalised inverse depths count.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -43,8 +43,8 @@ from trianflow_ros.geometry.warp import backward_warp, rigid_flow
 from trianflow_ros.losses import masked_mean
 from trianflow_ros.losses.photometric import photometric_loss
 from trianflow_ros.losses.smoothness import disparity_smoothness
+from trianflow_ros.model.common import check_batch, frozen, full_precision
 from trianflow_ros.model.outputs import LOSS_KEYS, loss_weights, ModelOutput, total_loss
-from trianflow_ros.model.trianflow import check_batch, frozen, full_precision
 from trianflow_ros.nets.depth_net import DepthNet, disp_to_depth
 from trianflow_ros.nets.flow_net import FlowNet
 from trianflow_ros.nets.posenet import FlowPoseNet, PoseNet
@@ -168,34 +168,64 @@ class PoseNetModel(nn.Module):
         with full_precision(img1.device):
             img1, img2, K = img1.float(), img2.float(), K.float()
             T_21, T_12 = T_21.float(), T_12.float()
-            dc = self.cfg.depth_net
+            depths = [self.depth_pair(disp1, disp2, h, w) for disp1, disp2 in disps]
+            T_21, T_12, extra_losses, extra_stats = self.adjust_poses(img1, img2, depths, T_21,
+                                                                      T_12, K)
             photo = consistency = smooth = img1.new_zeros(b)
-            depth1_out = depth2_out = None
-            for disp1, disp2 in disps:
-                disp1, disp2 = disp1.float(), disp2.float()
-                if tuple(disp1.shape[-2:]) != (h, w):
-                    disp1 = F.interpolate(disp1, size=(h, w), mode='bilinear',
-                                          align_corners=False)
-                    disp2 = F.interpolate(disp2, size=(h, w), mode='bilinear',
-                                          align_corners=False)
-                depth1 = disp_to_depth(disp1, dc.min_depth, dc.max_depth)
-                depth2 = disp_to_depth(disp2, dc.min_depth, dc.max_depth)
-                if depth1_out is None:
-                    depth1_out, depth2_out = depth1.detach(), depth2.detach()
+            for depth1, depth2 in depths:
                 p, c, sm = self.pair_losses(img1, img2, depth1, depth2, T_21, T_12, K)
                 photo, consistency, smooth = photo + p, consistency + c, smooth + sm
         zero = img1.new_zeros(())
         losses = {k: zero for k in LOSS_KEYS}
         losses.update({'flow_error': photo.mean(), 'pj_depth_loss': consistency.mean(),
                        'depth_smooth_loss': smooth.mean()})
-        numbers = torch.stack((T_21[:, :3, 3].detach().norm(dim=1).mean(),
-                               photo.detach().mean())).tolist()
-        diagnostics = {'translation_norm': numbers[0], 'photometric': numbers[1]}
+        losses.update({k: v.mean() for k, v in extra_losses.items()})
+        numbers = torch.stack([T_21[:, :3, 3].detach().norm(dim=1).mean(),
+                               photo.detach().mean()] + list(extra_stats.values())).tolist()
+        diagnostics = dict(zip(['translation_norm', 'photometric'] + list(extra_stats),
+                               numbers))
+        depth1, depth2 = depths[0]
         return ModelOutput(losses=losses, flows_12=[f.detach().float() for f in flows_12],
-                           flows_21=[f.detach().float() for f in flows_21], depth1=depth1_out,
-                           depth2=depth2_out, T_21=T_21.detach(),
+                           flows_21=[f.detach().float() for f in flows_21],
+                           depth1=depth1.detach(), depth2=depth2.detach(), T_21=T_21.detach(),
                            geometry_ok=torch.ones(b, dtype=torch.bool, device=img1.device),
                            diagnostics=diagnostics)
+
+    def depth_pair(self, disp1: torch.Tensor, disp2: torch.Tensor, h: int, w: int):
+        """
+        Depths of both images at one disparity scale, upsampled to (h, w), in float32.
+
+        :param disp1: (B, 1, h', w') disparity of image 1 (any precision).
+        :param disp2: (B, 1, h', w') disparity of image 2.
+        :return: (depth1, depth2), each (B, 1, h, w). Differentiable.
+        """
+        dc = self.cfg.depth_net
+        disp1, disp2 = disp1.float(), disp2.float()
+        if tuple(disp1.shape[-2:]) != (h, w):
+            disp1 = F.interpolate(disp1, size=(h, w), mode='bilinear', align_corners=False)
+            disp2 = F.interpolate(disp2, size=(h, w), mode='bilinear', align_corners=False)
+        return (disp_to_depth(disp1, dc.min_depth, dc.max_depth),
+                disp_to_depth(disp2, dc.min_depth, dc.max_depth))
+
+    def adjust_poses(self, img1: torch.Tensor, img2: torch.Tensor,
+                     depths: List[Tuple[torch.Tensor, torch.Tensor]], T_21: torch.Tensor,
+                     T_12: torch.Tensor, K: torch.Tensor):
+        """
+        Return the poses the losses use, extra per-sample losses and extra diagnostics.
+
+        The step between the pose net and the view-synthesis losses; here the identity (a
+        subclass refines the poses, see
+        :class:`~trianflow_ros.model.refined_posenet.RefinedPoseNetModel`).
+
+        :param img1: (B, 3, H, W) float32.
+        :param img2: (B, 3, H, W) float32.
+        :param depths: (depth1, depth2) of every disparity scale, finest first, (B, 1, H, W).
+        :param T_21: (B, 4, 4) regressed pose mapping frame-1 points into frame 2.
+        :param T_12: (B, 4, 4) regressed pose the other way.
+        :param K: (B, 3, 3).
+        :return: (T_21, T_12, {loss key: (B,)}, {diagnostic name: scalar tensor}).
+        """
+        return T_21, T_12, {}, {}
 
     def pair_losses(self, img1: torch.Tensor, img2: torch.Tensor, depth1: torch.Tensor,
                     depth2: torch.Tensor, T_21: torch.Tensor, T_12: torch.Tensor,

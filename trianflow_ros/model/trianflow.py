@@ -45,10 +45,9 @@ the (detached) rigid-flow target, and its BatchNorm statistics no longer drift a
 the original.
 """
 
-import contextlib
 from dataclasses import dataclass
 import math
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -69,6 +68,7 @@ from trianflow_ros.losses.depth import (align_and_triangulation_loss, depth_repr
 from trianflow_ros.losses.epipolar import epipolar_geo_loss
 from trianflow_ros.losses.photometric import flow_photometric_loss
 from trianflow_ros.losses.smoothness import disparity_smoothness, flow_smoothness_2nd
+from trianflow_ros.model.common import check_batch, frozen, full_precision
 from trianflow_ros.model.outputs import (FLOW_LOSS_KEYS, GEOMETRY_LOSS_KEYS, loss_weights,
                                          ModelOutput, total_loss)
 from trianflow_ros.nets.depth_net import DepthNet, disp_to_depth
@@ -89,49 +89,6 @@ MIN_TRIANGULATED_RATIO = 0.1
 #: Scale fit of the prediction to the triangulation: 'lsq' equals the original's median
 #: pre-scaling followed by its closed-form relative least squares.
 SCALE_METHOD = 'lsq'
-
-
-def check_batch(batch: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:
-    """
-    Check the keys the models read: 'image1', 'image2' (B, 3, H, W) and 'K' (B, 3, 3).
-
-    :return: (B, H, W).
-    :raises ValueError: naming the key and the expected shape.
-    """
-    for key in ('image1', 'image2', 'K'):
-        if key not in batch:
-            raise ValueError(f"batch has no {key!r}; a pair sample needs 'image1', 'image2' "
-                             "and 'K' (see trianflow_ros/data/sample.py)")
-        if not isinstance(batch[key], torch.Tensor):
-            raise ValueError(f'batch[{key!r}] must be a tensor, got {type(batch[key]).__name__}')
-    img1, img2, K = batch['image1'], batch['image2'], batch['K']
-    if img1.dim() != 4 or img1.shape[1] != 3:
-        raise ValueError(f"batch['image1'] must have shape (B, 3, H, W), got {tuple(img1.shape)}")
-    if img2.shape != img1.shape:
-        raise ValueError(f"batch['image2'] must have the shape of image1 {tuple(img1.shape)}, "
-                         f'got {tuple(img2.shape)}')
-    b, _, h, w = img1.shape
-    if K.shape != (b, 3, 3):
-        raise ValueError(f"batch['K'] must have shape ({b}, 3, 3) (intrinsics at the network "
-                         f'resolution), got {tuple(K.shape)}')
-    return b, h, w
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode under no_grad, then restore its train/eval mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
-def full_precision(device: torch.device):
-    """Return a context that disables autocast on ``device`` (losses and geometry in fp32)."""
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def gated_mean(values: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
@@ -568,24 +525,3 @@ class TrianFlowModel(nn.Module):
         result['num_geometry_ok'] = float(int(ok.sum()))
         result['all_geometry_failed'] = float(not bool(ok.any()))
         return result
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """
-    Build the training model of ``cfg.train.mode``.
-
-    :param cfg: the resolved configuration.
-    :return: :class:`TrianFlowModel` for 'flow', 'depth', 'depth_pose';
-        :class:`trianflow_ros.model.posenet_model.PoseNetModel` for 'posenet', 'flowposenet'.
-    """
-    mode = cfg.train.mode
-    if mode in ('posenet', 'flowposenet'):
-        if cfg.geometry.refine.train:
-            from trianflow_ros.model.refined_posenet import RefinedPoseNetModel
-            return RefinedPoseNetModel(cfg)
-        from trianflow_ros.model.posenet_model import PoseNetModel
-        return PoseNetModel(cfg)
-    if mode in STAGES:
-        return TrianFlowModel(cfg)
-    raise ValueError(f'train.mode {mode!r} has no model; choose one of '
-                     f"{STAGES + ('posenet', 'flowposenet')}")

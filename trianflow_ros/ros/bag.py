@@ -50,7 +50,7 @@ from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, Q
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 
-from trianflow_ros.eval.trajectory_io import rotation_to_quaternion
+from trianflow_ros.geometry.lie import matrix_to_quaternion, se3_inverse
 
 PROG = 'trianflow-bag'
 TYPESTORE_NAME = Stores.ROS2_KILTED
@@ -373,7 +373,7 @@ class MessageFactory:
             r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi)
 
     def _pose_parts(self, T: np.ndarray):
-        q = rotation_to_quaternion(np.asarray(T[:3, :3])[None])[0]
+        q = matrix_to_quaternion(T[:3, :3])
         t = np.asarray(T[:3, 3], dtype=np.float64)
         return t, q
 
@@ -413,7 +413,7 @@ def base_pose_from_camera(T_world_cam0: np.ndarray, T_world_cam: np.ndarray) -> 
     :param T_world_cam0: (4, 4) ground-truth camera pose of the first frame written.
     :param T_world_cam: (4, 4) camera pose of this frame.
     """
-    return T_BASE_OPTICAL @ np.linalg.inv(T_world_cam0) @ T_world_cam @ np.linalg.inv(
+    return T_BASE_OPTICAL @ np.linalg.inv(T_world_cam0) @ T_world_cam @ se3_inverse(
         T_BASE_OPTICAL)
 
 

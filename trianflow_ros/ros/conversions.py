@@ -26,7 +26,7 @@ perturbation additive and the rotation perturbation about the parent frame's axe
 """
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import cv2
 from geometry_msgs.msg import PoseStamped, TransformStamped
@@ -34,6 +34,11 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
+
+from trianflow_ros.geometry.lie import (hat, matrix_to_quaternion, nearest_rotation,
+                                        quaternion_to_matrix, se3_inverse)
+# re-exported: the ROS layer's frame parameters are [x, y, z, roll, pitch, yaw]
+from trianflow_ros.geometry.lie import transform_from_xyz_rpy  # noqa: F401
 
 #: encoding -> (numpy dtype, channels, channel order of the colour channels or None).
 ENCODINGS = {
@@ -316,79 +321,6 @@ def make_camera_info(K: np.ndarray, height: int, width: int, header: Header,
 # rotations, transforms and covariances
 # --------------------------------------------------------------------------------------------
 
-def quaternion_from_matrix(R: np.ndarray) -> Tuple[float, float, float, float]:
-    """
-    Return the unit quaternion (x, y, z, w), w >= 0, of a rotation matrix.
-
-    :param R: (3, 3) rotation (re-orthonormalised by SVD first).
-    """
-    u, _, vt = np.linalg.svd(np.asarray(R, dtype=np.float64))
-    R = u @ vt
-    if np.linalg.det(R) < 0:
-        R = u @ np.diag([1.0, 1.0, -1.0]) @ vt
-    tr = np.trace(R)
-    # Shepperd's method: divide by the largest of the four squared components
-    cands = np.array([tr, R[0, 0], R[1, 1], R[2, 2]])
-    k = int(np.argmax(cands))
-    if k == 0:
-        s = 2.0 * math.sqrt(max(1.0 + tr, 1e-300))
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
-    elif k == 1:
-        s = 2.0 * math.sqrt(max(1.0 + R[0, 0] - R[1, 1] - R[2, 2], 1e-300))
-        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
-    elif k == 2:
-        s = 2.0 * math.sqrt(max(1.0 + R[1, 1] - R[0, 0] - R[2, 2], 1e-300))
-        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
-    else:
-        s = 2.0 * math.sqrt(max(1.0 + R[2, 2] - R[0, 0] - R[1, 1], 1e-300))
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
-    qa = np.asarray(q)
-    qa /= np.linalg.norm(qa)
-    if qa[3] < 0:
-        qa = -qa
-    return float(qa[0]), float(qa[1]), float(qa[2]), float(qa[3])
-
-
-def matrix_from_quaternion(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """Return the (3, 3) rotation of a quaternion (normalised first)."""
-    q = np.array([x, y, z, w], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if not np.isfinite(n) or n < 1e-12:
-        raise ValueError(f'quaternion {q.tolist()} has no direction')
-    x, y, z, w = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def matrix_from_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Return R = Rz(yaw) Ry(pitch) Rx(roll) (fixed-axis roll, pitch, yaw as in URDF / tf2)."""
-    cr, sr = math.cos(roll), math.sin(roll)
-    cp, sp = math.cos(pitch), math.sin(pitch)
-    cy, sy = math.cos(yaw), math.sin(yaw)
-    Rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    Ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    Rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return Rz @ Ry @ Rx
-
-
-def transform_from_xyz_rpy(values: Sequence[float]) -> np.ndarray:
-    """
-    Return a (4, 4) transform from ``[x, y, z, roll, pitch, yaw]`` (metres, radians).
-
-    :raises ValueError: not six finite numbers.
-    """
-    v = np.asarray(list(values), dtype=np.float64)
-    if v.shape != (6,) or not np.all(np.isfinite(v)):
-        raise ValueError(f'expected [x, y, z, roll, pitch, yaw] (6 finite numbers), got '
-                         f'{list(values)}')
-    T = np.eye(4)
-    T[:3, :3] = matrix_from_rpy(*v[3:])
-    T[:3, 3] = v[:3]
-    return T
-
-
 def rotation_vector(R: np.ndarray) -> np.ndarray:
     """Return the axis-angle vector (3,) of a rotation matrix (the SO(3) logarithm)."""
     R = np.asarray(R, dtype=np.float64)
@@ -405,13 +337,9 @@ def rotation_vector(R: np.ndarray) -> np.ndarray:
     return w * (angle / (2.0 * math.sin(angle)))
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def conjugate_pose(T_bc: np.ndarray, T: np.ndarray) -> np.ndarray:
     """Return ``T_bc @ T @ inv(T_bc)``: a camera-frame pose or motion expressed for the base."""
-    return T_bc @ T @ invert(T_bc)
+    return T_bc @ T @ se3_inverse(T_bc)
 
 
 def conjugate_covariance(cov: np.ndarray, T_bc: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -428,22 +356,13 @@ def conjugate_covariance(cov: np.ndarray, T_bc: np.ndarray, T: np.ndarray) -> np
     :return: (6, 6) symmetric.
     """
     R_bc = T_bc[:3, :3]
-    t_cb = invert(T_bc)[:3, 3]
+    t_cb = se3_inverse(T_bc)[:3, 3]
     J = np.zeros((6, 6))
     J[:3, :3] = R_bc
-    J[:3, 3:] = -R_bc @ _skew(T[:3, :3] @ t_cb)
+    J[:3, 3:] = -R_bc @ hat(T[:3, :3] @ t_cb)
     J[3:, 3:] = R_bc
     out = J @ np.asarray(cov, dtype=np.float64) @ J.T
     return 0.5 * (out + out.T)
-
-
-def invert(T: np.ndarray) -> np.ndarray:
-    """Return the inverse of a rigid (4, 4) transform."""
-    out = np.eye(4)
-    R = T[:3, :3]
-    out[:3, :3] = R.T
-    out[:3, 3] = -R.T @ T[:3, 3]
-    return out
 
 
 def twist_from_motion(T_prev_cur: np.ndarray, dt: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -460,8 +379,8 @@ def twist_from_motion(T_prev_cur: np.ndarray, dt: float) -> Tuple[np.ndarray, np
 
 def _fill_pose(pose, T: np.ndarray) -> None:
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
-    q = quaternion_from_matrix(T[:3, :3])
-    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
+    o = pose.orientation                  # of the rotation re-orthonormalised (drift)
+    o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quaternion(nearest_rotation(T[:3, :3])))
 
 
 def _covariance_list(cov: np.ndarray) -> list:
@@ -507,9 +426,9 @@ def transform_msg(T: np.ndarray, header: Header, child_frame: str) -> TransformS
     msg.child_frame_id = child_frame
     tr = msg.transform.translation
     tr.x, tr.y, tr.z = (float(v) for v in T[:3, 3])
-    q = quaternion_from_matrix(T[:3, :3])
     rot = msg.transform.rotation
-    rot.x, rot.y, rot.z, rot.w = q
+    rot.x, rot.y, rot.z, rot.w = (float(v) for v in matrix_to_quaternion(
+        nearest_rotation(T[:3, :3])))
     return msg
 
 
@@ -517,8 +436,8 @@ def transform_to_matrix(msg) -> np.ndarray:
     """Return the (4, 4) matrix of a geometry_msgs/Transform (or TransformStamped)."""
     tf = msg.transform if hasattr(msg, 'transform') else msg
     T = np.eye(4)
-    T[:3, :3] = matrix_from_quaternion(tf.rotation.x, tf.rotation.y, tf.rotation.z,
-                                       tf.rotation.w)
+    r = tf.rotation
+    T[:3, :3] = quaternion_to_matrix([r.x, r.y, r.z, r.w])
     T[:3, 3] = [tf.translation.x, tf.translation.y, tf.translation.z]
     return T
 
@@ -527,7 +446,7 @@ def pose_to_matrix(pose) -> np.ndarray:
     """Return the (4, 4) matrix of a geometry_msgs/Pose."""
     T = np.eye(4)
     o = pose.orientation
-    T[:3, :3] = matrix_from_quaternion(o.x, o.y, o.z, o.w)
+    T[:3, :3] = quaternion_to_matrix([o.x, o.y, o.z, o.w])
     T[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
     return T
 

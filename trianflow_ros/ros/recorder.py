@@ -26,7 +26,6 @@ Examples::
 import argparse
 import importlib
 import json
-import math
 from pathlib import Path
 import sys
 import threading
@@ -42,8 +41,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.rosbag2 import Writer
 
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
+from trianflow_ros.geometry.lie import se3_inverse, transform_from_xyz_rpy
 from trianflow_ros.ros.bag import (BagError, make_qos, prepare_output, STORAGES, T_BASE_OPTICAL,
                                    TYPESTORE_NAME)
+from trianflow_ros.ros.conversions import pose_to_matrix
 
 PROG = 'trianflow-record'
 #: Depth PNG encoding: value = depth * DEPTH_PNG_SCALE (KITTI convention), 0 = unknown.
@@ -55,36 +56,9 @@ def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 10 ** 9 + int(stamp.nanosec)
 
 
-def pose_matrix(pose) -> np.ndarray:
-    """Return the (4, 4) matrix of a geometry_msgs/Pose."""
-    q = pose.orientation
-    x, y, z, w = q.x, q.y, q.z, q.w
-    n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
-    x, y, z, w = x / n, y / n, z / n, w / n
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
-    return T
-
-
-def transform_from_xyz_rpy(values: Sequence[float]) -> np.ndarray:
-    """Return ``T`` (4, 4) of [x, y, z, roll, pitch, yaw] (R = Rz(yaw) Ry(pitch) Rx(roll))."""
-    x, y, z, roll, pitch, yaw = (float(v) for v in values)
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
-                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
-    T = np.eye(4)
-    T[:3, :3] = [[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                 [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                 [-sp, cp * sr, cp * cr]]
-    T[:3, 3] = [x, y, z]
-    return T
-
-
 def camera_pose(T_odom_base: np.ndarray, T_base_cam: np.ndarray = T_BASE_OPTICAL) -> np.ndarray:
     """Return the camera optical pose ``inv(T_bc) T_odom_base T_bc`` (odometry = 1st camera)."""
-    return np.linalg.inv(T_base_cam) @ T_odom_base @ T_base_cam
+    return se3_inverse(T_base_cam) @ T_odom_base @ T_base_cam
 
 
 def depth_image_to_numpy(msg) -> np.ndarray:
@@ -159,10 +133,14 @@ class TrajectoryRecorder(Node):
                 QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
 
     def _on_odom(self, msg) -> None:
+        try:
+            T = pose_to_matrix(msg.pose.pose)
+        except ValueError as e:                     # a zero quaternion: no pose
+            self.get_logger().warning(str(e), throttle_duration_sec=5.0)
+            return
         with self.lock:
             self.frame_ids = (msg.header.frame_id, msg.child_frame_id)
-            self.odom.append((stamp_ns(msg.header.stamp), pose_matrix(msg.pose.pose),
-                              time.monotonic()))
+            self.odom.append((stamp_ns(msg.header.stamp), T, time.monotonic()))
 
     def _on_depth(self, msg) -> None:
         try:

@@ -26,8 +26,8 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
-from trianflow_ros.ros.conversions import (invert as invert_transform, transform_from_xyz_rpy,
-                                           transform_msg, transform_to_matrix)
+from trianflow_ros.geometry.lie import se3_inverse, transform_from_xyz_rpy
+from trianflow_ros.ros.conversions import transform_msg, transform_to_matrix
 
 try:  # a ROS install has tf2_ros; the PyPI wheels do not
     import tf2_ros
@@ -138,7 +138,7 @@ def odometry_transform(T_odom_base: np.ndarray, header, odom_frame: str, base_fr
     """
     from std_msgs.msg import Header
     if invert:
-        return transform_msg(invert_transform(T_odom_base),
+        return transform_msg(se3_inverse(T_odom_base),
                              Header(stamp=header.stamp, frame_id=base_frame), odom_frame)
     return transform_msg(T_odom_base, Header(stamp=header.stamp, frame_id=odom_frame),
                          base_frame)

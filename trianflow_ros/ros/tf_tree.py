@@ -15,6 +15,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from trianflow_ros.geometry.lie import se3_inverse
+
 #: Longest chain of frames followed (a loop in a broken tree must not hang the lookup).
 MAX_DEPTH = 64
 
@@ -79,7 +81,7 @@ class TransformTree:
         for frame, T_anc_source in up_source.items():
             T_anc_target = up_target.get(frame)
             if T_anc_target is not None:
-                return np.linalg.inv(T_anc_target) @ T_anc_source
+                return se3_inverse(T_anc_target) @ T_anc_source
         return None
 
 

@@ -43,13 +43,14 @@ from tqdm import tqdm
 from trianflow_ros.config import Config, dump_yaml
 from trianflow_ros.data.registry import make_dataset
 from trianflow_ros.data.sample import collate_samples
+from trianflow_ros.devices import resolve_device
 from trianflow_ros.eval.depth_metrics import DepthEvaluator
 from trianflow_ros.eval.flow_metrics import FlowEvaluator
 from trianflow_ros.nets.checkpoint import CheckpointError, load_state_dict_strict
 from trianflow_ros.train import checkpoints as ckpt_io
-from trianflow_ros.train.distributed import (barrier, cleanup_distributed, DistInfo,
-                                             gather_objects, init_distributed, seed_everything,
-                                             seed_worker, StepBatchSampler)
+from trianflow_ros.train.distributed import (barrier, cleanup_distributed, gather_objects,
+                                             init_distributed, seed_everything, seed_worker,
+                                             StepBatchSampler)
 
 PathLike = Union[str, Path]
 
@@ -85,31 +86,6 @@ class TrainResult:
     seconds: float = 0.0
     steps_per_second: float = float('nan')
     peak_memory_gb: Optional[float] = None
-
-
-def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
-    """
-    Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a device.
-
-    ``auto`` picks CUDA when available. Under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``.
-
-    :raises RuntimeError: CUDA asked for but not available.
-    """
-    info = info or DistInfo()
-    name = (name or 'auto').strip().lower()
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f'device {name!r} requested but CUDA is not available '
-                               '(CPU-only torch or no GPU). Fix: --device cpu or auto.')
-        if name == 'cuda':
-            return torch.device('cuda', info.local_rank if info.enabled else
-                                torch.cuda.current_device())
-        return torch.device(name)
-    if name != 'cpu':
-        raise RuntimeError(f'unknown device {name!r}; use auto, cpu, cuda or cuda:N')
-    return torch.device('cpu')
 
 
 def batch_to(batch: Mapping[str, Any], device: torch.device) -> Dict[str, Any]:
@@ -263,7 +239,7 @@ class Trainer:
         self.val_samples = int(val_samples)
         self.info = init_distributed('cuda' if str(device).startswith('cuda') or (
             device == 'auto' and torch.cuda.is_available()) else 'cpu')
-        self.device = resolve_device(device, self.info)
+        self.device = resolve_device(device, self.info.local_rank if self.info.enabled else None)
         self._log = log or (lambda msg: print(msg, flush=True))
         self.use_amp = self.device.type == 'cuda' and cfg.train.amp
 

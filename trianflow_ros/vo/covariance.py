@@ -45,6 +45,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from trianflow_ros.geometry.lie import hat
+
 #: Variance put on the diagonal of a LOST frame's covariances.
 BAD_VARIANCE = 1e6
 #: Variance on the diagonal of the origin's covariance (1 mm / 1 mrad standard deviation).
@@ -65,18 +67,12 @@ MAX_EFFECTIVE_POINTS = 100
 METHOD_INFLATION = {'essential': 1.0, 'pnp': 2.0, 'rotation': 1.0, 'hold': 1.0, 'init': 1.0}
 
 
-def skew(v: np.ndarray) -> np.ndarray:
-    """Return the (3, 3) cross-product matrix of a 3-vector."""
-    x, y, z = v
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
 def adjoint(T: np.ndarray) -> np.ndarray:
     """Return the (6, 6) adjoint of a pose for ``xi = [rho, phi]``: [[R, [t]_x R], [0, R]]."""
     R, t = T[:3, :3], T[:3, 3]
     A = np.zeros((6, 6))
     A[:3, :3] = R
-    A[:3, 3:] = skew(t) @ R
+    A[:3, 3:] = hat(t) @ R
     A[3:, 3:] = R
     return A
 
@@ -90,7 +86,7 @@ def nav_from_left(cov_left: np.ndarray, T: np.ndarray) -> np.ndarray:
     :return: (6, 6) covariance of [position error, rotation error].
     """
     J = np.eye(6)
-    J[:3, 3:] = -skew(T[:3, 3])
+    J[:3, 3:] = -hat(T[:3, 3])
     return make_spd(J @ cov_left @ J.T)
 
 

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config, validate
+from trianflow_ros.devices import resolve_device
 from trianflow_ros.geometry.camera import backproject_pixels, project, resize_intrinsics
 from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
 from trianflow_ros.geometry.depth_map import (fuse_log_depth, grid_points, sample_known,
@@ -84,19 +85,6 @@ from trianflow_ros.vo.types import FrameResult, TrackingState
 
 STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'window', 'total')
 _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
-
-
-def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
-    """
-    Return the torch device of a ``vo.device`` value.
-
-    :param name: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N', a device, or None.
-    """
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, '', 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
 
 
 def _rotation_deg(R: np.ndarray) -> float:

@@ -15,7 +15,7 @@ World frame as in ``trajectories``: y down, the ground at ``y = +camera height``
 """
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -73,6 +73,35 @@ class _Path:
         return a + (s - float(self.s[i - 1])) * tangent, tangent
 
 
+def _ground_path(poses: torch.Tensor, behind: float, ahead: float) -> Tuple[_Path, torch.Tensor]:
+    """Return the cameras' path on the ground (x, z) of poses (N, 4, 4), and its midpoint."""
+    centres = poses[:, [0, 2], 3]
+    fwd = poses[:, [0, 2], 2]
+    fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    path = _Path(centres, fwd, behind=behind, ahead=ahead)
+    return path, path.at(path.length / 2)[0]
+
+
+def _ground_and_sky(b: SceneBuilder, gen: torch.Generator, groups: Dict[str, List[int]],
+                    mid: torch.Tensor, tile: Tuple[float, float], tint: float, sky_y: float,
+                    sky_tile: float, sky_colour: List[float]) -> None:
+    """
+    Add the endless ground (gravel at the camera height) and sky planes around ``mid`` (x, z).
+
+    :param tile: range of the ground texture's tile size, metres (drawn from ``gen``).
+    :param tint: lower bound of the ground's random tint.
+    :param sky_y: height (y, down) of the sky plane.
+    :param sky_tile: the sky texture's tile size, metres.
+    :param sky_colour: the sky's RGB factor.
+    """
+    b.add_rect(_world(mid, CAMERA_HEIGHT), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
+               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, *tile),
+               _tint(gen, tint) * lambert(-DOWN, LIGHT, 0.45), facing=_world(mid, 0.0))
+    b.add_rect(_world(mid, sky_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
+               _pick(gen, groups.get('clouds', groups['noise'])), sky_tile, sky_colour,
+               facing=_world(mid, 0.0))
+
+
 def _world(xz, y: float) -> torch.Tensor:
     return torch.tensor([float(xz[0]), y, float(xz[1])], dtype=torch.float64)
 
@@ -102,18 +131,9 @@ def build_street(poses: torch.Tensor, gen: torch.Generator, groups: Dict[str, Li
     """
     b = SceneBuilder()
     ground_y = CAMERA_HEIGHT
-    centres = poses[:, [0, 2], 3]
-    fwd = poses[:, [0, 2], 2]
-    fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-    path = _Path(centres, fwd, behind=30.0, ahead=ahead)
-    mid = path.at(path.length / 2)[0]
+    path, mid = _ground_path(poses, behind=30.0, ahead=ahead)
 
-    b.add_rect(_world(mid, ground_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
-               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, 2.5, 4.0),
-               _tint(gen, 0.8) * lambert(-DOWN, LIGHT, 0.45), facing=_world(mid, 0.0))
-    b.add_rect(_world(mid, ground_y - 35.0), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
-               _pick(gen, groups.get('clouds', groups['noise'])), 80.0, [1.0, 1.0, 1.0],
-               facing=_world(mid, 0.0))
+    _ground_and_sky(b, gen, groups, mid, (2.5, 4.0), 0.8, ground_y - 35.0, 80.0, [1.0, 1.0, 1.0])
     for s_end, sign in ((path.length, -1.0), (0.0, 1.0)):
         p, tangent = path.at(s_end)
         b.add_rect(_world(p, ground_y - 30.0), _right(tangent), DOWN, 400.0, 40.0,
@@ -253,21 +273,12 @@ def build_highway(poses: torch.Tensor, gen: torch.Generator, groups: Dict[str, L
     """
     b = SceneBuilder()
     ground_y = CAMERA_HEIGHT
-    centres = poses[:, [0, 2], 3]
-    fwd = poses[:, [0, 2], 2]
-    fwd = fwd / fwd.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-    path = _Path(centres, fwd, behind=100.0, ahead=ahead)
-    mid = path.at(path.length / 2)[0]
+    path, mid = _ground_path(poses, behind=100.0, ahead=ahead)
     # the road's texture tile is larger than the distance driven in two frames (2.5-3 m
     # each): a mirrored 2-3.5 m tile repeated itself every one or two frames, and the true
     # motion of the road was aliased (no matcher can resolve it from two images)
-    b.add_rect(_world(mid, ground_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
-               _pick(gen, _textures(groups, 'speckle', 'gravel')), _u(gen, 9.0, 14.0),
-               _tint(gen, 0.75) * lambert(-DOWN, LIGHT, 0.45), facing=_world(mid, 0.0))
     sky_y = ground_y - 1500.0
-    b.add_rect(_world(mid, sky_y), [1, 0, 0], [0, 0, 1], math.inf, math.inf,
-               _pick(gen, groups.get('clouds', groups['noise'])), 900.0, [0.9, 0.95, 1.0],
-               facing=_world(mid, 0.0))
+    _ground_and_sky(b, gen, groups, mid, (9.0, 14.0), 0.75, sky_y, 900.0, [0.9, 0.95, 1.0])
     backdrop = 5000.0                                 # far walls around the whole drive
     for dx, dz in ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)):
         centre = _world((float(mid[0]) + dx * backdrop, float(mid[1]) + dz * backdrop),

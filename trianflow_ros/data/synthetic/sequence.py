@@ -20,6 +20,7 @@ from trianflow_ros.data.synthetic.render import render_view
 from trianflow_ros.data.synthetic.scene import Rects
 from trianflow_ros.data.synthetic.textures import build_texture_bank, TextureBank
 from trianflow_ros.data.synthetic.trajectories import KINDS, make_trajectory
+from trianflow_ros.geometry.lie import se3_inverse
 
 DEFAULT_SCENE = {'forward': 'street', 'handheld': 'room', 'pure_rotation': 'room',
                  'standstill': 'street', 'highway': 'highway', 'handheld30': 'room'}
@@ -122,12 +123,7 @@ class SyntheticSequence:
 
         :return: (4, 4) float64.
         """
-        T_wi, T_wj = self.poses[i], self.poses[j]
-        R, t = T_wj[:3, :3], T_wj[:3, 3]
-        T_jw = torch.eye(4, dtype=torch.float64, device=self.poses.device)
-        T_jw[:3, :3] = R.T
-        T_jw[:3, 3] = -R.T @ t
-        return T_jw @ T_wi
+        return se3_inverse(self.poses[j]) @ self.poses[i]
 
     def pair(self, i: int, j: int, rtol: float = 1e-3) -> SyntheticPair:
         """
