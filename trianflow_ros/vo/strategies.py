@@ -48,6 +48,25 @@ MIN_NOISE_PX = 0.1
 #: the median of the survivors stays low while the pair degrades.
 PARALLAX_QUANTILE = 0.9
 
+#: Correct the log-depth bias of triangulated points (sigma^2 / 2, see ``essential``).
+LOG_DEPTH_BIAS = True
+#: ... only up to this log-depth sigma (the second-order term is no model of worse points).
+LOG_BIAS_MAX_SIGMA = 0.1
+
+
+def log_bias_factor(sigma: torch.Tensor) -> torch.Tensor:
+    """
+    Return exp(-sigma^2 / 2): the factor that removes the log bias of a triangulated depth.
+
+    A depth is ~ 1 / parallax; with parallax noise its log is biased up by sigma^2 / 2 to
+    second order (sigma = noise / parallax, the log-depth sigma). Sigmas are clamped at
+    :data:`LOG_BIAS_MAX_SIGMA`.
+
+    :param sigma: log-depth sigmas, any shape.
+    :return: factors in (0, 1], same shape.
+    """
+    return torch.exp(-0.5 * sigma.clamp(max=LOG_BIAS_MAX_SIGMA).square())
+
 
 @dataclass(frozen=True)
 class PairContext:
@@ -250,14 +269,18 @@ def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
                 if int(usable.sum()) >= g.scale.min_points:
                     sigma_z = noise / par_map.clamp(min=1e-6)
                     weights = 1.0 / (sigma_z.square() + sigma_t.square())
-                    fit = fit_scale(z1, target, usable, g.scale.method,
+                    # a triangulated depth is ~ 1 / parallax: its log is biased up by
+                    # sigma_z^2 / 2 (log is concave); the map's older, smaller-parallax
+                    # measurements were corrected alike (VisualOdometry._new_points)
+                    z1c = z1 * log_bias_factor(sigma_z) if LOG_DEPTH_BIAS else z1
+                    fit = fit_scale(z1c, target, usable, g.scale.method,
                                     threshold=g.scale.threshold, weights=weights)
         if fit is not None:
             if bool(fit.valid[0]) and float(fit.scale[0]) > 0:
                 scale = float(fit.scale[0])
                 inl_s = fit.inliers[0]
                 w = weights[0, inl_s]
-                log_r = torch.log(target[0, inl_s] / (scale * z1[0, inl_s]))
+                log_r = torch.log(target[0, inl_s] / (scale * z1c[0, inl_s]))
                 n_eff = float(w.sum() ** 2 / (w.square().sum()).clamp(min=1e-30))
                 scale_sigma = max(robust_sigma(log_r), 1e-3) / math.sqrt(
                     max(min(n_eff, cov.MAX_EFFECTIVE_POINTS), 1.0))
