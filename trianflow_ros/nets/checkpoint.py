@@ -20,6 +20,10 @@ naming the missing, unexpected and mis-shaped keys and the fix.
 
 Checkpoints are untrusted input: they are read with ``torch.load(..., map_location='cpu',
 weights_only=True)`` (no arbitrary unpickling) and nothing is fetched from the network.
+
+One reader for every checkpoint of the package (VO, node, training): :func:`read_file` is the
+only ``torch.load``; :func:`load` returns ``(state_dict, stored_config)``; the ``module.`` rule
+(:func:`strip_module_prefix`) is strict: all keys carry it or none.
 """
 
 import ast
@@ -29,6 +33,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from trianflow_ros.config import ConfigError, from_dict
+import yaml
 
 PathLike = Union[str, Path]
 
@@ -226,6 +233,92 @@ def state_dict_from_manifest(path: PathLike,
     return state
 
 
+#: The fix named when a file cannot be found or read (:func:`read_file`).
+READ_FIX = ('use an original TrianFlow checkpoint, or re-save the weights with '
+            "torch.save({'model_state_dict': model.state_dict()}, path)")
+NOT_FOUND_FIX = ('pass the path of an existing .pth file (the released TrianFlow weights are '
+                 'not downloaded by this package)')
+
+
+def read_file(path: PathLike, fix: str = READ_FIX, not_found_fix: str = NOT_FOUND_FIX) -> Any:
+    """
+    Read a checkpoint file: the package's one ``torch.load(..., weights_only=True)``.
+
+    :param path: the ``.pth`` file.
+    :param fix: the fix named when the file cannot be read.
+    :param not_found_fix: the fix named when the file does not exist.
+    :return: the object stored (tensors on the CPU).
+    :raises CheckpointError: the file is missing, empty or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file not found: {path}. Fix: {not_found_fix}.')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint file {path} is empty (0 bytes): an interrupted '
+                              'download or copy. Fix: copy or train the weights again.')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: B902 - torch raises many types for a bad file
+        first = (str(e).splitlines() or ['(no message)'])[0]
+        raise CheckpointError(
+            f'cannot read checkpoint {path}: {type(e).__name__}: {first}. '
+            'It is corrupt, not a PyTorch file, or holds objects other than tensors and plain '
+            f'containers (files are read with weights_only=True). Fix: {fix}.') from e
+
+
+def strip_module_prefix(state: Mapping[str, Any], source: str = 'checkpoint'
+                        ) -> Dict[str, Any]:
+    """
+    Remove a leading ``module.`` (DataParallel / DDP) from every key.
+
+    :param state: a state dict.
+    :param source: name for messages.
+    :return: a new dict; unchanged keys when no key has the prefix.
+    :raises CheckpointError: only some keys carry the prefix (a mixed, broken file).
+    """
+    prefixed = [k.startswith(DATA_PARALLEL_PREFIX) for k in state]
+    if not any(prefixed):
+        return dict(state)
+    if not all(prefixed):
+        raise CheckpointError(f'{source}: only {sum(prefixed)} of {len(prefixed)} keys carry '
+                              f'the {DATA_PARALLEL_PREFIX!r} prefix; the file mixes layouts.')
+    n = len(DATA_PARALLEL_PREFIX)
+    return {k[n:]: v for k, v in state.items()}
+
+
+def stored_config(entries: Mapping[str, Any], source: str = 'checkpoint', fix: str = ''):
+    """
+    Return the configuration a checkpoint of this package stores (``config``), else None.
+
+    :param entries: the checkpoint's top-level entries (``config``: YAML text or a dict).
+    :param source: name for messages.
+    :param fix: appended to the message of an invalid configuration.
+    :raises CheckpointError: the stored configuration does not parse or validate.
+    """
+    raw = entries.get('config')
+    if raw is None:
+        return None
+    try:
+        return from_dict((yaml.safe_load(raw) if isinstance(raw, str) else raw) or {})
+    except (yaml.YAMLError, ConfigError, TypeError, AttributeError) as e:
+        raise CheckpointError(f'{source}: its stored configuration is invalid: {e}{fix}') from e
+
+
+def load(path: PathLike):
+    """
+    Read a checkpoint: ``(state_dict, stored_config)``.
+
+    :param path: an original TrianFlow ``.pth`` or one of this package.
+    :return: the state dict with a ``module.`` prefix removed (:func:`strip_module_prefix`) and
+        the stored :class:`~trianflow_ros.config.Config` (None for an original file).
+    :raises CheckpointError: unreadable file, not a checkpoint, mixed prefixes, or an invalid
+        stored configuration.
+    """
+    state, entries = read_checkpoint_entries(path)
+    return (strip_module_prefix(state, str(path)),
+            stored_config(entries, f'checkpoint {path}', '. Fix: re-save it with the trainer.'))
+
+
 def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Tuple[str, ...]]:
     """
     Read the state dict of an original-layout checkpoint file safely.
@@ -252,24 +345,7 @@ def read_checkpoint_entries(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Di
         top-level entries (empty for a bare state dict).
     :raises CheckpointError: the file is missing, unreadable, or not such a dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint file not found: {path}. Fix: pass the path of an '
-                              'existing .pth file (the released TrianFlow weights are not '
-                              'downloaded by this package).')
-    if path.stat().st_size == 0:
-        raise CheckpointError(f'checkpoint file {path} is empty (0 bytes): an interrupted '
-                              'download or copy. Fix: copy or train the weights again.')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: B902 - torch raises many types for a bad file
-        first = (str(e).splitlines() or ['(no message)'])[0]
-        raise CheckpointError(
-            f'cannot read checkpoint {path}: {type(e).__name__}: {first}. '
-            'It is corrupt, not a PyTorch file, or holds objects other than tensors and plain '
-            'containers (files are read with weights_only=True). Fix: use an original TrianFlow '
-            "checkpoint, or re-save the weights with torch.save({'model_state_dict': "
-            'model.state_dict()}, path).') from e
+    obj = read_file(path)
     if isinstance(obj, dict) and 'model_state_dict' in obj:
         state = obj['model_state_dict']
         extra = {str(k): v for k, v in obj.items() if k != 'model_state_dict'}
@@ -357,10 +433,9 @@ def load_original_checkpoint(path: PathLike, depth_net: Optional[nn.Module] = No
     """
     state, extra = preloaded if preloaded is not None else read_checkpoint(path)
     extra = tuple(extra)
-    stripped = ''
-    if any(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
-        stripped = DATA_PARALLEL_PREFIX
-        state = {k[len(stripped):] if k.startswith(stripped) else k: v for k, v in state.items()}
+    stripped = DATA_PARALLEL_PREFIX if any(k.startswith(DATA_PARALLEL_PREFIX)
+                                           for k in state) else ''
+    state = strip_module_prefix(state, str(path))
     groups, prefixes, unknown = _split_groups(state)
     layout = _layout_name(prefixes)
     if unknown:

@@ -13,6 +13,9 @@ The ROS 2 layer of trianflow_ros: the only package that imports rclpy and ``*_ms
   (pose, twist and covariances; depth at the camera's size; the bounded path).
 - :mod:`.params`, :mod:`.node_params`: parameter declarations, descriptors, validation and the
   mapping onto the shared configuration.
-- :mod:`.weights`: which weights the node runs; :mod:`.node_stats`: frame accounting;
+- :mod:`.node_inputs`, :mod:`.frame_queue`, :mod:`.frame_publisher`, :mod:`.param_updates`,
+  :mod:`.node_main`: the node's parts (subscriptions and conversion; newest-frame buffer,
+  worker and services; publishing one frame; run-time parameter changes; the process).
+  Which weights it runs: :mod:`trianflow_ros.vo.factory`. :mod:`.node_stats`: frame accounting;
   :mod:`.throttle`: log throttling per kind and message shape.
 """

@@ -5,6 +5,10 @@ A warning is throttled per *kind* (a key such as 'malformed') **and per message 
 text with its numbers replaced (stamps, sizes and counts change from frame to frame, the
 problem does not). Two different errors of one kind are both logged; the same error repeated
 is logged once per period, and the next time it is logged it says how many were suppressed.
+
+rclpy's own ``throttle_duration_sec`` / ``once`` cannot do this: they key by the *call site*
+(one throttle for every message logged from one line), so a different error of the same kind
+from the same line would be hidden, and they do not count what they suppressed.
 """
 
 import re
@@ -60,3 +64,31 @@ class LogThrottle:
         if skipped:
             text += f' ({skipped} more like this since the last report)'
         return text
+
+
+class ThrottledLog:
+    """A logger's ``log(key, text, ...)`` through a :class:`LogThrottle`."""
+
+    def __init__(self, logger, period: float = 5.0):
+        """
+        Wrap a logger (``info``, ``warning``, ``error``).
+
+        :param logger: e.g. an rclpy node's logger.
+        :param period: seconds between two logs of one message shape of one kind.
+        """
+        self.logger = logger
+        self.throttle = LogThrottle(period)
+
+    def __call__(self, key: str, text: str, period: Optional[float] = None, once: bool = False,
+                 level: str = 'warning') -> None:
+        """Log a message, throttled per kind and message shape (see :meth:`LogThrottle.admit`)."""
+        text = self.throttle.admit(key, text, period, once)
+        if text is None:
+            return
+        # one call site per severity: rclpy refuses a call site that changes its severity
+        if level == 'info':
+            self.logger.info(text)
+        elif level == 'error':
+            self.logger.error(text)
+        else:
+            self.logger.warning(text)

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trianflow_ros.config import Config, ConfigError, from_dict
-from trianflow_ros.nets.checkpoint import (CheckpointError, DATA_PARALLEL_PREFIX,
-                                           load_original_checkpoint, load_state_dict_strict)
-import yaml
+from trianflow_ros.config import Config, from_dict
+from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
+                                           load_state_dict_strict, read_file, stored_config,
+                                           strip_module_prefix)
 
 PathLike = Union[str, Path]
 
@@ -210,19 +210,9 @@ def make_checkpoint(*, model: nn.Module, optimizer: torch.optim.Optimizer, step:
 
 
 def _load(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint file not found: {path}. Fix: pass an existing .pth '
-                              'file (runs keep last.pth and step_NNNNNNN.pth in their folder).')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: B902 - torch raises many types for a bad file
-        first = str(e).splitlines()[0] if str(e) else ''
-        raise CheckpointError(
-            f'cannot read checkpoint {path}: {type(e).__name__}: {first}. The file is '
-            'truncated or corrupt, not a PyTorch file, or holds objects other than tensors '
-            'and plain containers (read with weights_only=True). Fix: use another checkpoint '
-            'of the run (step_NNNNNNN.pth) or retrain.') from e
+    return read_file(path, fix='use another checkpoint of the run (step_NNNNNNN.pth) or retrain',
+                     not_found_fix='pass an existing .pth file (runs keep last.pth and '
+                                   'step_NNNNNNN.pth in their folder)')
 
 
 def read_training_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -253,34 +243,11 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str = 'checkpoint') 
 
     :param ckpt: a checkpoint dict (``config`` is YAML text or a nested dict).
     :param source: name for messages.
+    :return: the stored configuration (the defaults when the checkpoint stores none).
     :raises CheckpointError: the stored configuration does not parse or validate.
     """
-    raw = ckpt.get('config')
-    try:
-        data = yaml.safe_load(raw) if isinstance(raw, str) else raw
-        return from_dict(data or {})
-    except (yaml.YAMLError, ConfigError) as e:
-        raise CheckpointError(f'{source}: its stored configuration is invalid: {e}') from e
-
-
-def strip_module_prefix(state: Mapping[str, Any], source: str = 'checkpoint'
-                        ) -> Dict[str, Any]:
-    """
-    Remove a leading ``module.`` (DataParallel / DDP) from every key.
-
-    :param state: a state dict.
-    :param source: name for messages.
-    :return: a new dict; unchanged keys when no key has the prefix.
-    :raises CheckpointError: only some keys carry the prefix (a mixed, broken file).
-    """
-    prefixed = [k.startswith(DATA_PARALLEL_PREFIX) for k in state]
-    if not any(prefixed):
-        return dict(state)
-    if not all(prefixed):
-        raise CheckpointError(f'{source}: only {sum(prefixed)} of {len(prefixed)} keys carry '
-                              f'the {DATA_PARALLEL_PREFIX!r} prefix; the file mixes layouts.')
-    n = len(DATA_PARALLEL_PREFIX)
-    return {k[n:]: v for k, v in state.items()}
+    cfg = stored_config(ckpt, source)
+    return cfg if cfg is not None else from_dict({})
 
 
 def _our_format(path: PathLike) -> Optional[Dict[str, Any]]:

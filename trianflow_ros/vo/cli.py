@@ -66,9 +66,9 @@ from trianflow_ros.eval.plots import plot_trajectories
 from trianflow_ros.eval.trajectory_io import Trajectory, write_kitti, write_tum
 from trianflow_ros.geometry.distortion import Distortion
 from trianflow_ros.nets.checkpoint import CheckpointError
+from trianflow_ros.vo import factory
 from trianflow_ros.vo.odometry import STAGES, VisualOdometry
-from trianflow_ros.vo.providers import find_default_checkpoint, network_config
-from trianflow_ros.vo.providers import resolve_checkpoint
+from trianflow_ros.vo.providers import find_default_checkpoint
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 PROG = 'trianflow-vo'
@@ -287,27 +287,20 @@ def resolve_config(args, log=None) -> Config:
         if find_default_checkpoint() is not None:
             log('classical pipeline (DIS flow, scale by triangulation): it beats the shipped '
                 'small weights on the real sequences; --checkpoint default uses them')
-    if args.checkpoint:
-        cfg.vo.checkpoint = args.checkpoint
-    if args.flow:
-        cfg.vo.flow_provider = args.flow
-    if args.depth:
-        cfg.vo.depth_provider = args.depth
-    elif args.checkpoint:
-        cfg.vo.depth_provider = 'net'
     if args.device:
         cfg.vo.device = args.device
-    if 'net' in (cfg.vo.flow_provider, cfg.vo.depth_provider):
-        if not cfg.vo.checkpoint:
-            raise CliError('--flow net / --depth net need --checkpoint PATH (or --checkpoint '
-                           'default: models/default.pth when installed); use the classical '
-                           'flow (--flow dis) without one')
-        cfg.vo.checkpoint = str(resolve_checkpoint(cfg.vo.checkpoint))
-        explicit = [parse_override(text)[0] for text in args.overrides]
-        cfg, notes = network_config(cfg.vo.checkpoint, cfg, explicit)
-        for note in notes:
-            log(note)
-    return cfg
+    # the rule of trianflow_ros.vo.factory; flags choose the providers (dis / none unless
+    # given; --checkpoint alone adds the depth network)
+    weights, _ = factory.pick_weights(args.checkpoint or '', cfg)
+    flow = args.flow or cfg.vo.flow_provider
+    depth = args.depth or ('net' if args.checkpoint else cfg.vo.depth_provider)
+    explicit = [parse_override(text)[0] for text in args.overrides]
+    try:
+        return factory.odometry_config(cfg, weights, flow, depth, explicit, log)
+    except factory.MissingWeightsError:
+        raise CliError('--flow net / --depth net need --checkpoint PATH (or --checkpoint '
+                       'default: models/default.pth when installed); use the classical '
+                       'flow (--flow dis) without one') from None
 
 
 def _check_out(out: Path, overwrite: bool, depth: bool) -> None:
@@ -375,7 +368,7 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     indices = list(range(0, source.count, args.stride))
     if args.max_frames is not None:
         indices = indices[:args.max_frames]
-    vo = VisualOdometry(cfg)
+    vo: VisualOdometry = factory.build(cfg)
     vo.output_depth = not args.no_depth_output      # no dense map only the output would read
     out.mkdir(parents=True, exist_ok=True)
     (out / 'config.yaml').write_text(dump_yaml(cfg))

@@ -54,13 +54,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from trianflow_ros.config import Config, ConfigError, from_dict
+from trianflow_ros.config import Config
 from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
-                                           load_state_dict_strict, read_checkpoint_entries)
+                                           load_state_dict_strict, read_checkpoint_entries,
+                                           stored_config, strip_module_prefix)
 from trianflow_ros.nets.depth_net import DepthNet
 from trianflow_ros.nets.flow_net import FlowNet
 from trianflow_ros.vo.backends import DepthModule, FlowPairModule, NetBackend
-import yaml
 
 PathLike = Union[str, Path]
 FlowPair = Tuple[torch.Tensor, torch.Tensor]
@@ -292,14 +292,7 @@ def read_weights(path: PathLike, *, keep: bool = False) -> CheckpointContents:
             if key in _HANDOVER:
                 return _HANDOVER[key] if keep else _HANDOVER.pop(key)
     state, entries = read_checkpoint_entries(path)
-    stored = None
-    if entries.get('config') is not None:
-        raw = entries['config']
-        try:
-            stored = from_dict((yaml.safe_load(raw) if isinstance(raw, str) else raw) or {})
-        except (yaml.YAMLError, ConfigError, TypeError, AttributeError) as e:
-            raise CheckpointError(f'checkpoint {path}: its stored configuration is invalid: '
-                                  f'{e}. Fix: re-save it with the trainer.') from e
+    stored = stored_config(entries, f'checkpoint {path}', '. Fix: re-save it with the trainer.')
     contents = CheckpointContents(path, state, entries, stored)
     if keep and key is not None:
         with _HANDOVER_LOCK:
@@ -401,8 +394,7 @@ def load_networks(path: PathLike, *, flow: bool = True, depth: bool = True,
     arch = stored or cfg or Config()
     flow_net = FlowNet.from_config(arch) if flow else None
     depth_net = DepthNet.from_config(arch) if depth else None
-    state = {k[len('module.'):] if k.startswith('module.') else k: v
-             for k, v in contents.state.items()}
+    state = strip_module_prefix(contents.state, f'checkpoint {path}')
     if any(k.startswith('flow_net.') for k in state):          # this package's layout
         for name, net in (('flow_net', flow_net), ('depth_net', depth_net)):
             if net is None:
