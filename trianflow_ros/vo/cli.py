@@ -199,8 +199,8 @@ def _common_options() -> argparse.ArgumentParser:
                    help='use every N-th frame (the paper tests stride 3 on KITTI)')
     p.add_argument('--max-frames', type=int, default=None, help='process at most N frames')
     p.add_argument('--flow', choices=('dis', 'net'), default=None,
-                   help='flow provider: dis (OpenCV, no weights; the default) or net (needs '
-                        '--checkpoint; default: net when --checkpoint is given)')
+                   help='flow provider: dis (OpenCV, no weights; the default, also with '
+                        '--checkpoint) or net (needs --checkpoint)')
     p.add_argument('--depth', choices=('none', 'net'), default=None,
                    help='depth provider: none (scale propagated by triangulation) or net; '
                         'default: net when --checkpoint is given, else none')
