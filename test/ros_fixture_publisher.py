@@ -8,14 +8,15 @@ It waits (up to --wait s) for a subscriber before publishing, and exits 0 on SIG
 
 import argparse
 import os
+import signal
 import sys
 import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 
@@ -30,6 +31,13 @@ def make_frame(i: int, height: int, width: int) -> Image:
     return msg
 
 
+def _exit(rc: int) -> None:
+    """End the process at once (see ``main``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument('--count', type=int, default=20)
@@ -38,31 +46,29 @@ def main() -> int:
     parser.add_argument('--width', type=int, default=832)
     parser.add_argument('--wait', type=float, default=20.0)
     args = parser.parse_args()
-    rclpy.init()
+    # SIGINT ends the process at once, wherever it is: rclpy's own handler plus destroy_node /
+    # shutdown hung 2 exits in ~300 under load on these wheels (the test then killed the
+    # publisher: exit -9). Status 0 once everything is published, 4 before.
+    published = False
+    signal.signal(signal.SIGINT, lambda *_: _exit(0 if published else 4))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node('fixture_image_publisher')
     pub = node.create_publisher(
         Image, 'image', QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    try:
-        deadline = time.monotonic() + args.wait
-        while pub.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                print('no subscriber appeared', file=sys.stderr)
-                return 3
-            rclpy.spin_once(node, timeout_sec=0.05)
-        for i in range(args.count):
-            if i:
-                rclpy.spin_once(node, timeout_sec=1.0 / args.rate)
-            pub.publish(make_frame(i, args.height, args.width))
-        print(f'published {args.count}', flush=True)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    # no destroy_node / shutdown: on these rclpy wheels destroying a node after SIGINT hung
-    # about 1 exit in 60 under load (the test then killed it: exit -9). Everything this
-    # fixture owes is published and printed; end the process at once.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    deadline = time.monotonic() + args.wait
+    while pub.get_subscription_count() == 0:
+        if time.monotonic() > deadline:
+            print('no subscriber appeared', file=sys.stderr)
+            _exit(3)
+        time.sleep(0.05)
+    for i in range(args.count):
+        if i:
+            time.sleep(1.0 / args.rate)
+        pub.publish(make_frame(i, args.height, args.width))
+    published = True
+    print(f'published {args.count}', flush=True)
+    while True:                          # idle until SIGINT (DDS delivers in its own threads)
+        time.sleep(0.05)
 
 
 if __name__ == '__main__':

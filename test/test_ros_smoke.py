@@ -51,7 +51,9 @@ def test_images_cross_processes(ros_env):
         node.destroy_node()
         rclpy.try_shutdown(context=context)
 
-    assert pub.returncode == 0, f'publisher exited {pub.returncode}: {err[-2000:]}'
+    assert pub.returncode == 0, (f'publisher exited {pub.returncode} (received '
+                                 f'{len(received)}, its stdout {published!r} {out!r}): '
+                                 f'{err[-2000:]}')
     assert 'published 20' in published + out, f'publisher stderr: {err[-2000:]}'
     # A reliable subscription must get every frame, in order, intact.
     assert len(received) == count, f'received {len(received)} of {count} frames'
