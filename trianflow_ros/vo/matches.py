@@ -116,7 +116,7 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
 
 def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,
           generator: Optional[torch.Generator] = None
-          ) -> Tuple[torch.Tensor, torch.Tensor, int, float]:
+          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Draw spatially spread, flow-consistent matches (see the module docstring).
 
@@ -124,12 +124,8 @@ def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,
     :param flow_12: (1, 2, H, W).
     :param cfg: the configuration.
     :param generator: torch.Generator on the flow's device.
-    :return: raw x1, x2 of shape (1, N, 2) (only real matches; N may be 0), the number of
-        pixels whose match is consistent to :data:`GOOD_FB_PX` and its share of the pixels.
+    :return: raw x1, x2 of shape (1, N, 2) (only real matches; N may be 0).
     """
-    good = score > 1.0 / (0.1 + GOOD_FB_PX)
-    num_good = int(good.sum())
-    good_ratio = num_good / max(good.numel(), 1)
     f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
     _, _, h, w = score.shape
     rows, cols = cfg.vo.grid_rows, cfg.vo.grid_cols
@@ -152,7 +148,7 @@ def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,
     keep = corr.valid.reshape(-1)
     x1 = (corr.x1 + offset).reshape(-1, 2)[keep]
     x2 = (corr.x2 + offset).reshape(-1, 2)[keep]
-    return x1[None], x2[None], num_good, good_ratio
+    return x1[None], x2[None]
 
 
 def klt_refine(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
@@ -308,7 +304,7 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
         # few textured ones (a weak preference, never a gate: low-texture images still match)
         textured = texture_map(img1, klt) >= cfg.vo.min_texture
         draw_score = score * torch.where(textured, 10.0, 1.0)
-    x1, x2, num_good, ratio = _draw(draw_score, flow_12, cfg, generator)
+    x1, x2 = _draw(draw_score, flow_12, cfg, generator)
     num_good = int((score > 1.0 / (0.1 + GOOD_FB_PX)).sum())
     ratio = num_good / max(score.numel(), 1)
     x1, x2 = x1.double(), x2.double()
