@@ -33,6 +33,28 @@ def test_triangulated_depth_is_exact(pair):
     assert float(s[near].median()) < float(s[known & ~near].median())
 
 
+def test_triangulated_depth_in_float32_matches_float64(pair):
+    """
+    The float32 triangulation (the depth output's) agrees with float64.
+
+    Far within the depth's own uncertainty: typically 1e-5 relative, at most 5 % of the
+    pixel's log-depth sigma (the mid-point's determinant cancels at small ray angles, where
+    the sigma is large).
+    """
+    p, K = pair
+    valid = p.valid_ji[None].bool()
+    args = (p.flow_ji[None].float(), valid, K, K, p.T_ji[None].double())
+    kw = {'min_angle_deg': 0.2, 'min_depth': 0.01, 'max_sampson_px': 0.5}
+    d64, s64 = triangulate_flow_depth(*args, **kw)
+    d32, s32 = triangulate_flow_depth(*args, **kw, dtype=torch.float32)
+    both = (d64 > 0) & (d32 > 0)
+    assert int(both.sum()) >= 0.99 * int((d64 > 0).sum()) > 0
+    rel = ((d32 - d64).abs() / d64)[both]
+    assert float(rel.median()) < 1e-4
+    assert float((rel / s64[both]).max()) < 0.05
+    assert float(((s32 - s64).abs() / s64)[both].max()) < 1e-3
+
+
 def test_transfer_is_exact_and_skips_unknown_neighbours(pair):
     p, K = pair
     valid = p.valid_ji[None].bool()

@@ -287,7 +287,8 @@ def test_reset_starts_a_new_odometry_frame():
 def test_input_conventions_resize_bgr_tensor_and_errors():
     seq = sequence('forward', 1, 8)
     cfg = small_config()
-    cfg.data.img_height, cfg.data.img_width = 64, 224          # 'network' resolution
+    cfg.data.img_height, cfg.data.img_width = 64, 224
+    cfg.vo.resolution = 'network'          # (the default 'auto' keeps the aspect without nets)
     vo = VisualOdometry(cfg, 'dis', None, bgr=True)
     images, K = seq.images_uint8(), seq.K.numpy()
     r = vo.step(0.0, np.ascontiguousarray(images[0][:, :, ::-1]), K)
@@ -375,8 +376,55 @@ def test_resize_interpolation_is_a_config_field():
     for name, flag in (('area', cv2.INTER_AREA), ('linear', cv2.INTER_LINEAR)):
         cfg = small_config()
         cfg.data.img_height, cfg.data.img_width = 48, 160
+        cfg.vo.resolution = 'network'
         cfg.vo.resize_interpolation = name
         vo = VisualOdometry(cfg, DISFlowProvider('fast'))
         img, _ = vo._prepare(image, seq.K.numpy())
         ref = cv2.resize(image, (160, 48), interpolation=flag)
         assert np.allclose(img[0].permute(1, 2, 0).numpy() * 255.0, ref, atol=1e-3), name
+
+
+@pytest.mark.parametrize('mode', ['aspect', 'network', 'native'])
+def test_working_size_modes_and_intrinsics(mode):
+    """
+    The working size of each ``vo.resolution`` and K rescaled exactly once with the image.
+
+    'aspect' keeps the camera's aspect ratio at about data.img_height x data.img_width
+    pixels, up or down; a numpy image resized by cv2 must not get the rule applied a second
+    time (it did: 840x254 became 839x254 with K unscaled).
+    """
+    from trianflow_ros.geometry.camera import resize_intrinsics
+    from trianflow_ros.vo.odometry import working_size
+    cfg = small_config()
+    cfg.data.img_height, cfg.data.img_width = 256, 832
+    cfg.vo.resolution = mode
+    expected = {'aspect': (254, 840), 'network': (256, 832), 'native': (370, 1226)}[mode]
+    assert working_size(cfg, (370, 1226)) == expected                  # KITTI
+    if mode == 'aspect':
+        assert working_size(cfg, (480, 640)) == (400, 533)             # TUM, scaled down
+        assert working_size(cfg, (128, 416)) == (256, 832)             # small, scaled up
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (370, 1226, 3), dtype=np.uint8)
+    K = np.array([[718.9, 0.0, 607.2], [0.0, 718.9, 185.2], [0.0, 0.0, 1.0]])
+    vo = VisualOdometry(cfg, DISFlowProvider('fast'))
+    img, Kw = vo._prepare(image, K)
+    assert tuple(img.shape[-2:]) == expected
+    ref = resize_intrinsics(torch.from_numpy(K)[None], (370, 1226), expected)[0]
+    assert torch.allclose(Kw[0].double(), ref, atol=1e-4)
+    timg, tK = vo._prepare(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, K)
+    assert tuple(timg.shape[-2:]) == expected and torch.allclose(tK, Kw)
+
+
+def test_dis_provider_backward_thread_gives_the_sequential_flows():
+    """The backward flow runs in a worker thread (own DIS instance): same numbers as in a row."""
+    import cv2
+    from trianflow_ros.vo.providers import DIS_PRESETS, to_grey_uint8
+    seq = sequence('forward', 1, 3)
+    provider = DISFlowProvider('medium')
+    for i in range(2):                                    # the pool is reused
+        f12, f21 = provider(seq.images[i][None], seq.images[i + 1][None])
+        g1, g2 = to_grey_uint8(seq.images[i][None]), to_grey_uint8(seq.images[i + 1][None])
+        dis = cv2.DISOpticalFlow_create(DIS_PRESETS['medium'])
+        ref12, ref21 = dis.calc(g1, g2, None), dis.calc(g2, g1, None)
+        assert np.array_equal(f12[0].permute(1, 2, 0).numpy(), ref12)
+        assert np.array_equal(f21[0].permute(1, 2, 0).numpy(), ref21)

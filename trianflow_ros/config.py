@@ -245,8 +245,10 @@ class VOConfig:
                                       '(cv2.INTER_LINEAR, what the original TrianFlow and its '
                                       'released checkpoints used)', choices=('area', 'linear'))
     resolution: str = param('network', 'working resolution: network (data.img_height x '
-                            'data.img_width, K rescaled) or native (input size; classical flow)',
-                            choices=('network', 'native'))
+                            'data.img_width, K rescaled), native (input size) or aspect (the '
+                            'input scaled to about data.img_height x data.img_width pixels, '
+                            'its aspect ratio kept; not with networks)',
+                            choices=('network', 'native', 'aspect'))
     flow_provider: str = param('dis', 'flow: dis (OpenCV DIS, no weights) or net (checkpoint)',
                                choices=('dis', 'net'))
     depth_provider: str = param('none', 'depth: none (scale propagated by triangulation) or '
@@ -295,6 +297,16 @@ class VOConfig:
     klt_window: int = param(7, 'Lucas-Kanade window (px) refining every match of the dense '
                             'flow (removes its bias at large displacements); 0 = off',
                             range=(0, 101))
+    planar_pnp: bool = param(True, 'when GRIC finds a dominant plane (a homography explains '
+                             'the matches better than E) and the keyframe has structure, the '
+                             'pose comes from PnP on it (E is ill-conditioned on a plane)')
+    klt_max_fb_px: float = param(0.25, 'a Lucas-Kanade refined match is kept when LK from '
+                                 'the current image comes back within this many px (at least; '
+                                 'see vo.klt_fb_ratio)',
+                                 range=(0.0, 100.0))
+    klt_fb_ratio: float = param(0.04, 'the Lucas-Kanade round-trip bound grows to this share '
+                                'of the match displacement (0 = fixed vo.klt_max_fb_px)',
+                                range=(0.0, 1.0))
     min_texture: float = param(1e-4, 'fresh matches are drawn first where the smallest '
                                'structure-tensor eigenvalue over the KLT window reaches this '
                                '(grey in [0, 1]; 0 = no preference): KLT can follow them',

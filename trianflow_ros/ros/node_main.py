@@ -42,7 +42,8 @@ def usage(doc: str) -> str:
 def ready_message(p, info: Dict[str, str], cfg: Config) -> str:
     """Return the line logged when the node is ready: pipeline, weights, sizes, QoS, TF."""
     h, w = cfg.data.img_height, cfg.data.img_width
-    size = 'input size' if cfg.vo.resolution == 'native' else f'{w}x{h}'
+    size = {'native': 'input size', 'aspect': f'input size scaled to ~{w}x{h} pixels, '
+            'aspect kept'}.get(cfg.vo.resolution, f'{w}x{h}')
     tf_out = ('none' if not p['publish_tf'] else
               f"{p['base_frame']} -> {p['odom_frame']} (inverted)" if p['invert_tf'] else
               f"{p['odom_frame']} -> {p['base_frame']}")

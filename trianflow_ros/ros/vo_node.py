@@ -220,7 +220,7 @@ class VONode(Node):
         if self._work_hw is not None and work_hw != self._work_hw:
             return self._reject('size', 'work_size', f'frame dropped: its working size '
                                 f"{work_hw} differs from the previous frames' {self._work_hw} "
-                                "(vo.resolution='native'); call ~/reset after changing the "
+                                '(vo.resolution native/aspect); call ~/reset after changing the '
                                 'image size')
         camera_frame = self._out.camera_frame(image)
         T_bc = self._out.base_to_camera(camera_frame)

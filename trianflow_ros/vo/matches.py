@@ -318,7 +318,13 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
         x1 = torch.cat((tracked.double().to(x1.device)[:, ok], x1), 1)
         x2 = torch.cat((t2[:, ok], x2), 1)
     if klt > 0:
-        refined, ok = klt_refine(img1, img2, x1, x2, klt)
+        fb = cfg.vo.klt_max_fb_px
+        if cfg.vo.klt_fb_ratio > 0:
+            # LK's round trip error grows with the displacement (the patch deforms): a fixed
+            # bound removed the near, fast-moving points first (see klt_refine)
+            shift = (x2 - x1)[0].norm(dim=-1).cpu().numpy()
+            fb = np.maximum(fb, cfg.vo.klt_fb_ratio * shift)
+        refined, ok = klt_refine(img1, img2, x1, x2, klt, max_fb_px=fb)
         if int(ok.sum()) >= 2 * cfg.vo.min_matches:
             index = index[ok[:index.numel()]]
             x1, x2 = x1[:, ok], refined[:, ok]

@@ -5,10 +5,11 @@ Per frame (image i) against the keyframe k:
 
 1. Input: an (H, W, 3) uint8 image (RGB, or BGR with ``bgr=True``) or a (3, H, W) float tensor
    in [0, 1], K at the input resolution and optionally the lens distortion. The working
-   resolution is ``vo.resolution``: 'network' resizes to ``data.img_height x data.img_width``
-   (K rescaled with ``resize_intrinsics``; ``vo.resize_interpolation``), 'native' keeps the
-   input size. A frame without texture (grey std < ``vo.min_image_std``) or with non-finite
-   pixels is LOST at once.
+   resolution is ``vo.resolution`` (:func:`working_size`): 'network' resizes to
+   ``data.img_height x data.img_width`` (K rescaled with ``resize_intrinsics``;
+   ``vo.resize_interpolation``), 'native' keeps the input size, 'aspect' scales it to about
+   that many pixels keeping its aspect ratio. A frame without texture (grey std <
+   ``vo.min_image_std``) or with non-finite pixels is LOST at once.
 2. Depth of frame i from the depth provider, if any.
 3. Flow k -> i and i -> k from the flow provider; matches (:mod:`~trianflow_ros.vo.matches`):
    forward-backward and photometrically consistent, spread over a grid, undistorted into
@@ -20,14 +21,21 @@ Per frame (image i) against the keyframe k:
    ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed), then
    the first strategy of :mod:`~trianflow_ros.vo.strategies` that gives a pose:
 
+   - STANDSTILL (GRIC) and t not observable: hold (T = I; the keyframe is kept, so slow
+     motion accumulates);
+   - PLANAR (GRIC: a homography explains the matches better than E; ``vo.planar_pnp``) and
+     the keyframe has structure: PnP on it (E is ill-conditioned on a plane);
    - translation observable (E decided by the vote, whatever GRIC says: in a far-field
-     scene most matches barely move although the near ones fix t): E + the scale of its translation
-     fitted to the keyframe depth (weighted log fit of the triangulated inliers); without
-     keyframe depth, ``vo.initial_scale`` for the first pair;
-   - STANDSTILL (GRIC): hold (T = I; the keyframe is kept, so slow motion accumulates);
-   - keyframe depth exists: PnP on it;
+     scene most matches barely move although the near ones fix t): E + the scale of its
+     translation fitted to the keyframe's structure (weighted log fit of the triangulated
+     inliers); without structure, ``vo.initial_scale`` for the first pair;
+   - keyframe structure exists: PnP on it;
+   - translation observable but too few map points for the scale and PnP failed: E with the
+     constant-speed scale;
    - else rotation only (t = 0 relative to the keyframe);
    - nothing: LOST (no model).
+
+   E and PnP poses both triangulate the pair's matches into the next keyframe's points.
 
 5. Keyframes by parallax, as DF-VO and ORB-SLAM: the keyframe is kept until the
    rotation-compensated parallax of the inliers (90th percentile) reaches
@@ -85,6 +93,35 @@ from trianflow_ros.vo.types import FrameResult, TrackingState
 
 STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'window', 'total')
 _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
+
+
+#: Methods whose pose (with its scale) triangulates the pair's matches into new structure:
+#: E, and PnP (without it a run of PnP frames, e.g. over a plane, only kept the old points
+#: and the map decayed until PnP failed: 33 LOST frames on the hand-held checkerboard).
+TRIANGULATED = ('essential', 'pnp')
+
+
+def working_size(cfg: Config, input_hw: Tuple[int, int]) -> Tuple[int, int]:
+    """
+    Return the working (height, width) of ``vo.resolution`` for an input of size ``input_hw``.
+
+    'network' (default): ``data.img_height x data.img_width`` (what the networks need).
+    'native': the input. 'aspect' (classical pipeline only): the input scaled to about that
+    many pixels with its aspect ratio kept (the pixel thresholds ``vo.keyframe_parallax_px``,
+    ``vo.sign_parallax_px``, ... are tuned at that pixel count). Measured, it did not beat
+    'network' on KITTI, VAMR or the TUM pair (docs/BENCHMARKS.md), so it is not the default.
+    """
+    mode = cfg.vo.resolution
+    if mode == 'aspect' and 'net' in (cfg.vo.flow_provider, cfg.vo.depth_provider):
+        mode = 'network'                            # the networks need their input size
+    h, w = int(input_hw[0]), int(input_hw[1])
+    if mode == 'native':
+        return h, w
+    if mode == 'aspect':
+        budget = cfg.data.img_height * cfg.data.img_width
+        s = math.sqrt(budget / max(h * w, 1))
+        return max(1, int(round(h * s))), max(1, int(round(w * s)))
+    return cfg.data.img_height, cfg.data.img_width
 
 
 def _rotation_deg(R: np.ndarray) -> float:
@@ -168,9 +205,7 @@ class VisualOdometry:
     # ----------------------------------------------------------------------------------------
     def working_size(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
         """Return the working (height, width) for an input of size ``input_hw``."""
-        if self.cfg.vo.resolution == 'native':
-            return int(input_hw[0]), int(input_hw[1])
-        return self.cfg.data.img_height, self.cfg.data.img_width
+        return working_size(self.cfg, input_hw)
 
     def _prepare(self, image, K) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validate and convert the input to (1, 3, h, w) RGB [0, 1] and K (1, 3, 3)."""
@@ -217,7 +252,9 @@ class VisualOdometry:
             raise ValueError(f'K must be a finite (3, 3) matrix with fx, fy > 0, got '
                              f'{Kt.tolist()}')
         src = tuple(img.shape[-2:])
-        dst = self.working_size(src)
+        # an array was resized to its working size above (the 'aspect' size of a resized
+        # image is not the image's own size: never apply the rule twice)
+        dst = src if src_hw is not None else self.working_size(src)
         img = img[None].to(self.device)
         if dst != src:
             shrink = dst[0] < src[0] or dst[1] < src[1]
@@ -431,7 +468,8 @@ class VisualOdometry:
         sub = torch.randperm(n, generator=generator, device=m.u1.device)[:k]
         cls = classify_motion(m.u1[:, sub], m.u2[:, sub], K1, K2, residuals[:, sub],
                               standstill_px=g.degeneracy.standstill_px,
-                              num_hypotheses=128, lo_iters=2, generator=generator)
+                              num_hypotheses=128, lo_iters=2, generator=generator,
+                              detect_planar=cfg.vo.planar_pnp)
         ctx = strategies.PairContext(cfg=cfg, kf=kf, cur=cur, m=m, ransac=ransac, e_ok=e_ok,
                                      residuals=residuals, cls=cls, generator=generator,
                                      noise_px=noise, last_speed=self._last_speed,
@@ -452,6 +490,17 @@ class VisualOdometry:
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
         if not observable and motion == MotionType.STANDSTILL:
             return strategies.hold(ctx)
+        if motion == MotionType.PLANAR and kf.has_structure:
+            # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
+            # ambiguity), while PnP on the map points is exact (planar PnP); measured on the
+            # hand-held checkerboard: ATE 0.06 m by E, 0.016 m by PnP. A road under a far field
+            # is PLANAR too, and there PnP was worse than E (synthetic highway 0.06 -> 0.16 m;
+            # docs/BENCHMARKS.md): vo.planar_pnp turns it off
+            t0 = time.perf_counter()
+            est = strategies.pnp(ctx)
+            timings['solver'] += 1000.0 * (time.perf_counter() - t0)
+            if est is not None:
+                return est
         notes = []
         if observable:
             t0 = time.perf_counter()
@@ -468,6 +517,8 @@ class VisualOdometry:
         timings['solver'] += 1000.0 * (time.perf_counter() - t0)
         if est is None and kf.depth is not None:
             notes.append('PnP failed')
+        if est is None and observable:
+            est = strategies.essential(ctx, choice, motion_scale=True)
         if est is None:
             est = strategies.rotation(ctx)
         if est is None:
@@ -536,18 +587,21 @@ class VisualOdometry:
         net_d, net_s, kind = self._provider_map(cur.depth)
         if not cfg.vo.map_fusion and net_d is not None:
             return net_d, net_s, kind
-        if not (self.output_depth or self.depth is not None or g.refine.enabled):
+        output_only = self.depth is None and not g.refine.enabled
+        if output_only and not self.output_depth:
             return None, None, 'none'        # only the depth output would read the dense map
         T = torch.from_numpy(est.T_21)[None].to(cur.K.device)
         valid_2 = None
         maps = []
-        if est.method == 'essential':
+        if est.method in TRIANGULATED:
             valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
             maps.append(triangulate_flow_depth(
                 flow_21, valid_2, kf.frame.K, cur.K, T,
                 min_angle_deg=cfg.vo.propagate_min_angle_deg, min_depth=g.triangulation.min_depth,
                 max_sampson_px=2.0 * g.ransac.threshold_px, sigma_px=max(est.sigma_px, 0.1),
-                undistort=undistort, grid_2=grid))
+                undistort=undistort, grid_2=grid,
+                # float32 (2x faster) where only the depth output reads the map
+                dtype=torch.float32 if output_only else torch.float64))
         if kf.depth is not None and cfg.vo.map_fusion:
             if valid_2 is None:
                 valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
@@ -592,7 +646,7 @@ class VisualOdometry:
         d, s = zeros.clone(), zeros.clone()                   # depth along the ray u1 (kf)
         noise = max(est.sigma_px, 0.1)
         min_depth = g.triangulation.min_depth
-        if est.method == 'essential':
+        if est.method in TRIANGULATED:
             X1 = midpoint_triangulate(m.u1, m.u2, K1, K2, T)
             z2 = transform_points(T, X1)[..., 2]
             par = ray_angle(m.u1, m.u2, K1, K2, T) * 0.5 * float(K2[0, 0, 0] + K2[0, 1, 1])
@@ -601,14 +655,14 @@ class VisualOdometry:
             s = torch.where(ok, noise / par.clamp(min=1e-9), zeros)
             d = torch.where(ok, X1[..., 2], zeros)
         age = torch.zeros(1, m.count, dtype=torch.int64, device=dev)
-        if nt > 0 and kf.points is not None and est.method == 'essential':
+        if nt > 0 and kf.points is not None and est.method in TRIANGULATED:
             # the triangulation's sigma from the parallax the map predicts, not the one
             # measured (weighting a measurement by its own error biases the fusion)
             idx = m.track_index.to(dev)
             par_map = strategies.map_parallax_px(kf.points.depth[:, idx].to(dev),
                                                  m.u1[:, :nt], K1, K2, T, 1.0)
             s[:, :nt] = torch.where(d[:, :nt] > 0, noise / par_map.clamp(min=1e-9), s[:, :nt])
-        if est.method == 'essential' and strategies.LOG_DEPTH_BIAS:
+        if est.method in TRIANGULATED and strategies.LOG_DEPTH_BIAS:
             # the log of a triangulated depth (~ 1 / parallax) is biased up by s^2 / 2: points
             # first seen far and later near carried that bias into the scale (KITTI 06: +1.9 %
             # over 50 frames)

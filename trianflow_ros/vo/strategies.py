@@ -29,6 +29,8 @@ from trianflow_ros.config import Config
 from trianflow_ros.geometry.camera import backproject_pixels, project
 from trianflow_ros.geometry.degeneracy import MotionClassification, MotionType
 from trianflow_ros.geometry.depth_map import sample_known
+from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
+from trianflow_ros.geometry.lie import hat
 from trianflow_ros.geometry.pnp import pnp_ransac
 from trianflow_ros.geometry.pose import PoseChoice
 from trianflow_ros.geometry.ransac import RansacResult
@@ -229,12 +231,17 @@ def hold(ctx: PairContext) -> PairEstimate:
                         scene_depth=keyframe_scene_depth(ctx.kf))
 
 
-def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
+def essential(ctx: PairContext, choice: PoseChoice, motion_scale: bool = False
+              ) -> Optional[PairEstimate]:
     """
     Pose from E (the parallax vote's winner) and the scale of its translation.
 
+    :param motion_scale: where the keyframe's structure cannot fit the scale (too few
+        points), take it from the constant-speed model (as without structure) instead of
+        giving up: the caller's last resort before a rotation-only pose, which would lose the
+        observed translation (a far-field scene's small first map: 7 frames of rotation only).
     :return: the estimate; None when the keyframe has depth but too few points to fit the
-        scale (the caller then tries PnP).
+        scale and ``motion_scale`` is False (the caller then tries PnP).
     """
     cfg, g = ctx.cfg, ctx.cfg.geometry
     m, kf = ctx.m, ctx.kf
@@ -286,15 +293,16 @@ def essential(ctx: PairContext, choice: PoseChoice) -> Optional[PairEstimate]:
                     max(min(n_eff, cov.MAX_EFFECTIVE_POINTS), 1.0))
                 source = 'depth' if kf.kind == 'depth' else 'propagated'
                 scene_depth = float(target[0, inl_s].median())
-        if scale is None:
+        if scale is None and not (motion_scale and ctx.scale_defined):
             return None
-    else:
+    if scale is None:
         if not ctx.scale_defined:
             scale, source, scale_sigma = cfg.vo.initial_scale, 'initial', 1e-3
         else:
             frames = max(ctx.cur.index - kf.frame.index, 1)
             scale, source, scale_sigma = ctx.last_speed * frames, 'motion', 0.5
-            message = 'no keyframe depth for the scale: constant speed assumed'
+            message = ('too few map points for the scale' if kf.has_structure else
+                       'no keyframe depth for the scale') + ': constant speed assumed'
         if bool(good.any()):
             scene_depth = float(z1[good].median()) * scale
     T = T_unit[0].cpu().numpy().copy()
@@ -330,11 +338,17 @@ def pnp(ctx: PairContext) -> Optional[PairEstimate]:
         return None
     x2_hat, _ = project(transform_points(res.T_21.to(X1.dtype), X1), K2)
     err = (x2_hat - m.u2).norm(dim=-1)[res.inliers]
+    # the matches without depth that the pose explains (Sampson distance of its E below the
+    # RANSAC threshold) are inliers too: the next keyframe triangulates them with this pose
+    # (PnP alone kept only the old points, and over a run of PnP frames the map decayed)
+    T_t = res.T_21.double()
+    F = fundamental_from_essential(hat(T_t[:, :3, 3]) @ T_t[:, :3, :3], K1, K2)
+    epipolar = ~ok & (sampson_distance(F, m.u1, m.u2) < g.ransac.threshold_px)
     return PairEstimate(method='pnp', T_21=T, motion=ctx.motion, num_matches=m.count,
                         num_inliers=n_inl, sigma_px=robust_sigma(err) / math.sqrt(2.0),
                         parallax_px=median_parallax_px(ctx, T[:3, :3], res.inliers),
                         scale_source='pnp', scene_depth=float(d[ok].median()), matches=m,
-                        inliers=res.inliers)
+                        inliers=res.inliers | epipolar)
 
 
 def rotation(ctx: PairContext) -> Optional[PairEstimate]:
