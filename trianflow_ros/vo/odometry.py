@@ -71,7 +71,7 @@ from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Di
                                                undistort_pixels)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
 from trianflow_ros.geometry.pose import choose_pose
-from trianflow_ros.geometry.ransac import ransac_essential
+from trianflow_ros.geometry.ransac import ransac_essential, RansacParams
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.threads import one_cpu_thread
 from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
@@ -419,7 +419,9 @@ class VisualOdometry:
         ransac = ransac_essential(m.u1, m.u2, K1, K2, threshold_px=g.ransac.threshold_px,
                                   num_hypotheses=g.ransac.num_hypotheses,
                                   lo_iters=g.ransac.lo_iters, generator=generator,
-                                  min_hypotheses=g.ransac.min_hypotheses)
+                                  min_hypotheses=g.ransac.min_hypotheses,
+                                  refine_iters=g.ransac.refine_iters,
+                                  params=RansacParams.from_config(g.ransac))
         num_e = int(ransac.num_inliers[0])
         e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
         F_est = fundamental_from_essential(ransac.model.double(), K1, K2)
