@@ -9,7 +9,7 @@ import torch
 from trianflow_ros.config import RansacConfig
 from trianflow_ros.geometry.msac import (Estimator, Fit, hypothesise, local_optimisation, ransac,
                                          sets_needed, Threshold, top_hypotheses)
-from trianflow_ros.geometry.ransac import RansacParams
+from trianflow_ros.geometry.ransac import ransac_essential
 
 
 def _line_points(b, n, outliers, seed=0, noise=0.0):
@@ -155,7 +155,15 @@ def test_distance_residuals_and_per_element_thresholds():
         ransac(est, w, Threshold.of(thr), 0, 2)
 
 
-def test_ransac_params_match_the_config_defaults():
-    assert RansacParams.from_config(RansacConfig()) == RansacParams()
-    config_fields = {f.name for f in dataclasses.fields(RansacConfig)}
-    assert {f.name for f in dataclasses.fields(RansacParams)} <= config_fields
+def test_essential_tuning_comes_from_the_config_section():
+    """ransac_essential reads geometry.ransac; no params = the section's defaults."""
+    from test_geometry_ransac import _scene
+    x1, x2, K, _, _, _ = _scene(2, 300, seed=3)
+
+    def run(params):
+        return ransac_essential(x1, x2, K, K, generator=torch.Generator().manual_seed(0),
+                                params=params)
+    default, same = run(None), run(RansacConfig())
+    assert torch.equal(default.model, same.model) and torch.equal(default.inliers, same.inliers)
+    other = run(RansacConfig(refine_rounds=1, lo_topk=1, chunk_sets=2, noise_scale=1.0))
+    assert not torch.equal(default.model, other.model)

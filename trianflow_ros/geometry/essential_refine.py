@@ -5,37 +5,18 @@ The final polish of :func:`~trianflow_ros.geometry.ransac.ransac_essential` (H&Z
 A6.2): E = [t]_x R with R updated by right increments and the unit t by two tangent-plane
 increments (Cayley retraction), a Cauchy loss whose scale follows the noise of the pair, Newton
 weights of the loss and early termination; for large point sets, iterations on a subset and one
-step on all points. Its tuning is :class:`RefineParams`.
+step on all points. Its tuning constants are fields of the config section ``geometry.ransac``
+(:class:`~trianflow_ros.config.RansacConfig`: ``refine_step``, ``refine_tol``, ``scale_min``,
+``refine_points``, ``subset_tol``).
 """
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
+from trianflow_ros.config import RansacConfig
 from trianflow_ros.geometry.lie import skew
 from trianflow_ros.geometry.sampson import _residuals, _sampson_features, _sampson_rows
-
-
-@dataclass(frozen=True)
-class RefineParams:
-    """
-    Tuning of :func:`refine_essential` (``geometry.ransac`` in the config).
-
-    :ivar refine_tol: relative cost change that ends the refinement early.
-    :ivar refine_step: stop once every step norm (rad) is below this times the median Sampson
-        distance over the focal length.
-    :ivar scale_min: the noise-scaled Cauchy scale is clamped to [scale_min, 1] times the
-        threshold.
-    :ivar refine_points: LM iterations on every k-th point, k = N // refine_points if >= 2, ...
-    :ivar subset_tol: ... stopped at subset_tol times the step tolerance, then one step on all.
-    """
-
-    refine_tol: float = 1e-6
-    refine_step: float = 0.5
-    scale_min: float = 1.0 / 16
-    refine_points: int = 1024
-    subset_tol: float = 10.0
 
 
 # I and the generators [e_k]_x of so(3), (4, 3, 3)
@@ -169,7 +150,7 @@ def _final_step(RF, W, L1, L2, c2, w):
 
 def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
                      L2: torch.Tensor, w: torch.Tensor, scale_px: float, iters: int = 8,
-                     noise_scale: float = 0.0, params: RefineParams = RefineParams()
+                     noise_scale: float = 0.0, params: Optional[RansacConfig] = None
                      ) -> torch.Tensor:
     """
     Robust Levenberg-Marquardt refinement of E = [t]_x R on the pixel Sampson distance.
@@ -201,14 +182,16 @@ def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: to
     :param noise_scale: if > 0, the Cauchy scale of each pair is ``noise_scale`` times the
         median Sampson distance of E over the weighted points (a robust estimate of the noise),
         clamped to [``scale_px`` * ``scale_min``, ``scale_px``].
-    :param params: the tuning constants, :class:`RefineParams`.
+    :param params: the tuning constants (:class:`~trianflow_ros.config.RansacConfig`; None:
+        the defaults).
     :return: refined E = [t]_x R / sqrt(2) (unit Frobenius norm), shape (B, 3, 3).
         Not differentiable.
     """
-    return _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, params)[0]
+    return _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale,
+                   RansacConfig() if params is None else params)[0]
 
 
-def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, params: RefineParams,
+def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, params: RansacConfig,
             r2=None, W=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """
     Run :func:`refine_essential`; also return the signed Sampson distances of the result.

@@ -319,6 +319,14 @@ def _gather_sets(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return g.reshape(b * h, k, x.shape[-1])
 
 
+def _set_solver(fit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], p1: torch.Tensor,
+                p2: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return the minimal solver: index sets (B, H, k) -> ``fit`` of their points (B, H, 3, 3)."""
+    def solve(idx: torch.Tensor) -> torch.Tensor:
+        return fit(_gather_sets(p1, idx), _gather_sets(p2, idx)).reshape(idx.shape[:2] + (3, 3))
+    return solve
+
+
 def _per_model(w: torch.Tensor, *points: torch.Tensor):
     """Points (B, N, D) repeated for the (B * K, N) weights of K models per element."""
     k = w.shape[0] // points[0].shape[0]
@@ -364,13 +372,9 @@ def ransac_homography(x1: torch.Tensor, x2: torch.Tensor,
     """
     w = _check_pairs(x1, x2, weights)
     x1, x2 = x1.detach(), x2.detach()
-    b = x1.shape[0]
 
-    def fit_sets(idx):
-        H = homography_dlt(_gather_sets(x1, idx), _gather_sets(x2, idx))
-        return H.reshape(b, idx.shape[1], 3, 3)
-
-    return _ransac(fit_sets, lambda ww: homography_dlt(*_per_model(ww, x1, x2), ww),
+    return _ransac(_set_solver(homography_dlt, x1, x2),
+                   lambda ww: homography_dlt(*_per_model(ww, x1, x2), ww),
                    lambda H: _transfer_errors(H, x1, x2), w, 4, threshold_px,
                    num_hypotheses, lo_iters, generator)
 
@@ -396,29 +400,20 @@ def ransac_rotation(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: to
     :param x2: matching pixel coordinates in image 2, shape (B, N, 2).
     :param K1: intrinsics of camera 1, shape (B, 3, 3).
     :param K2: intrinsics of camera 2, shape (B, 3, 3).
-    :param weights: non-negative weights, shape (B, N), used for sampling and scoring; zero
-        excludes a point. None means all ones.
-    :param threshold_px: inlier threshold on the transfer error in image 2, pixels: a float or
-        one per batch element, shape (B,).
-    :param num_hypotheses: minimal sets per batch element.
-    :param lo_iters: local-optimisation rounds.
-    :param generator: torch.Generator on the points' device, for reproducible results.
+    :param weights: as :func:`ransac_homography`; so are ``threshold_px`` (on the transfer
+        error of the induced homography), ``num_hypotheses``, ``lo_iters`` and ``generator``.
     :return: :class:`RansacFit` with ``model`` = R_21 (B, 3, 3).
     """
     w = _check_pairs(x1, x2, weights)
     check_shape(K1, 'K1', (x1.shape[0], 3, 3))
     check_shape(K2, 'K2', (x1.shape[0], 3, 3))
     x1, x2, K1, K2 = x1.detach(), x2.detach(), K1.detach().to(x1.dtype), K2.detach().to(x1.dtype)
-    b = x1.shape[0]
     b1, b2 = unproject(x1, K1), unproject(x2, K2)                             # (B, N, 3)
     K1inv = torch.linalg.inv(K1)
-
-    def fit_sets(idx):
-        R = rotation_from_bearings(_gather_sets(b1, idx), _gather_sets(b2, idx))
-        return R.reshape(b, idx.shape[1], 3, 3)
 
     def errors(R):                                                            # (B, M, 3, 3)
         return _transfer_errors(K2.unsqueeze(1) @ R @ K1inv.unsqueeze(1), x1, x2)
 
-    return _ransac(fit_sets, lambda ww: rotation_from_bearings(*_per_model(ww, b1, b2), ww),
+    return _ransac(_set_solver(rotation_from_bearings, b1, b2),
+                   lambda ww: rotation_from_bearings(*_per_model(ww, b1, b2), ww),
                    errors, w, 2, threshold_px, num_hypotheses, lo_iters, generator)

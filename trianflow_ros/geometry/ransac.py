@@ -24,12 +24,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from trianflow_ros.config import RansacConfig
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
                                              five_point, normalize_points)
 # refine_essential and the refinement helpers are part of this module's interface (tests)
 from trianflow_ros.geometry.essential_refine import (  # noqa: F401
-    _cayley, _refine, _sampson_rt, _STEP_MAP, _tangent_frame, refine_essential, RefineParams)
+    _cayley, _refine, _sampson_rt, _STEP_MAP, _tangent_frame, refine_essential)
 from trianflow_ros.geometry.msac import (Estimator, hypothesise, local_optimisation, Threshold,
                                          top_hypotheses)
 from trianflow_ros.geometry.sampling import msac_score
@@ -41,50 +42,9 @@ MIN_POINTS = 8
 SOLUTIONS_PER_SET = 4  # five-point sets = num_hypotheses // SOLUTIONS_PER_SET
 
 
-@dataclass(frozen=True)
-class RansacParams(RefineParams):
-    """
-    Tuning of :func:`ransac_essential` and :func:`ransac_fundamental`.
-
-    Defaults: the measured ones (docs/BENCHMARKS.md); ``geometry.ransac`` in the config. The
-    refinement's fields are those of
-    :class:`~trianflow_ros.geometry.essential_refine.RefineParams`.
-
-    :ivar confidence: probability of an all-inlier set behind the adaptive stop.
-    :ivar chunk_sets: five-point sets solved per adaptive round.
-    :ivar count_span: inlier ratio of the adaptive stop: at this many thresholds.
-    :ivar hyp_span: threshold that ranks the minimal-set hypotheses, in multiples of the final.
-    :ivar score_points: points (drawn by weight) on which all hypotheses are ranked (x2 for F).
-    :ivar lo_span: first local-optimisation threshold, in multiples of the final one.
-    :ivar lo_topk: best hypotheses that each get the local optimisation (x2 for F).
-    :ivar lo_points: points (drawn by weight) of the local optimisation of E (if N > 4x).
-    :ivar refine_rounds: at most this many refinements, each on the points near the previous
-        model.
-    :ivar refine_span: points within this many thresholds of the model enter the refinement.
-    :ivar refine_change: another refinement round only if the near set changed by more.
-    :ivar noise_scale: Cauchy scale of the refinement: this times the median Sampson distance.
-    """
-
-    confidence: float = 0.999
-    chunk_sets: int = 8
-    count_span: float = 1.0
-    hyp_span: float = 8.0
-    score_points: int = 512
-    lo_span: float = 16.0
-    lo_topk: int = 4
-    lo_points: int = 512
-    refine_rounds: int = 2
-    refine_span: float = 2.0
-    refine_change: float = 0.01
-    noise_scale: float = 2.0
-
-    @classmethod
-    def from_config(cls, section) -> 'RansacParams':
-        """Read the fields of this class from an object with the same attribute names."""
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
-
-
-DEFAULT_PARAMS = RansacParams()
+# the tuning constants: the config section geometry.ransac (defaults: the measured ones,
+# docs/BENCHMARKS.md); every estimator takes it as ``params`` (None: the defaults)
+DEFAULT_PARAMS = RansacConfig()
 REFINE_POINTS = DEFAULT_PARAMS.refine_points
 
 
@@ -198,7 +158,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
              w: torch.Tensor, threshold_px: float, num_hypotheses: int, lo_iters: int,
              generator: Optional[torch.Generator], essential: bool, five: bool = False,
              W_all: Optional[torch.Tensor] = None, min_hypotheses: int = 0,
-             params: RansacParams = DEFAULT_PARAMS) -> Tuple[torch.Tensor, torch.Tensor]:
+             params: RansacConfig = DEFAULT_PARAMS) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     LO-MSAC of E / F in affine-normalised coordinates y (float64, channels-first).
 
@@ -371,7 +331,7 @@ def _channels_first(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[torch.Tensor] = None,
                        *, threshold_px: float = 0.5, num_hypotheses: int = 256,
                        lo_iters: int = 3, generator: Optional[torch.Generator] = None,
-                       params: Optional[RansacParams] = None) -> RansacResult:
+                       params: Optional[RansacConfig] = None) -> RansacResult:
     """
     Robust fundamental matrix by batched LO-MSAC with 8-point hypotheses (H&Z Alg. 11.4).
 
@@ -390,7 +350,10 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
     :param num_hypotheses: minimal sets per pair.
     :param lo_iters: local-optimisation iterations.
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
-    :param params: the tuning constants (:class:`RansacParams`; None: the defaults).
+    :param params: the tuning constants, ``geometry.ransac`` of the config
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
+        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
+        they are the arguments.
     :return: :class:`RansacResult` with model = F (x2^T F x1 = 0). A pair with fewer than 8
         positive weights gets a zero model, no inliers and score 0. Not differentiable.
     """
@@ -416,7 +379,7 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
                      num_hypotheses: int = 256, lo_iters: int = 3,
                      generator: Optional[torch.Generator] = None,
                      refine_iters: int = 4, minimal_solver: str = 'five',
-                     min_hypotheses: int = 0, params: Optional[RansacParams] = None
+                     min_hypotheses: int = 0, params: Optional[RansacConfig] = None
                      ) -> RansacResult:
     """
     Robust essential matrix by batched LO-MSAC plus a robust Sampson Gauss-Newton refinement.
@@ -434,7 +397,7 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     :func:`refine_essential` over (R, t) on the points within ``refine_span`` thresholds, with
     a Cauchy scale of ``noise_scale`` times the median Sampson distance of the pair (at most the
     threshold), repeated (at most ``refine_rounds`` times) while that set changes (the names are
-    fields of :class:`RansacParams`). Computed in
+    fields of :class:`~trianflow_ros.config.RansacConfig`). Computed in
     float64 (hypothesis ranking in float32).
     On CPU the call runs on one intra-op thread (restored afterwards, see
     :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
@@ -464,7 +427,10 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         five-point sets (at most the cap; 256 = the cap of the default num_hypotheses: no early
         stop, see :func:`_lo_msac`; 0 = the RANSAC bound alone, the default:
         more hypotheses made far-field scenes worse, docs/BENCHMARKS.md).
-    :param params: the tuning constants (:class:`RansacParams`; None: the defaults).
+    :param params: the tuning constants, ``geometry.ransac`` of the config
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
+        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
+        they are the arguments.
     :return: :class:`RansacResult` with model = E (y2^T E y1 = 0, singular values (s, s, 0)).
         A pair with fewer than 8 positive weights gets a zero model, no inliers and score 0.
         Not differentiable.

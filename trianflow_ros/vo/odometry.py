@@ -71,7 +71,7 @@ from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Di
                                                undistort_pixels)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
 from trianflow_ros.geometry.pose import choose_pose
-from trianflow_ros.geometry.ransac import ransac_essential, RansacParams
+from trianflow_ros.geometry.ransac import ransac_essential
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.threads import one_cpu_thread
 from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
@@ -421,7 +421,7 @@ class VisualOdometry:
                                   lo_iters=g.ransac.lo_iters, generator=generator,
                                   min_hypotheses=g.ransac.min_hypotheses,
                                   refine_iters=g.ransac.refine_iters,
-                                  params=RansacParams.from_config(g.ransac))
+                                  params=g.ransac)
         num_e = int(ransac.num_inliers[0])
         e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
         F_est = fundamental_from_essential(ransac.model.double(), K1, K2)
