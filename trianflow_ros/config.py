@@ -138,6 +138,28 @@ class RansacConfig:
                                 'baseline TUM pair, worsened far-field scenes: see '
                                 'docs/BENCHMARKS.md)', range=(0, 10**5))
     seed: int = param(0, 'seed of the hypothesis sampler', range=(0, 2**31 - 1))
+    # tuning constants of geometry/ransac.py and geometry/essential_refine.py (E and F)
+    confidence: float = param(0.999, 'E: adaptive stop at this all-inlier probability',
+                              range=(0.5, 1.0 - 1e-9))
+    chunk_sets: int = param(8, 'E: five-point sets per adaptive round', range=(1, 10**4))
+    count_span: float = param(1.0, 'E: stop ratio counted within this many thresholds',
+                              range=(0.01, 100.0))
+    hyp_span: float = param(8.0, 'hypotheses ranked at this many thresholds', range=(1.0, 100.0))
+    score_points: int = param(512, 'points that rank the hypotheses (x2 for F)', range=(8, 10**6))
+    lo_span: float = param(16.0, 'first LO threshold, in thresholds', range=(1.0, 1000.0))
+    lo_topk: int = param(4, 'best hypotheses that get the LO (x2 for F)', range=(1, 1000))
+    lo_points: int = param(512, 'E: LO on this many points when N > 4x', range=(8, 10**6))
+    refine_rounds: int = param(2, 'E: most refinements, each on the near points', range=(1, 100))
+    refine_span: float = param(2.0, 'E: near = within this many thresholds', range=(0.1, 100.0))
+    refine_change: float = param(0.01, 'E: another round if near changed more', range=(0.0, 1.0))
+    noise_scale: float = param(2.0, 'E: Cauchy scale / median Sampson', range=(0.01, 100.0))
+    scale_min: float = param(0.0625, 'E: Cauchy scale / threshold at least', range=(1e-6, 1.0))
+    refine_tol: float = param(1e-6, 'E: relative cost change that stops LM', range=(0.0, 1.0))
+    refine_step: float = param(0.5, 'E: LM stops at steps below this x noise', range=(0.0, 100.0))
+    refine_points: int = param(1024, 'E: LM on every (N // this)-th point', range=(8, 10**7))
+    subset_tol: float = param(10.0, 'E: ... to this x the step tolerance', range=(1.0, 1000.0))
+    refine_iters: int = param(4, 'E: LM iterations of the (R, t) refinement per round (0: off)',
+                              range=(0, 100))
 
 
 @dataclasses.dataclass
@@ -218,16 +240,26 @@ class RefineConfig:
                                   'refined one (pose_distill_loss)', range=(0.0, 1e4))
 
 
-@dataclasses.dataclass
+def sections(**parts: type):
+    """
+    Make a class a dataclass node of the tree: one field per ``name=SectionClass`` keyword.
+
+    Each field defaults to a fresh instance of its section, in the keyword order.
+    """
+    def node(cls: type) -> type:
+        annotations = dict(cls.__dict__.get('__annotations__', {}))
+        for name, part in parts.items():
+            annotations[name] = part
+            setattr(cls, name, dataclasses.field(default_factory=part))
+        cls.__annotations__ = annotations
+        return dataclasses.dataclass(cls)
+    return node
+
+
+@sections(ransac=RansacConfig, triangulation=TriangulationConfig, scale=ScaleConfig,
+          pnp=PnPConfig, degeneracy=DegeneracyConfig, refine=RefineConfig)
 class GeometryConfig:
     """The geometric solver behind every pose."""
-
-    ransac: RansacConfig = dataclasses.field(default_factory=RansacConfig)
-    triangulation: TriangulationConfig = dataclasses.field(default_factory=TriangulationConfig)
-    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
-    pnp: PnPConfig = dataclasses.field(default_factory=PnPConfig)
-    degeneracy: DegeneracyConfig = dataclasses.field(default_factory=DegeneracyConfig)
-    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
 
 
 @dataclasses.dataclass
@@ -348,17 +380,10 @@ class VOConfig:
                                'files); python -m trianflow_ros.vo.onnx_cache --clear empties it')
 
 
-@dataclasses.dataclass
+@sections(data=DataConfig, flow_net=FlowNetConfig, depth_net=DepthNetConfig, loss=LossConfig,
+          train=TrainConfig, geometry=GeometryConfig, vo=VOConfig)
 class Config:
     """The whole tree; ``load_config`` builds one from defaults, YAML files and overrides."""
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    flow_net: FlowNetConfig = dataclasses.field(default_factory=FlowNetConfig)
-    depth_net: DepthNetConfig = dataclasses.field(default_factory=DepthNetConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
-    vo: VOConfig = dataclasses.field(default_factory=VOConfig)
 
 
 # --------------------------------------------------------------------------------------------

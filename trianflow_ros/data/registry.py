@@ -63,12 +63,8 @@ class ImageFolderDataset(PairDataset):
 
         :param root: folder of images (png, jpg, ppm, pgm, bmp).
         :param intrinsics: (fx, fy, cx, cy) or (3, 3); default ``root/intrinsics.txt``.
-        :param height: network image height.
-        :param width: network image width.
-        :param stride: frame distance of a pair.
-        :param bgr: BGR channel order.
-        :param pairs: False for single frames.
-        :param transform: optional callable applied to each sample.
+        :param height: (and ``width``, ``stride``, ``bgr``, ``pairs``, ``transform``) as
+            :class:`~trianflow_ros.data.sample.PairDataset`.
         :param distortion: lens distortion (``Distortion``, ``(model, coeffs)`` or text);
             default: ``root/distortion.txt`` or ``root/D.txt``, else none.
         """

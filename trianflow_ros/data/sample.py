@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trianflow_ros.eval.trajectory_io import data_lines
 from trianflow_ros.geometry.camera import resize_intrinsics
 
 PathLike = Union[str, Path]
@@ -98,12 +99,7 @@ def read_lines(path: PathLike, what: str) -> List[Tuple[int, str]]:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f'{what}: cannot read {p} as text ({e})') from e
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        s = line.strip()
-        if s and not s.startswith('#'):
-            out.append((n, s))
-    return out
+    return data_lines(text)
 
 
 def parse_floats(text: str, path: PathLike, lineno: int, count: Optional[int] = None,

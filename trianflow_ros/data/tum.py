@@ -303,12 +303,8 @@ class TumRgbdDataset(PairDataset):
         :param use_depth: load associated depth (frames without depth are dropped).
         :param use_gt: ground truth: True required, None if present in every sequence, False off.
         :param max_gt_gap: longest ground-truth gap (s) to interpolate across.
-        :param height: network image height.
-        :param width: network image width.
-        :param stride: frame distance of a pair.
-        :param bgr: BGR channel order.
-        :param pairs: False for single frames.
-        :param transform: optional callable applied to each sample.
+        :param height: (and ``width``, ``stride``, ``bgr``, ``pairs``, ``transform``) as
+            :class:`~trianflow_ros.data.sample.PairDataset`.
         """
         super().__init__(height, width, stride, bgr, pairs, transform)
         root = require_path(root, 'TUM RGB-D root', is_dir=True)

@@ -252,6 +252,29 @@ def format_table(columns: Sequence[str], values: Dict[str, Optional[float]]) -> 
                                                                  for c in columns)
 
 
+def _subcommand(subparsers, name: str, help: str, run, description: str,  # noqa: A002
+                epilog: str) -> argparse.ArgumentParser:
+    """Add a sub-command that calls ``run(args)``, its help texts kept as written."""
+    p = subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=run)
+    return p
+
+
+def _add_match(p: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--match`` (auto, stem or order); ``default`` says what auto does."""
+    p.add_argument('--match', choices=('auto', 'stem', 'order'), default='auto',
+                   help=f'pair files by stem or by sorted order ({default})')
+
+
+def _add_pair(evaluator, *args, **kwargs) -> None:
+    """Call ``evaluator.add``; a ValueError (a bad input file) becomes an EvalInputError."""
+    try:
+        evaluator.add(*args, **kwargs)
+    except ValueError as e:
+        raise EvalInputError(str(e)) from e
+
+
 def _json_line(values: Dict) -> str:
     clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
              for k, v in values.items()}
@@ -270,10 +293,9 @@ PROTOCOLS = {
 
 def add_depth_parser(subparsers) -> None:
     """Register ``trianflow-eval depth``."""
-    p = subparsers.add_parser(
-        'depth', help='single-image depth metrics (KITTI Eigen split, NYUv2)',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraphs(
+    p = _subcommand(
+        subparsers, 'depth', 'single-image depth metrics (KITTI Eigen split, NYUv2)', run_depth,
+        _paragraphs(
             'Evaluate predicted depth maps against ground truth, per image: resize the '
             'prediction to the ground truth (bilinear), keep min < gt < max inside the crop, '
             'scale the prediction by median(gt)/median(pred), clamp both to [min, max], then '
@@ -283,8 +305,8 @@ def add_depth_parser(subparsers) -> None:
             'trianflow_ros.eval.depth_metrics.disp_to_depth_affine); '
             "disp_to_depth_eval_original reproduces the original's evaluation mapping.",
             NOTE_PREDICTIONS),
-        epilog=_paragraphs('The last printed line is one JSON object: the means, count, '
-                           'scale_mean and scale_std (spread of the per-image median scales).'))
+        _paragraphs('The last printed line is one JSON object: the means, count, '
+                    'scale_mean and scale_std (spread of the per-image median scales).'))
     p.add_argument('--gt', required=True, metavar='GT',
                    help='folder of 16-bit PNG depths (value/256 m, 0 = invalid) or .npy depths '
                         '(m), or an .npz (key data or gt_depths; an object-array gt_depths.npz '
@@ -304,10 +326,7 @@ def add_depth_parser(subparsers) -> None:
                    help='load .npz object arrays (numpy pickle: only for files you trust)')
     p.add_argument('--no-median-scaling', dest='median_scaling', action='store_false',
                    help='evaluate metric depth as predicted (default: per-image median scaling)')
-    p.add_argument('--match', choices=('auto', 'stem', 'order'), default='auto',
-                   help='pair files by stem or by sorted order (default auto: stems when both '
-                        'are folders)')
-    p.set_defaults(run=run_depth)
+    _add_match(p, 'default auto: stems when both are folders')
 
 
 def run_depth(args: argparse.Namespace) -> int:
@@ -321,10 +340,7 @@ def run_depth(args: argparse.Namespace) -> int:
                                crop=None if crop == 'none' else crop,
                                median_scaling=args.median_scaling)
     for g, p in pairs:
-        try:
-            evaluator.add(_load(g), _load(p), name=f'{g.origin} vs {p.origin}')
-        except ValueError as e:
-            raise EvalInputError(str(e)) from e
+        _add_pair(evaluator, _load(g), _load(p), name=f'{g.origin} vs {p.origin}')
     summary = evaluator.summary()
     print(f'depth ({args.protocol}, crop {crop}, {args.min_depth:g}..{args.max_depth:g} m, '
           f'median scaling {"on" if args.median_scaling else "off"}): {summary.count} images')
@@ -341,17 +357,16 @@ def run_depth(args: argparse.Namespace) -> int:
 
 def add_flow_parser(subparsers) -> None:
     """Register ``trianflow-eval flow``."""
-    p = subparsers.add_parser(
-        'flow', help='optical-flow metrics (KITTI 2015: EPE all / noc, Fl)',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraphs(
+    p = _subcommand(
+        subparsers, 'flow', 'optical-flow metrics (KITTI 2015: EPE all / noc, Fl)', run_flow,
+        _paragraphs(
             'Evaluate predicted optical flow against KITTI 2015-style ground truth: EPE over '
             'the valid pixels of --gt (all) and of --gt-noc (noc), Fl = percentage of pixels '
             'with EPE > 3 px and > 5 % of |gt|; per-image values averaged over images '
             '(*_pooled keys: pooled over all pixels). Predictions of another size are resized '
             'bilinearly to the ground truth with u scaled by W/w and v by H/h.',
             NOTE_PREDICTIONS),
-        epilog='The last printed line is one JSON object (epe, epe_noc, fl, count, ...).')
+        'The last printed line is one JSON object (epe, epe_noc, fl, count, ...).')
     p.add_argument('--gt', required=True, metavar='GT_DIR',
                    help='folder of KITTI flow PNGs (flow_occ: 16-bit, u/v*64+2^15, valid)')
     p.add_argument('--pred', required=True, metavar='PRED_DIR',
@@ -361,9 +376,7 @@ def add_flow_parser(subparsers) -> None:
                    help='folder of non-occluded ground truth (flow_noc) for epe_noc / fl_noc')
     p.add_argument('--obj-map', metavar='OBJ_MAP_DIR', default=None,
                    help='folder of KITTI object maps (0 = static) for the move / static split')
-    p.add_argument('--match', choices=('auto', 'stem', 'order'), default='auto',
-                   help='pair files by stem or by sorted order (default: stem)')
-    p.set_defaults(run=run_flow)
+    _add_match(p, 'default: stem')
 
 
 def _aligned(gt: List[Item], other: Optional[str], readers, role: str, mode: str
@@ -383,12 +396,8 @@ def run_flow(args: argparse.Namespace) -> int:
     for (g, p), n, o in zip(pairs, noc, obj):
         gt_flow, valid = _load(g)
         gt_noc, valid_noc = _load(n) if n is not None else (None, None)
-        try:
-            evaluator.add(_load(p), gt_flow, valid, gt_noc=gt_noc, valid_noc=valid_noc,
-                          obj_map=_load(o) if o is not None else None,
-                          name=f'{g.origin} vs {p.origin}')
-        except ValueError as e:
-            raise EvalInputError(str(e)) from e
+        _add_pair(evaluator, _load(p), gt_flow, valid, gt_noc=gt_noc, valid_noc=valid_noc,
+                  obj_map=_load(o) if o is not None else None, name=f'{g.origin} vs {p.origin}')
     summary = evaluator.summary()
     columns = [k for k in ('epe', 'epe_noc', 'epe_occ', 'epe_move', 'epe_static', 'fl',
                            'fl_noc', 'fl_move', 'fl_static') if k in summary.means]
@@ -427,10 +436,9 @@ def _positive(text: str) -> float:
 
 def add_odometry_parser(subparsers) -> None:
     """Register ``trianflow-eval odometry``."""
-    p = subparsers.add_parser(
-        'odometry', help='trajectory metrics (KITTI t_err / r_err, ATE, RPE)',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraphs(
+    p = _subcommand(
+        subparsers, 'odometry', 'trajectory metrics (KITTI t_err / r_err, ATE, RPE)',
+        run_odometry, _paragraphs(
             'Evaluate an estimated camera trajectory against ground truth. KITTI odometry '
             'errors as the original TrianFlow evaluator: both trajectories re-based to their '
             'first pose, the estimate aligned by 7-DoF Umeyama on the positions, translation '
@@ -440,7 +448,7 @@ def add_odometry_parser(subparsers) -> None:
             'Files are KITTI (12 numbers a line: 3x4 row-major T_world_cam; 13 with a leading '
             'stamp) or TUM (timestamp tx ty tz qx qy qz qw). With stamps on both sides poses '
             'are associated by time (--max-dt); otherwise by index.'),
-        epilog=_paragraphs(
+        _paragraphs(
             'The last printed line is one JSON object: t_err (%), r_err (deg/100 m), ate (m, '
             'of --align), rpe_trans (m), rpe_rot (deg), ate_se3, ate_sim3, scale (Sim(3)), '
             'frames, length_m, align, segments (count), notes. A figure that is undefined '
@@ -476,7 +484,6 @@ def add_odometry_parser(subparsers) -> None:
     p.add_argument('--plot', metavar='OUT.png', default=None,
                    help='write a top-down (x-z) plot of the ground truth and the aligned '
                         'estimate (replaces an existing file)')
-    p.set_defaults(run=run_odometry)
 
 
 ODOMETRY_COLUMNS = ('t_err', 'r_err', 'ate', 'ate_se3', 'ate_sim3', 'rpe_trans', 'rpe_rot')

@@ -98,6 +98,16 @@ class Trajectory:
 # Reading
 # --------------------------------------------------------------------------------------------
 
+def data_lines(text: str) -> List[Tuple[int, str]]:
+    """Return (1-based line number, stripped line) of the lines not blank and not '#' comments."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if s and not s.startswith('#'):
+            out.append((lineno, s))
+    return out
+
+
 def _numeric_lines(path: Path) -> List[Tuple[int, List[float]]]:
     """Return (line number, values) of every data line; errors name file and line."""
     try:
@@ -107,10 +117,7 @@ def _numeric_lines(path: Path) -> List[Tuple[int, List[float]]]:
     except (OSError, UnicodeDecodeError) as e:
         raise TrajectoryFormatError(f'{path}: cannot read ({e})') from e
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        s = line.strip()
-        if not s or s.startswith('#'):
-            continue
+    for lineno, s in data_lines(text):
         try:
             values = [float(v) for v in s.replace(',', ' ').split()]
         except ValueError:

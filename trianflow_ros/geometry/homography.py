@@ -26,7 +26,7 @@ import torch
 
 from trianflow_ros.geometry.camera import to_homogeneous, unproject
 from trianflow_ros.geometry.checks import check_shape
-from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
+from trianflow_ros.geometry.msac import Estimator, ransac, Threshold
 
 _EPS = 1e-12
 
@@ -280,17 +280,17 @@ def rotation_homography(R: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor) -> 
 # Batched RANSAC
 # --------------------------------------------------------------------------------------------
 
-def _ransac(fit_sets: Callable[[torch.Tensor], torch.Tensor],
-            fit_weighted: Callable[[torch.Tensor], torch.Tensor],
+def _ransac(solve: Callable[[torch.Tensor], torch.Tensor],
+            refit: Callable[[torch.Tensor], torch.Tensor],
             errors: Callable[[torch.Tensor], torch.Tensor],
             weights: torch.Tensor, sample_size: int,
             threshold_px: Union[float, torch.Tensor], num_hypotheses: int, lo_iters: int,
             generator: Optional[torch.Generator]) -> RansacFit:
     """
-    Batched MSAC with local optimisation.
+    Batched MSAC with local optimisation (:func:`~trianflow_ros.geometry.msac.ransac`).
 
-    :param fit_sets: indices (B, H, k) -> models (B, H, 3, 3).
-    :param fit_weighted: weights (B, N) -> models (B, 3, 3).
+    :param solve: indices (B, H, k) -> models (B, H, 3, 3).
+    :param refit: weights (B, N) -> models (B, 3, 3), the weighted least-squares fit.
     :param errors: models (B, M, 3, 3) -> errors in pixels (B, M, N).
     :param weights: sampling / scoring weights (B, N).
     :param threshold_px: inlier threshold, a float or one per batch element (B,).
@@ -302,27 +302,13 @@ def _ransac(fit_sets: Callable[[torch.Tensor], torch.Tensor],
     check_shape(thr, 'threshold_px', (b,))
     if not bool((thr > 0).all()):
         raise ValueError(f'threshold_px must be positive, got {threshold_px}')
-    if num_hypotheses < 1 or lo_iters < 0:
-        raise ValueError(f'need num_hypotheses >= 1 and lo_iters >= 0, got {num_hypotheses} '
-                         f'and {lo_iters}')
-    idx = sample_minimal_sets(weights, sample_size, num_hypotheses, generator)   # (B, H, k)
-    thr2, w = thr[:, None, None] ** 2, weights.unsqueeze(1)                 # for (B, M, N)
-    with torch.no_grad():
-        models = fit_sets(idx)                                                # (B, H, 3, 3)
-        scores = msac_score(errors(models).square(), thr2, w)                 # (B, H)
-        best = scores.argmax(dim=1)
-        batch = torch.arange(b, device=weights.device)
-        model, score = models[batch, best], scores[batch, best]
-        valid = weights > 0
-        for _ in range(lo_iters):
-            e = errors(model.unsqueeze(1))[:, 0]
-            inl = (e < thr[:, None]) & valid
-            candidate = fit_weighted(weights * inl.to(weights.dtype))
-            cand_score = msac_score(errors(candidate.unsqueeze(1)).square(), thr2, w)[:, 0]
-            better = (cand_score > score) & (inl.sum(-1) >= sample_size)
-            model = torch.where(better[:, None, None], candidate, model)
-            score = torch.where(better, cand_score, score)
-        inliers = (errors(model.unsqueeze(1))[:, 0] < thr[:, None]) & valid
+
+    def refit_k(w: torch.Tensor) -> torch.Tensor:                            # (B, K, N)
+        return refit(w.flatten(0, 1)).unflatten(0, w.shape[:2])
+
+    est = Estimator(sample_size, solve, errors, squared=False, refit=refit_k)
+    model, inliers, score = ransac(est, weights, Threshold.of(thr[:, None, None]),
+                                   num_hypotheses, lo_iters, generator=generator)
     return RansacFit(model=model, inliers=inliers, num_inliers=inliers.sum(-1), score=score)
 
 
@@ -331,6 +317,20 @@ def _gather_sets(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     b, h, k = idx.shape
     g = x.gather(1, idx.reshape(b, h * k, 1).expand(-1, -1, x.shape[-1]))
     return g.reshape(b * h, k, x.shape[-1])
+
+
+def _set_solver(fit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], p1: torch.Tensor,
+                p2: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return the minimal solver: index sets (B, H, k) -> ``fit`` of their points (B, H, 3, 3)."""
+    def solve(idx: torch.Tensor) -> torch.Tensor:
+        return fit(_gather_sets(p1, idx), _gather_sets(p2, idx)).reshape(idx.shape[:2] + (3, 3))
+    return solve
+
+
+def _per_model(w: torch.Tensor, *points: torch.Tensor):
+    """Points (B, N, D) repeated for the (B * K, N) weights of K models per element."""
+    k = w.shape[0] // points[0].shape[0]
+    return tuple(p if k == 1 else p.repeat_interleave(k, dim=0) for p in points)
 
 
 def _check_pairs(x1, x2, weights):
@@ -372,13 +372,9 @@ def ransac_homography(x1: torch.Tensor, x2: torch.Tensor,
     """
     w = _check_pairs(x1, x2, weights)
     x1, x2 = x1.detach(), x2.detach()
-    b = x1.shape[0]
 
-    def fit_sets(idx):
-        H = homography_dlt(_gather_sets(x1, idx), _gather_sets(x2, idx))
-        return H.reshape(b, idx.shape[1], 3, 3)
-
-    return _ransac(fit_sets, lambda ww: homography_dlt(x1, x2, ww),
+    return _ransac(_set_solver(homography_dlt, x1, x2),
+                   lambda ww: homography_dlt(*_per_model(ww, x1, x2), ww),
                    lambda H: _transfer_errors(H, x1, x2), w, 4, threshold_px,
                    num_hypotheses, lo_iters, generator)
 
@@ -404,29 +400,20 @@ def ransac_rotation(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: to
     :param x2: matching pixel coordinates in image 2, shape (B, N, 2).
     :param K1: intrinsics of camera 1, shape (B, 3, 3).
     :param K2: intrinsics of camera 2, shape (B, 3, 3).
-    :param weights: non-negative weights, shape (B, N), used for sampling and scoring; zero
-        excludes a point. None means all ones.
-    :param threshold_px: inlier threshold on the transfer error in image 2, pixels: a float or
-        one per batch element, shape (B,).
-    :param num_hypotheses: minimal sets per batch element.
-    :param lo_iters: local-optimisation rounds.
-    :param generator: torch.Generator on the points' device, for reproducible results.
+    :param weights: as :func:`ransac_homography`; so are ``threshold_px`` (on the transfer
+        error of the induced homography), ``num_hypotheses``, ``lo_iters`` and ``generator``.
     :return: :class:`RansacFit` with ``model`` = R_21 (B, 3, 3).
     """
     w = _check_pairs(x1, x2, weights)
     check_shape(K1, 'K1', (x1.shape[0], 3, 3))
     check_shape(K2, 'K2', (x1.shape[0], 3, 3))
     x1, x2, K1, K2 = x1.detach(), x2.detach(), K1.detach().to(x1.dtype), K2.detach().to(x1.dtype)
-    b = x1.shape[0]
     b1, b2 = unproject(x1, K1), unproject(x2, K2)                             # (B, N, 3)
     K1inv = torch.linalg.inv(K1)
-
-    def fit_sets(idx):
-        R = rotation_from_bearings(_gather_sets(b1, idx), _gather_sets(b2, idx))
-        return R.reshape(b, idx.shape[1], 3, 3)
 
     def errors(R):                                                            # (B, M, 3, 3)
         return _transfer_errors(K2.unsqueeze(1) @ R @ K1inv.unsqueeze(1), x1, x2)
 
-    return _ransac(fit_sets, lambda ww: rotation_from_bearings(b1, b2, ww), errors, w, 2,
-                   threshold_px, num_hypotheses, lo_iters, generator)
+    return _ransac(_set_solver(rotation_from_bearings, b1, b2),
+                   lambda ww: rotation_from_bearings(*_per_model(ww, b1, b2), ww),
+                   errors, w, 2, threshold_px, num_hypotheses, lo_iters, generator)

@@ -32,7 +32,8 @@ import torch
 
 from trianflow_ros.geometry.camera import unproject
 from trianflow_ros.geometry.checks import check_shape
-from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
+from trianflow_ros.geometry.msac import Estimator, hypothesise, Threshold
+from trianflow_ros.geometry.sampling import msac_score
 from trianflow_ros.geometry.se3 import make_pose, se3_exp
 
 MIN_POINTS = 6
@@ -188,6 +189,16 @@ def _pixels(Xc: torch.Tensor, K: torch.Tensor):
     return fx * xn + s * yn + cx, fy * yn + cy, xn, yn, iz
 
 
+def _outlier_inf(err2: torch.Tensor, front: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """
+    Squared errors (B, N, H), ``inf`` for points behind camera 2 or invalid.
+
+    ``inf`` makes a point an outlier of every threshold by construction (the MSAC quality
+    clamps it to the threshold).
+    """
+    return torch.where(front & valid.unsqueeze(-1), err2, float('inf'))
+
+
 def _quality(err2: torch.Tensor, front: torch.Tensor, valid: torch.Tensor,
              thr2: float) -> torch.Tensor:
     """
@@ -195,9 +206,16 @@ def _quality(err2: torch.Tensor, front: torch.Tensor, valid: torch.Tensor,
 
     Points behind camera 2 are outliers; invalid points do not count.
     """
-    ok = valid.unsqueeze(-1)
-    r2 = torch.where(front & ok, err2, torch.full_like(err2, thr2))
-    return msac_score(r2, thr2, ok.to(err2.dtype), dim=1)
+    return msac_score(_outlier_inf(err2, front, valid), thr2,
+                      valid.unsqueeze(-1).to(err2.dtype), dim=1)
+
+
+def _pose_errors(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tensor):
+    """Squared reprojection errors and in-front flags (B, N, H) of poses T (B, H, 4, 4)."""
+    Xc = _transform(T, X)                                                    # (B, N, H, 3)
+    u, v, _, _, _ = _pixels(Xc, K)
+    err2 = (u - x[..., :1]) ** 2 + (v - x[..., 1:]) ** 2                      # (B, N, H)
+    return err2, Xc[..., 2] > _EPS_Z
 
 
 def _pose_quality(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Tensor,
@@ -207,10 +225,7 @@ def _pose_quality(T: torch.Tensor, X: torch.Tensor, x: torch.Tensor, K: torch.Te
 
     Higher is better (see :func:`_quality`).
     """
-    Xc = _transform(T, X)                                                    # (B, N, H, 3)
-    u, v, _, _, _ = _pixels(Xc, K)
-    err2 = (u - x[..., :1]) ** 2 + (v - x[..., 1:]) ** 2                      # (B, N, H)
-    front = Xc[..., 2] > _EPS_Z
+    err2, front = _pose_errors(T, X, x, K)
     return _quality(err2, front, valid, thr2), err2, front
 
 
@@ -313,9 +328,7 @@ def pnp_ransac(X1: torch.Tensor, x2: torch.Tensor, K: torch.Tensor,
     yn = y @ T2[:, :2, :2].transpose(1, 2) + T2[:, None, :2, 2]
     w = valid.double() if weights is None else torch.where(valid, weights.double(), 0.0)
     w = torch.where(enough.unsqueeze(1), w, torch.ones_like(w))              # dummy rows
-    idx = sample_minimal_sets(w, MIN_POINTS, num_hypotheses, generator)     # (B, H, 6)
     bi = torch.arange(b, device=device)[:, None, None]
-    hyps = _dlt_poses(Xn[bi, idx], yn[bi, idx], T3, T2)                      # (B, H, 4, 4)
     # (near-)planar scenes: every second hypothesis from a 4-point homography instead
     c, Q, flatness = _plane_frame(X, valid)
     planar = flatness < PLANAR_FLATNESS
@@ -323,17 +336,29 @@ def pnp_ransac(X1: torch.Tensor, x2: torch.Tensor, K: torch.Tensor,
         a = ((X - c.unsqueeze(1)) @ Q)[..., :2]                              # (B, N, 2)
         Ta = _similarity_normalisation(a, valid)
         an = a @ Ta[:, :2, :2].transpose(1, 2) + Ta[:, None, :2, 2]
-        sets = idx[..., :4]
-        hom = _homography_poses(an[bi, sets], yn[bi, sets], c, Q, Ta, T2)
-        use = planar[:, None] & (torch.arange(num_hypotheses, device=device) % 2 == 0)
-        hyps = torch.where(use[..., None, None], hom, hyps)
-    hyps = torch.cat((hyps, eye.unsqueeze(1)), dim=1)
+
+    def solve(idx: torch.Tensor) -> torch.Tensor:                            # (B, H, 6)
+        hyps = _dlt_poses(Xn[bi, idx], yn[bi, idx], T3, T2)                  # (B, H, 4, 4)
+        if bool(planar.any()):
+            sets = idx[..., :4]
+            hom = _homography_poses(an[bi, sets], yn[bi, sets], c, Q, Ta, T2)
+            use = planar[:, None] & (torch.arange(idx.shape[1], device=device) % 2 == 0)
+            hyps = torch.where(use[..., None, None], hom, hyps)
+        return torch.cat((hyps, eye.unsqueeze(1)), dim=1)
 
     # 2. MSAC scoring of every hypothesis at once, in the input precision (at least float32):
     #    the (B, N, H) tensors dominate the cost, and float32 pixels are exact to ~1e-4 px
     sd = torch.promote_types(out_dtype, torch.float32)
-    quality = _pose_quality(hyps.to(sd), X.to(sd), x.to(sd), Kd.to(sd), valid, thr2)[0]  # (B, H+1)
-    best = hyps[torch.arange(b, device=device), quality.argmax(dim=1)]       # (B, 4, 4)
+    Xs, xs, Ks = X.to(sd), x.to(sd), Kd.to(sd)
+
+    def residuals(T: torch.Tensor) -> torch.Tensor:                          # (B, H, N)
+        err2, front = _pose_errors(T.to(sd), Xs, xs, Ks)
+        return _outlier_inf(err2, front, valid).transpose(1, 2)
+
+    est = Estimator(MIN_POINTS, solve, residuals)
+    hyps = hypothesise(est, w, valid.to(sd), Threshold(thr2), num_hypotheses,
+                       generator=generator)
+    best = hyps.models[torch.arange(b, device=device), hyps.quality.argmax(dim=1)]  # (B, 4, 4)
 
     # 3. LM refinement of the truncated cost, from the best hypothesis and from the identity
     starts = torch.stack((best, eye), dim=1)                                 # (B, 2, 4, 4)

@@ -18,42 +18,34 @@ Internally point sets are channels-first, (B, 3, N) homogeneous, which keeps the
 arithmetic in contiguous rows. References are to Hartley & Zisserman, 2nd ed. (H&Z).
 """
 
+import dataclasses
 from dataclasses import dataclass
-import math
 from typing import Optional, Tuple
 
 import torch
 
+from trianflow_ros.config import RansacConfig
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
                                              five_point, normalize_points)
-from trianflow_ros.geometry.lie import skew
-from trianflow_ros.geometry.sampling import msac_score, sample_minimal_sets
+# refine_essential and the refinement helpers are part of this module's interface (tests)
+from trianflow_ros.geometry.essential_refine import (  # noqa: F401
+    _cayley, _refine, _sampson_rt, _STEP_MAP, _tangent_frame, refine_essential)
+from trianflow_ros.geometry.msac import (Estimator, hypothesise, local_optimisation, Threshold,
+                                         top_hypotheses)
+from trianflow_ros.geometry.sampling import msac_score
+from trianflow_ros.geometry.sampson import (  # noqa: F401
+    _model_terms, _residuals, _sampson_features)
 from trianflow_ros.geometry.threads import one_cpu_thread
 
 MIN_POINTS = 8
 SOLUTIONS_PER_SET = 4  # five-point sets = num_hypotheses // SOLUTIONS_PER_SET
-LO_SPAN = 16.0      # first local-optimisation threshold, in multiples of the final one
-HYP_SPAN = 8.0      # threshold that ranks the minimal-set hypotheses, in multiples of the final
-LO_TOPK = 4         # best hypotheses that each get the local optimisation
-SCORE_POINTS = 512  # points (drawn by weight) on which all hypotheses are ranked
-LO_POINTS = 512     # points (drawn by weight) of the local optimisation (if N > 4x)
-CHUNK_SETS = 8      # five-point sets solved per adaptive round
-CONFIDENCE = 0.999  # probability of an all-inlier set behind the adaptive stop
-COUNT_SPAN = 1.0    # inlier ratio of the adaptive stop: at this many thresholds
-REFINE_ROUNDS = 2   # at most this many refinements, each on the points near the previous model
-REFINE_CHANGE = 0.01  # another refinement round only if the near set changed by more
-REFINE_TOL = 1e-6   # relative cost change that ends the refinement early
-REFINE_STEP = 0.5   # refinement stop: step norm (rad) below this * median Sampson / focal
-NOISE_SCALE = 2.0   # Cauchy scale of the refinement: this times the median Sampson distance
-SCALE_MIN = 1.0 / 16  # ... clamped to [SCALE_MIN, 1] times the threshold
-REFINE_POINTS = 1024  # LM iterations on every k-th point, k = N // REFINE_POINTS if >= 2, ...
-SUBSET_TOL = 10.0   # ... stopped at SUBSET_TOL x the step tolerance, then one step on all points
-REFINE_SPAN = 2.0   # points within REFINE_SPAN * threshold of the LO model enter the refinement
-# I and the generators [e_k]_x of so(3), (4, 3, 3)
-_E_GENERATORS = torch.cat((torch.eye(3, dtype=torch.float64)[None],
-                           skew(torch.eye(3, dtype=torch.float64))))
-_W90 = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+# the tuning constants: the config section geometry.ransac (defaults: the measured ones,
+# docs/BENCHMARKS.md); every estimator takes it as ``params`` (None: the defaults)
+DEFAULT_PARAMS = RansacConfig()
+REFINE_POINTS = DEFAULT_PARAMS.refine_points
 
 
 @dataclass
@@ -73,131 +65,6 @@ class RansacResult:
     inliers: torch.Tensor
     num_inliers: torch.Tensor
     score: torch.Tensor
-
-
-# --------------------------------------------------------------------------------------------
-# helpers on channels-first homogeneous points y (B, 3, N) = A [x, 1], A affine (K^-1 or a
-# Hartley similarity). A model M in y coordinates is the pixel-space model F = A2^T M A1, so
-# x2^T F x1 = y2^T M y1 and the first two entries of F x1 are L2 (M y1)_{1,2} with
-# L = A[:2, :2]^T: the pixel Sampson distance (H&Z eq. 11.9) is evaluated without forming F in
-# badly scaled pixel coordinates (and is exact for any K, also fx != fy or skew).
-# --------------------------------------------------------------------------------------------
-
-def _dot_rays(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """
-    Per-point dot products of a (B, K, 3, N) with homogeneous y (B, 3, N), y[:, 2] = 1.
-
-    Two fused multiply-adds instead of a product and a reduction over a size-3 axis.
-    """
-    return torch.addcmul(torch.addcmul(a[:, :, 2], a[:, :, 0], y[:, None, 0]),
-                         a[:, :, 1], y[:, None, 1])
-
-
-def _residuals(M: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
-               L2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    Algebraic residuals and squared Sampson denominators of H models per pair, all at once.
-
-    :param M: models in y coordinates, shape (B, H, 3, 3) (or (B, 3, 3) for H = 1, squeezed).
-    :param y1: shape (B, 3, N).
-    :param y2: shape (B, 3, N).
-    :param L1: shape (B, 2, 2).
-    :param L2: shape (B, 2, 2).
-    :return: e = y2^T M y1 (B, H, N) and |grad e|^2 in pixels (B, H, N): the squared pixel
-        Sampson distance is e^2 / den (H&Z eq. 11.9).
-    """
-    single = M.dim() == 3
-    if single:
-        M = M.unsqueeze(1)
-    b, h = M.shape[:2]
-    e = _dot_rays((M.reshape(b, h * 3, 3) @ y1).reshape(b, h, 3, -1), y2)
-    G1 = (L2.unsqueeze(1) @ M[:, :, :2]).reshape(b, h * 2, 3)            # rows of (F x1)_{1,2}
-    G2 = (L1.unsqueeze(1) @ M.transpose(-1, -2)[:, :, :2]).reshape(b, h * 2, 3)
-    den = (G1 @ y1).square_().reshape(b, h, 2, -1).sum(2)
-    den += (G2 @ y2).square_().reshape(b, h, 2, -1).sum(2)
-    den.clamp_(min=1e-30)
-    return (e[:, 0], den[:, 0]) if single else (e, den)
-
-
-def _quadratic_map() -> torch.Tensor:
-    """
-    Map (18, 17) from two quadratic forms [M | N] (entries 3 i + j) to :func:`_sampson_features`.
-
-    y1^T M y1 + y2^T N y2 (y1[2] = y2[2] = 1) is the dot product of ``[vec M, vec N] @ map``
-    with the point features: u v terms land on the products y_a y_b (a, b < 2), linear terms on
-    the rows of Z = y2 (x) y1 that hold y1 (6, 7) and y2 (2, 5), constants on its row 8.
-    """
-    m = torch.zeros(18, 17, dtype=torch.float64)
-    for side, quad, lin in ((0, 9, (6, 7)), (1, 13, (2, 5))):
-        for i in range(3):
-            for j in range(3):
-                if i < 2 and j < 2:
-                    col = quad + 2 * i + j
-                elif i == 2 and j == 2:
-                    col = 8
-                else:
-                    col = lin[min(i, j)]
-                m[9 * side + 3 * i + j, col] = 1.0
-    return m
-
-
-_QUAD_MAP = _quadratic_map()
-
-
-def _sampson_features(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-    """
-    Per-point features (B, 17, N) of :func:`_sampson_rows`, from rays (B, 3, N) with y[2] = 1.
-
-    Rows 0-8: Z = y2 (x) y1 (row 3 i + j = y2_i y1_j); rows 9-12: y1_a y1_b, rows 13-16:
-    y2_a y2_b (row 2 a + b, a, b < 2).
-    """
-    b = y1.shape[0]
-    return torch.cat(((y2.unsqueeze(2) * y1.unsqueeze(1)).reshape(b, 9, -1),
-                      (y1[:, :2, None] * y1[:, None, :2]).reshape(b, 4, -1),
-                      (y2[:, :2, None] * y2[:, None, :2]).reshape(b, 4, -1)), dim=1)
-
-
-def _sampson_rows(Q: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor, pairwise: bool = True
-                  ) -> torch.Tensor:
-    """
-    Rows (B, 2 K, 17) that give, on :func:`_sampson_features`, the Sampson terms of K models.
-
-    Row k (< K) gives e_k = y2^T Q_k y1; row K + k gives sum_c g_c(Q_0) g_c(Q_k) (pairwise) or
-    sum_c g_c(Q_k)^2, where g(Q) = (L2 (Q y1)_{1,2}, L1 (Q^T y2)_{1,2}) are the pixel-gradient
-    components of the epipolar residual (H&Z eq. 11.9): the squared Sampson denominator s^2 of
-    every model, or, pairwise, that of Q_0 for k = 0 and s ds_k when Q_k is the derivative of
-    Q_0 along parameter k. Each g_c is linear in y1 or y2, so the products are quadratic forms
-    y1^T M_k y1 + y2^T N_k y2 (M_k = a_0^T a_k or a_k^T a_k with a_k = L2 (Q_k)_{1,2},
-    likewise N_k): two values per point and model instead of five.
-
-    :param Q: models (B, K, 3, 3), pairwise: Q_0 the model itself.
-    :param L1: shape (B, 2, 2).
-    :param L2: shape (B, 2, 2).
-    :param pairwise: products with the gradient of Q_0 instead of the model's own.
-    """
-    b, k = Q.shape[:2]
-    a = L2.unsqueeze(1) @ Q[:, :, :2]                                     # (B, K, 2, 3), on y1
-    c = L1.unsqueeze(1) @ Q.transpose(-1, -2)[:, :, :2]                   # on y2
-    a0, c0 = (a[:, :1], c[:, :1]) if pairwise else (a, c)
-    quad = torch.cat(((a0.transpose(-1, -2) @ a).reshape(b, k, 9),
-                      (c0.transpose(-1, -2) @ c).reshape(b, k, 9)), dim=2)
-    return torch.cat((torch.nn.functional.pad(Q.reshape(b, k, 9), (0, 8)),
-                      quad @ _QUAD_MAP.to(Q)), dim=1)
-
-
-def _model_terms(M: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    Algebraic residuals and squared Sampson denominators (B, K, N) of K models on features W.
-
-    :param M: models in y coordinates, shape (B, K, 3, 3).
-    :param W: :func:`_sampson_features` of the points, shape (B, 17, N).
-    :return: e = y2^T M y1 and |grad e|^2 in pixels: the squared pixel Sampson distance is
-        e^2 / den (H&Z eq. 11.9).
-    """
-    k = M.shape[1]
-    P = _sampson_rows(M, L1, L2, pairwise=False) @ W                       # (B, 2 K, N)
-    return P[:, :k], P[:, k:].clamp(min=1e-30)
 
 
 def _unit_essential(M: torch.Tensor) -> torch.Tensor:
@@ -250,68 +117,65 @@ def _axis_normalization(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return T
 
 
-def _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2, num_hypotheses,
-                           generator, min_hypotheses: int = 0):
+def _sampson_r2(W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor, dtype=None):
     """
-    Adaptive five-point hypotheses: minimal sets in chunks until the RANSAC bound is met.
+    Return the residual function of the framework on the point features W.
 
-    Chunks of ``CHUNK_SETS`` sets (all batch elements at once) are solved and scored on the
-    subset (features sW, weights sw) until, for every batch element, the number of sets drawn
-    reaches log(1 - p) / log(1 - w^5) (H&Z Sec. 4.7.1, p = ``CONFIDENCE``) for the best ratio w
-    seen so far of points within ``COUNT_SPAN`` thresholds, or the cap num_hypotheses // 4;
-    never fewer than min_hypotheses // 4 sets (the bound assumes that any all-inlier set gives a
-    good model, which fails for short baselines: their minimal solutions scatter between the
-    true pose and a rotation-translation ambiguity, and 16 sets missed the right one on a real
-    TUM pair 4 times in 12; 64 sets never did, but on far-field scenes more hypotheses found
-    wrong models that fit the many far points best, so the default floor is 0).
-
-    :return: models (B, H, 3, 3), unit Frobenius norm, and their MSAC quality (B, H) on the
-        subset (-1 for complex or degenerate roots).
+    Models (B, K, 3, 3) -> squared pixel Sampson distances (B, K, N), with their Sampson
+    denominators as aux.
     """
-    b = y1.shape[0]
-    cap = max(1, num_hypotheses // SOLUTIONS_PER_SET)
-    floor = min(cap, -(-int(min_hypotheses) // SOLUTIONS_PER_SET))
-    wsum = sw.sum(1).clamp(min=1e-30)
-    best_frac = sw.new_zeros(b)
-    log_fail = math.log(1.0 - CONFIDENCE)
-    all_models, all_quality = [], []
-    drawn = 0
-    while drawn < cap:
-        sets = min(CHUNK_SETS, cap - drawn)
-        # five-point sets on the rays (no normalisation: it would break the E structure)
-        idx = sample_minimal_sets(sample_w, 5, sets, generator).reshape(b, -1)
-        sets1 = torch.gather(y1[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets2 = torch.gather(y2[:, :2], 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets1 = sets1.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)            # (B, S, 5, 2)
-        sets2 = sets2.reshape(b, 2, sets, 5).permute(0, 2, 3, 1)
-        models, valid = five_point(sets1, sets2)                            # (B, S, 10, ...)
+    def residuals(models: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        e, den = _model_terms(models if dtype is None else models.to(dtype), W, L1, L2)
+        return e.square_().div_(den), den
+    return residuals
+
+
+def _gather_sets(y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Coordinates y (B, 2+, N) of index sets (B, S, k) as (B, S, k, 2)."""
+    b, sets, k = idx.shape
+    g = torch.gather(y[:, :2], 2, idx.reshape(b, 1, -1).expand(-1, 2, -1))
+    return g.reshape(b, 2, sets, k).permute(0, 2, 3, 1)
+
+
+def _five_point_solver(y1: torch.Tensor, y2: torch.Tensor):
+    """
+    Return the minimal solver of the framework: five-point sets on the rays.
+
+    Sets (B, S, 5) -> up to 10 solutions each, (B, 10 S, 3, 3) of unit Frobenius norm, and
+    their validity (real, non-degenerate roots). No normalisation: it would break the E
+    structure.
+    """
+    def solve(idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        b, sets = idx.shape[:2]
+        models, valid = five_point(_gather_sets(y1, idx), _gather_sets(y2, idx))
         models = models.reshape(b, sets * 10, 3, 3)
         valid = valid.reshape(b, sets * 10)
-        models = models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None]
-        e, den = _model_terms(models.float(), sW, L1f, L2f)                # (B, 10 S, P)
-        r2 = e.square_().div_(den)
-        quality = torch.where(valid, msac_score(r2, thr_h2, sw.unsqueeze(1)), -1.0)
-        frac = ((r2 < thr_h2 * (COUNT_SPAN / HYP_SPAN) ** 2).float() @ sw.unsqueeze(-1)
-                ).squeeze(-1) / wsum.unsqueeze(1)
-        best_frac = torch.maximum(best_frac, torch.where(valid, frac, 0.0).amax(1))
-        all_models.append(models)
-        all_quality.append(quality)
-        drawn += sets
-        miss = (1.0 - best_frac.double() ** 5).clamp(1e-12, 1.0 - 1e-12)
-        if drawn >= floor and bool((log_fail / torch.log(miss) <= drawn).all()):
-            break
-    if len(all_models) == 1:
-        return all_models[0], all_quality[0]
-    return torch.cat(all_models, 1), torch.cat(all_quality, 1)
+        return models / models.flatten(-2).norm(dim=-1).clamp(min=1e-30)[..., None, None], valid
+    return solve
 
 
 def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor,
              w: torch.Tensor, threshold_px: float, num_hypotheses: int, lo_iters: int,
              generator: Optional[torch.Generator], essential: bool, five: bool = False,
-             W_all: Optional[torch.Tensor] = None, min_hypotheses: int = 0
-             ) -> Tuple[torch.Tensor, torch.Tensor]:
+             W_all: Optional[torch.Tensor] = None, min_hypotheses: int = 0,
+             params: RansacConfig = DEFAULT_PARAMS) -> Tuple[torch.Tensor, torch.Tensor]:
     """
-    Shared LO-MSAC core in affine-normalised coordinates y (float64, channels-first).
+    LO-MSAC of E / F in affine-normalised coordinates y (float64, channels-first).
+
+    On the framework of :mod:`~trianflow_ros.geometry.msac`.
+
+    Hypotheses (:func:`~trianflow_ros.geometry.msac.hypothesise`): five-point sets on the rays
+    in rounds of ``chunk_sets`` until the RANSAC bound for the best ratio of points within
+    ``count_span`` thresholds is met (p = ``confidence``; at most num_hypotheses // 4 sets, at
+    least min_hypotheses // 4: the bound assumes that any all-inlier set gives a good model,
+    which fails for short baselines, whose minimal solutions scatter between the true pose and
+    a rotation-translation ambiguity; 64 sets fixed a real TUM pair, but on far-field scenes
+    more hypotheses found wrong models that fit the many far points best, so the default floor
+    is 0), or num_hypotheses 8-point sets at once; ranked in float32 with a ``hyp_span`` times
+    wider threshold on ``score_points`` points drawn by weight (preemptive scoring). Local
+    optimisation (:func:`~trianflow_ros.geometry.msac.local_optimisation`) of the
+    ``lo_topk`` best: Sampson-reweighted 8-point refits on the inliers of the current model,
+    the threshold shrinking from ``lo_span`` times the threshold to the threshold.
 
     W_all: optional :func:`_sampson_features` of all the points, for the final distances.
 
@@ -320,6 +184,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     """
     b, _, n = y1.shape
     thr2 = float(threshold_px) ** 2
+    p = params
 
     def normalize(y1, y2, w):
         # normalisation of the y coordinates (H&Z Alg. 11.1 (i), per axis), both images at
@@ -330,10 +195,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         kron = (T[:, 1, :, None, :, None] * T[:, 0, None, :, None, :]).reshape(b, 9, 9)
         return kron, yn[:, 0], yn[:, 1]
 
-    if not five:
-        kron, y1n, y2n = normalize(y1, y2, w)
-
-    def to_model(Fn: torch.Tensor) -> torch.Tensor:
+    def to_model(Fn: torch.Tensor, kron: torch.Tensor) -> torch.Tensor:
         # back from the normalised coordinates: M = T2^T Fn T1 (H&Z Alg. 11.1 (iv)), for
         # flattened models Fn (B, K, 9)
         M = (Fn @ kron).unflatten(-1, (3, 3))
@@ -347,7 +209,7 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
     sample_w = sample_w.float()
     # a weighted random subset of the points ranks the hypotheses (preemptive scoring), with a
     # wider threshold: rough minimal-set models are tightened by the LO below
-    score_points = SCORE_POINTS if five else 2 * SCORE_POINTS
+    score_points = p.score_points if five else 2 * p.score_points
     if n > score_points:
         sub = torch.multinomial(sample_w, score_points, replacement=True, generator=generator)
         sy1 = torch.gather(y1, 2, sub.unsqueeze(1).expand(-1, 3, -1))
@@ -355,70 +217,59 @@ def _lo_msac(y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor, L2: torch.Ten
         sw = (torch.gather(w, 1, sub) > 0).float()
     else:
         sy1, sy2, sw = y1, y2, w.float()
-    sW, L1f, L2f = _sampson_features(sy1, sy2).float(), L1.float(), L2.float()
-    thr_h2 = thr2 * HYP_SPAN ** 2
+    residuals = _sampson_r2(_sampson_features(sy1, sy2).float(), L1.float(), L2.float(),
+                            torch.float32)
+    thr_h2 = thr2 * p.hyp_span ** 2
     if five:
-        models, quality = _five_point_hypotheses(y1, y2, sW, L1f, L2f, sw, sample_w, thr_h2,
-                                                 num_hypotheses, generator, min_hypotheses)
+        cap = max(1, num_hypotheses // SOLUTIONS_PER_SET)
+        est = Estimator(5, _five_point_solver(y1, y2), residuals)
+        hyps = hypothesise(est, sample_w, sw, Threshold(thr_h2), cap, chunk_sets=p.chunk_sets,
+                           confidence=p.confidence,
+                           min_sets=-(-int(min_hypotheses) // SOLUTIONS_PER_SET),
+                           count_threshold=thr_h2 * (p.count_span / p.hyp_span) ** 2,
+                           generator=generator)
     else:
-        k = MIN_POINTS
-        idx = sample_minimal_sets(sample_w, k, num_hypotheses, generator).reshape(b, -1)
-        sets1 = torch.gather(y1n, 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets2 = torch.gather(y2n, 2, idx.unsqueeze(1).expand(-1, 2, -1))
-        sets1 = sets1.reshape(b, 2, num_hypotheses, k).permute(0, 2, 3, 1)   # (B, H, k, 2)
-        sets2 = sets2.reshape(b, 2, num_hypotheses, k).permute(0, 2, 3, 1)
-        # null vector of each 8 x 9 system (H&Z Alg. 11.1 (ii)): the last column of the
-        # complete QR factorisation of A^T, cheaper and better conditioned than A^T A
-        Q, _ = torch.linalg.qr(_design_matrix(sets1, sets2).transpose(-1, -2),
-                               mode='complete')
-        models = to_model(Q[..., 8])
-        e, den = _model_terms(models.float(), sW, L1f, L2f)
-        quality = msac_score(e.square_().div_(den), thr_h2, sw.unsqueeze(1))
-    topk = min(LO_TOPK if five else 2 * LO_TOPK, models.shape[1])
-    pick = quality.topk(topk, dim=1).indices
-    best = models[torch.arange(b, device=y1.device)[:, None], pick]      # (B, k, 3, 3)
+        kron, y1n, y2n = normalize(y1, y2, w)
 
-    # 3. local optimisation of the top-k hypotheses of every pair at once: Sampson-reweighted
+        def solve(idx: torch.Tensor) -> torch.Tensor:
+            # null vector of each 8 x 9 system (H&Z Alg. 11.1 (ii)): the last column of the
+            # complete QR factorisation of A^T, cheaper and better conditioned than A^T A
+            Q, _ = torch.linalg.qr(_design_matrix(_gather_sets(y1n, idx),
+                                                  _gather_sets(y2n, idx)).transpose(-1, -2),
+                                   mode='complete')
+            return to_model(Q[..., 8], kron)
+
+        est = Estimator(MIN_POINTS, solve, residuals)
+        hyps = hypothesise(est, sample_w, sw, Threshold(thr_h2), num_hypotheses,
+                           generator=generator)
+    best = top_hypotheses(hyps, p.lo_topk if five else 2 * p.lo_topk)     # (B, k, 3, 3)
+
+    # 2. local optimisation of the top-k hypotheses of every pair at once: Sampson-reweighted
     # least squares on the inliers of the current model. With weights w_i / |grad_i|^2 the
     # algebraic error (y2^T M y1)^2 (equal for the normalised points) becomes the squared
-    # Sampson distance (H&Z Sec. 11.4.3). The inlier threshold shrinks geometrically from
-    # LO_SPAN * thr to thr (Lebeda et al. 2012).
-    # for E and more than 4 x LO_POINTS points, on a weighted random subset (drawn afresh: the
+    # Sampson distance (H&Z Sec. 11.4.3).
+    # for E and more than 4 x lo_points points, on a weighted random subset (drawn afresh: the
     # ranking subset would favour hypotheses that happen to fit it); the final refinement uses
     # all of them
     full = (y1, y2, w)
-    if five and n > 4 * LO_POINTS:
-        sub = torch.multinomial(sample_w, LO_POINTS, replacement=True, generator=generator)
+    if five and n > 4 * p.lo_points:
+        sub = torch.multinomial(sample_w, p.lo_points, replacement=True, generator=generator)
         y1, y2 = (torch.gather(y, 2, sub.unsqueeze(1).expand(-1, 3, -1)) for y in (y1, y2))
         w = (torch.gather(w, 1, sub) > 0).to(w.dtype)
     kron, y1n, y2n = normalize(y1, y2, w)
     AA = _outer_rows(_design_rows(y1n, y2n))                              # (B, N, 81)
-    wk = w.unsqueeze(1)
-    W = _sampson_features(y1, y2)
-    e, den = _model_terms(best, W, L1, L2)                                # (B, k, N)
-    r2 = cur_r2 = e.square() / den
-    scores = msac_score(r2, thr2, wk)                                     # (B, k)
-    for it in range(lo_iters):
-        span = LO_SPAN ** ((lo_iters - 1 - it) / (lo_iters - 1)) if lo_iters > 1 else 1.0
-        lo_w = wk * (cur_r2 < thr2 * span ** 2) / den
-        usable = (lo_w > 0).sum(-1) >= MIN_POINTS
+
+    def refit(lo_w: torch.Tensor) -> torch.Tensor:
         _, vecs = torch.linalg.eigh(_normal_matrices(AA, lo_w))
-        cand = to_model(vecs[..., 0])
-        cand_e, cand_den = _model_terms(cand, W, L1, L2)
-        cand_r2 = cand_e.square() / cand_den
-        cand_score = msac_score(cand_r2, thr2, wk)
-        # continue from the candidate; keep the best model seen at the final threshold
-        cur_r2 = torch.where(usable[..., None], cand_r2, cur_r2)
-        den = torch.where(usable[..., None], cand_den, den)
-        better = (cand_score > scores) & usable
-        scores = torch.where(better, cand_score, scores)
-        best = torch.where(better[..., None, None], cand, best)
-        r2 = torch.where(better[..., None], cand_r2, r2)
-    ar = torch.arange(b, device=y1.device)
-    choice = scores.argmax(dim=1)
-    model = best[ar, choice]
+        return to_model(vecs[..., 0], kron)
+
+    est = dataclasses.replace(est, residuals=_sampson_r2(_sampson_features(y1, y2), L1, L2),
+                              refit=refit, reweight=lambda lo_w, den: lo_w / den,
+                              min_refit_points=MIN_POINTS)
+    model, r2, _ = local_optimisation(est, best, w, Threshold(thr2), lo_iters, span=p.lo_span,
+                                      follow_candidate=True).best()
     if y1 is full[0]:
-        return model, r2[ar, choice]
+        return model, r2
     # the LO ran on a subset: the distances of its model to all the points
     if W_all is not None:
         e, den = _model_terms(model.unsqueeze(1), W_all, L1, L2)
@@ -479,14 +330,14 @@ def _channels_first(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 
 def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[torch.Tensor] = None,
                        *, threshold_px: float = 0.5, num_hypotheses: int = 256,
-                       lo_iters: int = 3, generator: Optional[torch.Generator] = None
-                       ) -> RansacResult:
+                       lo_iters: int = 3, generator: Optional[torch.Generator] = None,
+                       params: Optional[RansacConfig] = None) -> RansacResult:
     """
     Robust fundamental matrix by batched LO-MSAC with 8-point hypotheses (H&Z Alg. 11.4).
 
     Hypotheses are rank-2 8-point solutions of random minimal sets drawn in proportion to
     ``weights``; all are ranked at once by MSAC on the pixel Sampson distance (on at most
-    ``SCORE_POINTS`` points drawn by weight); the best is refined ``lo_iters`` times by
+    ``params.score_points`` x 2 points drawn by weight); the best are refined ``lo_iters`` times by
     Sampson-reweighted 8-point fits on its inliers. Computed in float64 (scoring in float32).
     On CPU the call runs on one intra-op thread (restored afterwards, see
     :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
@@ -499,6 +350,10 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
     :param num_hypotheses: minimal sets per pair.
     :param lo_iters: local-optimisation iterations.
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
+    :param params: the tuning constants, ``geometry.ransac`` of the config
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
+        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
+        they are the arguments.
     :return: :class:`RansacResult` with model = F (x2^T F x1 = 0). A pair with fewer than 8
         positive weights gets a zero model, no inliers and score 0. Not differentiable.
     """
@@ -512,229 +367,11 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
         _, A2 = normalize_points(x2.detach().to(torch.float64), w)
         y1, y2 = _channels_first(x1, A1), _channels_first(x2, A2)
         M, r2 = _lo_msac(y1, y2, A1[:, :2, :2].transpose(1, 2), A2[:, :2, :2].transpose(1, 2),
-                         w, threshold_px, num_hypotheses, lo_iters, generator, essential=False)
+                         w, threshold_px, num_hypotheses, lo_iters, generator, essential=False,
+                         params=DEFAULT_PARAMS if params is None else params)
         F = A2.transpose(1, 2) @ M @ A1
         F = F / F.flatten(1).norm(dim=1).clamp(min=1e-30)[:, None, None]
         return _finish(F, r2, w, threshold_px, ok, x1.dtype)
-
-
-# the LM step (omega, delta) (B, 5) -> the rotation increments of R and of the frame
-# F = [b1, b2, t] of t, (B, 2, 3): F exp([(-delta_2, delta_1, 0)]_x) moves t by b1 delta_1 +
-# b2 delta_2 to first order
-_STEP_MAP = torch.zeros(5, 6, dtype=torch.float64)
-_STEP_MAP[0, 0], _STEP_MAP[1, 1], _STEP_MAP[2, 2] = 1.0, 1.0, 1.0
-_STEP_MAP[3, 4], _STEP_MAP[4, 3] = 1.0, -1.0
-
-
-def _cayley(phi: torch.Tensor) -> torch.Tensor:
-    """
-    Rotations (I - [phi/2]_x)^-1 (I + [phi/2]_x) of increments phi (..., 3), (..., 3, 3).
-
-    The Cayley map agrees with the exponential map to second order in phi, so it serves as the
-    retraction of the Gauss-Newton steps (their Jacobians are those of the exponential) at a
-    handful of tensor operations, and its result is exactly orthonormal. Closed form with
-    a = phi / 2: I + 2 ([a]_x + [a]_x^2) / (1 + |a|^2).
-    """
-    a = phi * 0.5
-    W = skew(a)
-    k = 2.0 / (1.0 + a.square().sum(-1))
-    return torch.eye(3, dtype=phi.dtype, device=phi.device) + k[..., None, None] * (W + W @ W)
-
-
-def _tangent_frame(t: torch.Tensor) -> torch.Tensor:
-    """Rotations [b1, b2, t] (B, 3, 3) whose last column is the unit vector t (B, 3)."""
-    eye = torch.eye(3, dtype=t.dtype, device=t.device)
-    a = torch.where(t[:, :1].abs() > 0.9, eye[1], eye[0])
-    b1 = a - (a * t).sum(-1, keepdim=True) * t
-    b1 = b1 / b1.norm(dim=-1, keepdim=True)
-    return torch.stack((b1, torch.linalg.cross(t, b1), t), dim=-1)
-
-
-def _sampson_rt(RF: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor, c2,
-                w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    Robust cost and Gauss-Newton system of the Sampson residuals of E = [t]_x R.
-
-    With r = e / s, e = y2^T E y1 and s^2 = |L2 (E y1)_{1,2}|^2 + |L1 (E^T y2)_{1,2}|^2, every
-    derivative of E is a matrix Q_k: E [e_k]_x for R exp([omega]_x) and [b_k]_x R for
-    t + b1 delta_1 + b2 delta_2, so de_k = y2^T Q_k y1. e, the five de_k, s^2 and the five
-    s ds_k come from ONE matrix product with the point features (:func:`_sampson_rows`). The
-    exact Jacobian is dr = (de - r ds) / s (the denominator term matters near the epipole).
-
-    :param RF: R and the frame [b1, b2, t] of t, shape (B, 2, 3, 3).
-    :param W: :func:`_sampson_features` of the points, shape (B, 17, N).
-    :param L1: K1^-1[:2, :2]^T, shape (B, 2, 2).
-    :param L2: K2^-1[:2, :2]^T, shape (B, 2, 2).
-    :param c2: squared Cauchy scale, a float or (B, 1).
-    :param w: point weights (B, N).
-    :return: Cauchy cost sum_i w_i log(1 + r_i^2 / c2) (B,), the Gauss-Newton matrix
-        J W_N J^T (B, 5, 5) with the Newton weights of the loss W_N, the gradient
-        J W_I r (B, 5) with its IRLS weights W_I, and the residuals r (B, N).
-    """
-    SR = skew(RF[:, 1].transpose(1, 2)) @ RF[:, :1]                      # [b1]x R, [b2]x R, E
-    # E, E [e_k]_x (k = 1, 2, 3), [b1]x R, [b2]x R
-    Q = torch.cat((SR[:, 2:] @ _E_GENERATORS.to(SR), SR[:, :2]), dim=1)   # (B, 6, 3, 3)
-    P = _sampson_rows(Q, L1, L2) @ W                                      # (B, 12, N)
-    num, sds = P[:, :6], P[:, 6:]                                         # e, de_k; s^2, s ds_k
-    inv_s = sds[:, 0].clamp_(min=1e-30).rsqrt_()                          # (B, N)
-    r = num[:, 0] * inv_s
-    # J = (de - r ds) / s, in place in the s ds rows
-    J = sds[:, 1:].mul_((r * inv_s).neg_().unsqueeze(1)).add_(num[:, 1:]).mul_(inv_s.unsqueeze(1))
-    q = r.square() / c2
-    cost = (w * torch.log1p(q)).sum(-1)                                   # Cauchy loss
-    # Newton weights of the Cauchy loss, w (1 - q) / (1 + q)^2 (the IRLS weight w / (1 + q)
-    # plus the loss curvature, floored at 0), converge much faster than plain IRLS
-    iq = (1.0 + q).reciprocal_()
-    wiq = w * iq
-    hw = wiq * iq * (1.0 - q).clamp_(min=0.0)
-    g = (J @ (wiq * r).unsqueeze(-1)).squeeze(-1)
-    J.mul_(hw.sqrt_().unsqueeze(1))
-    H = J @ J.transpose(1, 2)
-    return cost, H, g, r
-
-
-def _sampson_rt_residuals(E: torch.Tensor, W: torch.Tensor, L1: torch.Tensor, L2: torch.Tensor
-                          ) -> torch.Tensor:
-    """Signed pixel Sampson distances (B, N) of E (B, 3, 3) on the point features W."""
-    P = _sampson_rows(E.unsqueeze(1), L1, L2) @ W                         # (B, 2, N)
-    return P[:, 0] * P[:, 1].clamp(min=1e-30).rsqrt_()
-
-
-def _levenberg_marquardt(RF, W, L1, L2, c2, w, iters, step_tol):
-    """LM iterations of :func:`refine_essential` on the point features W; returns RF."""
-    cost, H, g, _ = _sampson_rt(RF, W, L1, L2, c2, w)
-    lam = torch.full_like(cost, 1e-3)
-    eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
-    step_map = _STEP_MAP.to(RF)
-    for _ in range(iters):
-        damp = lam[:, None, None] * (H * eye + 1e-9 * eye)
-        step = torch.linalg.solve_ex(H + damp, -g)[0]       # singular: non-finite, rejected
-        RF_new = RF @ _cayley((step @ step_map).reshape(-1, 2, 3))
-        if bool((step.norm(dim=1) < step_tol).all()):
-            # converged: a step this small is taken without evaluating it
-            return RF_new
-        cost_new, H_new, g_new, _ = _sampson_rt(RF_new, W, L1, L2, c2, w)
-        better = cost_new < cost        # False for a non-finite cost
-        done = ((cost_new - cost).abs() <= REFINE_TOL * cost) | ~torch.isfinite(cost_new)
-        RF = torch.where(better[:, None, None, None], RF_new, RF)
-        H = torch.where(better[:, None, None], H_new, H)
-        g = torch.where(better[:, None], g_new, g)
-        cost = torch.where(better, cost_new, cost)
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp_(1e-9, 1e6)
-        if bool(done.all()):
-            break
-    return RF
-
-
-def _final_step(RF, W, L1, L2, c2, w):
-    """
-    One Gauss-Newton step of :func:`refine_essential`, kept per pair if it lowers the cost.
-
-    :return: the model RF and its signed Sampson distances (B, N) on the points.
-    """
-    cost, H, g, r = _sampson_rt(RF, W, L1, L2, c2, w)
-    eye = torch.eye(5, dtype=RF.dtype, device=RF.device)
-    step = torch.linalg.solve_ex(H + 1e-9 * (H * eye + eye), -g)[0]
-    RF_new = RF @ _cayley((step @ _STEP_MAP.to(RF)).reshape(-1, 2, 3))
-    r_new = _sampson_rt_residuals(skew(RF_new[:, 1, :, 2]) @ RF_new[:, 0], W, L1, L2)
-    better = (w * torch.log1p(r_new.square() / c2)).sum(-1) <= cost
-    return (torch.where(better[:, None, None, None], RF_new, RF),
-            torch.where(better[:, None], r_new, r))
-
-
-def refine_essential(E: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, L1: torch.Tensor,
-                     L2: torch.Tensor, w: torch.Tensor, scale_px: float, iters: int = 8,
-                     noise_scale: float = 0.0) -> torch.Tensor:
-    """
-    Robust Levenberg-Marquardt refinement of E = [t]_x R on the pixel Sampson distance.
-
-    Minimises sum_i w_i log(1 + r_i^2 / c^2) (Cauchy loss, scale c) over R (right increments
-    R exp([omega]_x)) and the unit translation t (two tangent-plane increments), where r_i is
-    the signed pixel Sampson distance (H&Z eq. 11.9), with its exact Jacobian (denominator
-    included) and Cauchy IRLS weights (iteratively reweighted Gauss-Newton with Levenberg
-    damping, H&Z A6.2; the Gauss-Newton matrix carries the curvature of the loss, weights
-    w (1 - q) / (1 + q)^2 floored at 0, q = r^2 / c^2, which converges in a few iterations).
-    Steps are applied with the Cayley map (a second-order retraction). All pairs are refined
-    at once; a step is kept per pair only if it lowers that pair's cost (then the damping
-    shrinks, else it grows). With at least 2 ``REFINE_POINTS`` points, the iterations run on
-    every k-th point (k = N // ``REFINE_POINTS``) and stop at ``SUBSET_TOL`` times the step
-    tolerance; one Gauss-Newton step on all points (kept if it lowers their cost) follows:
-    from that close to the optimum it lands on it far below the noise, at the cost of one
-    evaluation on all points instead of several.
-
-    :param E: initial essential matrices in ray coordinates, shape (B, 3, 3).
-    :param y1: rays K1^-1 [x1, 1], channels-first, shape (B, 3, N).
-    :param y2: rays K2^-1 [x2, 1], channels-first, shape (B, 3, N).
-    :param L1: K1^-1[:2, :2]^T, shape (B, 2, 2).
-    :param L2: K2^-1[:2, :2]^T, shape (B, 2, 2).
-    :param w: point weights, shape (B, N).
-    :param scale_px: Cauchy scale c in pixels; with ``noise_scale`` > 0, its upper bound.
-    :param iters: at most this many LM iterations; they stop once every pair's step is below
-        ``REFINE_STEP`` times its median Sampson distance over the focal length (the noise
-        level; a noise-free pair runs all of them) or its cost no longer changes.
-    :param noise_scale: if > 0, the Cauchy scale of each pair is ``noise_scale`` times the
-        median Sampson distance of E over the weighted points (a robust estimate of the noise),
-        clamped to [``scale_px`` * ``SCALE_MIN``, ``scale_px``].
-    :return: refined E = [t]_x R / sqrt(2) (unit Frobenius norm), shape (B, 3, 3).
-        Not differentiable.
-    """
-    return _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale)[0]
-
-
-def _refine(E, y1, y2, L1, L2, w, scale_px, iters, noise_scale, r2=None, W=None
-            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """
-    Run :func:`refine_essential`; also return the signed Sampson distances of the result.
-
-    :param r2: squared pixel Sampson distances (B, N) of E on the points, if known.
-    :param W: :func:`_sampson_features` of y1, y2, if known.
-    :return: E (B, 3, 3) and its signed pixel Sampson distances (B, N) on all the points when
-        they were computed on the way (the final step on all points), else None.
-    """
-    # one (R, t) of E (H&Z Result 9.19): R = U W V^T made proper, t = u3; any of the four
-    # candidates gives the same E up to sign, which the Sampson distance does not see
-    U, _, Vh = torch.linalg.svd(E)
-    R = U @ _W90.to(E) @ Vh
-    R = R * torch.linalg.det(R).sign()[:, None, None]
-    RF = torch.stack((R, _tangent_frame(U[:, :, 2])), dim=1)              # (B, 2, 3, 3)
-    # stop once a step is far below the noise: REFINE_STEP times the median Sampson distance
-    # (pixels) over the focal length (pixels), i.e. a fraction of the angular noise of a ray
-    if r2 is None:
-        e, den = _residuals(E, y1[:, :, ::8], y2[:, :, ::8], L1, L2)
-        r2 = e.square() / den
-    else:
-        r2 = r2[:, ::8]
-    sigma = torch.where(w[:, ::8] > 0, r2, float('nan')).nanmedian(dim=1).values.sqrt_()
-    sigma = sigma.nan_to_num(nan=float(scale_px))
-    # only the points of positive weight (padded with zero weights to the batch's largest
-    # count) when that saves enough to pay for the gather
-    used = w > 0
-    m = int(used.sum(1).max())
-    gathered = m < 0.75 * w.shape[1]
-    if gathered:
-        keep = torch.argsort((~used).to(torch.int8), dim=1, stable=True)[:, :max(m, 1)]
-        y1 = torch.gather(y1, 2, keep.unsqueeze(1).expand(-1, 3, -1))
-        y2 = torch.gather(y2, 2, keep.unsqueeze(1).expand(-1, 3, -1))
-        w = torch.gather(w, 1, keep)
-    if gathered or W is None:
-        W = _sampson_features(y1, y2)
-    inv_f = (L1.det().abs() * L2.det().abs()) ** 0.25                    # 1 / focal, (B,)
-    step_tol = REFINE_STEP * sigma * inv_f
-    c2 = float(scale_px) ** 2
-    if noise_scale > 0:
-        c = (noise_scale * sigma).clamp(min=scale_px * SCALE_MIN, max=scale_px)
-        c2 = c.square().unsqueeze(1)
-    k = W.shape[-1] // REFINE_POINTS
-    r = None
-    if k < 2:
-        RF = _levenberg_marquardt(RF, W, L1, L2, c2, w, iters, step_tol)
-    else:
-        # the iterations on every k-th point, then one step on all of them (from so close to
-        # their optimum, one Gauss-Newton step reaches it to well below the noise)
-        RF = _levenberg_marquardt(RF, W[:, :, ::k].contiguous(), L1, L2, c2,
-                                  w[:, ::k].contiguous(), iters, step_tol * SUBSET_TOL)
-        RF, r = _final_step(RF, W, L1, L2, c2, w)
-    return skew(RF[:, 1, :, 2]) @ RF[:, 0] / (2.0 ** 0.5), None if gathered else r
 
 
 def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
@@ -742,7 +379,8 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
                      num_hypotheses: int = 256, lo_iters: int = 3,
                      generator: Optional[torch.Generator] = None,
                      refine_iters: int = 4, minimal_solver: str = 'five',
-                     min_hypotheses: int = 0) -> RansacResult:
+                     min_hypotheses: int = 0, params: Optional[RansacConfig] = None
+                     ) -> RansacResult:
     """
     Robust essential matrix by batched LO-MSAC plus a robust Sampson Gauss-Newton refinement.
 
@@ -751,14 +389,15 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
     Sec. 11.7.3), ranked with a wider threshold on a random subset. The pixel threshold
     needs no focal-length conversion: every model is scored by its exact pixel Sampson distance,
     that of F = K2^-T E K1^-1 (H&Z eq. 11.9), evaluated in ray coordinates (exact also for
-    fx != fy). Five-point sets are drawn ``CHUNK_SETS`` at a time until, for every pair, their
-    number reaches log(1 - p) / log(1 - w^5) (p = ``CONFIDENCE``, w = best ratio so far of points
-    within ``COUNT_SPAN`` thresholds) or num_hypotheses // 4. The ``LO_TOPK`` best hypotheses get
-    ``lo_iters`` Sampson-reweighted 8-point refits on their inliers (on ``LO_POINTS`` points
+    fx != fy). Five-point sets are drawn ``chunk_sets`` at a time until, for every pair, their
+    number reaches log(1 - p) / log(1 - w^5) (p = ``confidence``, w = best ratio so far of points
+    within ``count_span`` thresholds) or num_hypotheses // 4. The ``lo_topk`` best hypotheses get
+    ``lo_iters`` Sampson-reweighted 8-point refits on their inliers (on ``lo_points`` points
     drawn by weight when N is more than 4 times that), then
-    :func:`refine_essential` over (R, t) on the points within ``REFINE_SPAN`` thresholds, with
-    a Cauchy scale of ``NOISE_SCALE`` times the median Sampson distance of the pair (at most the
-    threshold), repeated (at most ``REFINE_ROUNDS`` times) while that set changes. Computed in
+    :func:`refine_essential` over (R, t) on the points within ``refine_span`` thresholds, with
+    a Cauchy scale of ``noise_scale`` times the median Sampson distance of the pair (at most the
+    threshold), repeated (at most ``refine_rounds`` times) while that set changes (the names are
+    fields of :class:`~trianflow_ros.config.RansacConfig`). Computed in
     float64 (hypothesis ranking in float32).
     On CPU the call runs on one intra-op thread (restored afterwards, see
     :func:`~trianflow_ros.geometry.threads.one_cpu_thread`).
@@ -773,12 +412,12 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         num_hypotheses // 4 five-point sets (each gives up to 10 solutions, about 4 real on
         average; fewer sets once the adaptive bound is met).
     :param lo_iters: local-optimisation iterations (the inlier threshold shrinks from
-        ``LO_SPAN`` times the threshold to the threshold over them), on each of the
-        ``LO_TOPK`` best hypotheses.
+        ``lo_span`` times the threshold to the threshold over them), on each of the
+        ``lo_topk`` best hypotheses.
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
     :param refine_iters: at most this many Levenberg-Marquardt iterations per refinement round
         (0 disables the refinement); it stops earlier once a step is far below the noise. With
-        N >= 2 ``REFINE_POINTS`` they run on every k-th point and one more step on all.
+        N >= 2 ``refine_points`` they run on every k-th point and one more step on all.
     :param minimal_solver: ``'five'`` (default):
         :func:`~trianflow_ros.geometry.epipolar.five_point` on num_hypotheses // 4 minimal sets
         (up to 10 real solutions each, all scored); ``'eight'``: 8-point minimal sets projected
@@ -786,12 +425,17 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         sideways motion (8-point minimal solutions are very noise sensitive).
     :param min_hypotheses: the adaptive stop comes after at least min_hypotheses // 4
         five-point sets (at most the cap; 256 = the cap of the default num_hypotheses: no early
-        stop, see :func:`_five_point_hypotheses`; 0 = the RANSAC bound alone, the default:
+        stop, see :func:`_lo_msac`; 0 = the RANSAC bound alone, the default:
         more hypotheses made far-field scenes worse, docs/BENCHMARKS.md).
+    :param params: the tuning constants, ``geometry.ransac`` of the config
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
+        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
+        they are the arguments.
     :return: :class:`RansacResult` with model = E (y2^T E y1 = 0, singular values (s, s, 0)).
         A pair with fewer than 8 positive weights gets a zero model, no inliers and score 0.
         Not differentiable.
     """
+    p = DEFAULT_PARAMS if params is None else params
     w = _prepare(x1, x2, weights, threshold_px, num_hypotheses, lo_iters)
     check_shape(K1, 'K1', (x1.shape[0], 3, 3))
     check_shape(K2, 'K2', K1.shape)
@@ -808,22 +452,22 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         W = _sampson_features(y1, y2)
         E, r2 = _lo_msac(y1, y2, L1, L2, w, threshold_px, num_hypotheses, lo_iters, generator,
                          essential=True, five=minimal_solver == 'five', W_all=W,
-                         min_hypotheses=min_hypotheses)
-        near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
-        for round_ in range(REFINE_ROUNDS if refine_iters > 0 else 0):
+                         min_hypotheses=min_hypotheses, params=p)
+        near = w * (r2 < (p.refine_span * threshold_px) ** 2)
+        for round_ in range(p.refine_rounds if refine_iters > 0 else 0):
             # each round refines on the points near the current model; a further round only
-            # runs while that set still changes (more than REFINE_CHANGE of the points)
-            E, r = _refine(E, y1, y2, L1, L2, near, threshold_px, refine_iters, NOISE_SCALE,
-                           r2, W)
+            # runs while that set still changes (more than refine_change of the points)
+            E, r = _refine(E, y1, y2, L1, L2, near, threshold_px, refine_iters, p.noise_scale,
+                           p, r2, W)
             if r is None:
                 e, den = _model_terms(E.unsqueeze(1), W, L1, L2)
                 r2 = e[:, 0].square().div_(den[:, 0])
             else:
                 r2 = r.square()
-            if round_ + 1 < REFINE_ROUNDS:
-                new_near = w * (r2 < (REFINE_SPAN * threshold_px) ** 2)
+            if round_ + 1 < p.refine_rounds:
+                new_near = w * (r2 < (p.refine_span * threshold_px) ** 2)
                 changed = ((new_near > 0) != (near > 0)).sum(1)
-                if not bool((changed > REFINE_CHANGE * near.shape[1]).any()):
+                if not bool((changed > p.refine_change * near.shape[1]).any()):
                     break
                 near = new_near
         return _finish(E, r2, w, threshold_px, ok, x1.dtype)

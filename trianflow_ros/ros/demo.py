@@ -102,6 +102,28 @@ def write_params_file(path: Path, params: Dict[str, object]) -> Path:
     return path
 
 
+def _wait(busy: Callable[[], bool], node: subprocess.Popen, deadline: float, phase: str,
+          workdir: Path, late: Callable[[], str],
+          report: Optional[Callable[[], None]] = None) -> None:
+    """
+    Poll every 0.1 s while ``busy()``; ``report()`` every 10 s.
+
+    :raises DemoError: the node process exits (its log's tail, ``phase`` names when) or the
+        deadline passes (the message ``late()``).
+    """
+    last_report = time.monotonic()
+    while busy():
+        if node.poll() is not None:
+            raise DemoError(f'the node exited with status {node.returncode} {phase}:\n'
+                            f'{_tail(workdir / "node.log")}')
+        if time.monotonic() > deadline:
+            raise DemoError(late())
+        if report is not None and time.monotonic() - last_report > 10.0:
+            last_report = time.monotonic()
+            report()
+        time.sleep(0.1)
+
+
 def _tail(path: Path, n: int = 25) -> str:
     try:
         return '\n'.join(path.read_text(errors='replace').splitlines()[-n:])
@@ -161,14 +183,10 @@ def run_pipeline(bag: Path, num_frames: int, workdir: Path, env: Optional[Dict] 
         log(f'starting the node: {" ".join(cmd[2:])}')
         node = subprocess.Popen(cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
         deadline = t_start + timeout
-        while recorder.odom_sub.get_publisher_count() < 1:
-            if node.poll() is not None:
-                raise DemoError(f'the node exited with status {node.returncode} at start-up:\n'
-                                f'{_tail(workdir / "node.log")}')
-            if time.monotonic() > deadline:
-                raise DemoError(f'the node did not come up within {timeout:.0f} s:\n'
-                                f'{_tail(workdir / "node.log")}')
-            time.sleep(0.1)
+        _wait(lambda: recorder.odom_sub.get_publisher_count() < 1, node, deadline,
+              'at start-up', workdir,
+              lambda: f'the node did not come up within {timeout:.0f} s:\n'
+                      f'{_tail(workdir / "node.log")}')
         log(f'node up after {time.monotonic() - t_start:.1f} s; playing {num_frames} frames')
         pcmd = [sys.executable, '-m', 'trianflow_ros.ros.player', str(bag),
                 '--wait-for-subscribers', '1', '--wait-topics', IMAGE_TOPIC, CAMERA_INFO_TOPIC,
@@ -178,18 +196,10 @@ def run_pipeline(bag: Path, num_frames: int, workdir: Path, env: Optional[Dict] 
         t_play = time.monotonic()
         player = subprocess.Popen(pcmd, env=env, stdout=subprocess.PIPE, stderr=player_log,
                                   text=True)
-        last_report = time.monotonic()
-        while player.poll() is None:
-            if node.poll() is not None:
-                raise DemoError(f'the node exited with status {node.returncode} during the '
-                                f'replay:\n{_tail(workdir / "node.log")}')
-            if time.monotonic() > deadline:
-                raise DemoError(f'the replay did not finish within {timeout:.0f} s '
-                                f'({len(recorder.odom)} of {num_frames} frames)')
-            if time.monotonic() - last_report > 10.0:
-                last_report = time.monotonic()
-                log(f'  {len(recorder.odom)} / {num_frames} frames')
-            time.sleep(0.1)
+        _wait(lambda: player.poll() is None, node, deadline, 'during the replay', workdir,
+              lambda: f'the replay did not finish within {timeout:.0f} s '
+                      f'({len(recorder.odom)} of {num_frames} frames)',
+              lambda: log(f'  {len(recorder.odom)} / {num_frames} frames'))
         out, _ = player.communicate()
         player_log.write(out)
         lines = out.strip().splitlines()

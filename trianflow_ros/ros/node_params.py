@@ -65,10 +65,10 @@ def _frames() -> List[ParamSpec]:
         P('base_to_camera', [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2],
           'base -> camera optical frame [x, y, z, roll, pitch, yaw] (m, rad) used until TF has '
           'the transform; default: the REP-103 optical rotation, no offset', read_only=True),
-        P('publish_camera_tf', False, 'publish base_to_camera on /tf_static while it is used '
-          '(no TF transform found). Off by default: the robot description '
-          '(robot_state_publisher) owns the camera mount, and a second publisher of it '
-          'fights the robot', read_only=True),
+        P('publish_camera_tf', False,
+          'publish base_to_camera on /tf_static while it is used (no TF transform found). Off '
+          'by default: the robot description (robot_state_publisher) owns the camera mount, '
+          'and a second publisher of it fights the robot', read_only=True),
     ]
 
 

@@ -44,6 +44,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.interfaces import QosDurability
 from rosbags.rosbag2 import Reader
 
+from trianflow_ros.ros.tool_main import parse_tool_args, shutdown
+
 PROG = 'trianflow-play'
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 #: A sync topic of this type is matched by its 'stamp' value (the VO node's ``~/status``).
@@ -362,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``trianflow-play``; returns the exit status."""
     parser = build_parser()
-    if argv is None:
-        argv = rclpy.utilities.remove_ros_args(sys.argv)[1:]
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     if args.rate <= 0:
         parser.exit(2, f'{PROG}: error: --rate must be > 0, got {args.rate}\n')
     rclpy.init()
@@ -397,10 +397,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         summary['interrupted'] = True
     finally:
-        executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown(executor, [node])
     print(json.dumps(summary), flush=True)
     return status
 

@@ -45,6 +45,7 @@ from trianflow_ros.geometry.lie import se3_inverse, transform_from_xyz_rpy
 from trianflow_ros.ros.bag import (BagError, make_qos, prepare_output, STORAGES, T_BASE_OPTICAL,
                                    TYPESTORE_NAME)
 from trianflow_ros.ros.conversions import pose_to_matrix
+from trianflow_ros.ros.tool_main import parse_tool_args, shutdown
 
 PROG = 'trianflow-record'
 #: Depth PNG encoding: value = depth * DEPTH_PNG_SCALE (KITTI convention), 0 = unknown.
@@ -305,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``trianflow-record``; returns the exit status."""
     parser = build_parser()
-    if argv is None:
-        argv = rclpy.utilities.remove_ros_args(sys.argv)[1:]
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     if not args.out and not args.trajectory:
         parser.exit(2, f'{PROG}: error: give -o BAG (with --topics) and/or --trajectory DIR\n')
     if args.out and not args.topics:
@@ -355,10 +354,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'{PROG}: error: {e}', file=sys.stderr)
         status = 2
     finally:
-        executor.shutdown()
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
+        shutdown(executor, nodes)
     print(json.dumps(summary), flush=True)
     return status
 

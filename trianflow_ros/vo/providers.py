@@ -436,11 +436,34 @@ def _module(spec, attr: str, kind: type, cfg: Optional[Config]) -> nn.Module:
 
 
 class _NetworkRunner:
-    """Shared part of the network providers: the net, its device, channel order and backend."""
+    """
+    Shared part of the network providers: the net, its device, channel order and backend.
 
-    def _wrap(self, spec, attr: str, kind: type, device, bgr: bool, cfg: Optional[Config],
-              backend: Optional[str], cache_dir: Optional[str]) -> None:
-        self.net = _module(spec, attr, kind, cfg)
+    A subclass names the network it wraps: ``_attr`` (the attribute of a model that holds it)
+    and ``_kind`` (its class).
+    """
+
+    _attr: str
+    _kind: type
+
+    def __init__(self, net, device: Optional[Union[str, torch.device]] = None,
+                 bgr: bool = True, cfg: Optional[Config] = None, *,
+                 backend: Optional[str] = None, cache_dir: Optional[str] = None):
+        """
+        Wrap a network.
+
+        :param net: the network (a FlowNet or DepthNet), a model with ``.flow_net`` /
+            ``.depth_net``, or a checkpoint path.
+        :param device: where the network runs (default: where its parameters are).
+        :param bgr: feed BGR (``data.bgr``).
+        :param cfg: network options when loading from a path; its ``vo.net_backend`` and
+            ``vo.net_cache_dir`` are the defaults of ``backend`` and ``cache_dir``.
+        :param backend: inference backend (``vo.net_backend``; default 'auto' without cfg).
+            The non-eager backends take a snapshot of the weights on the first call: use
+            'eager' for a network that is still being trained.
+        :param cache_dir: folder of the exported ONNX models (``vo.net_cache_dir``).
+        """
+        self.net = _module(net, self._attr, self._kind, cfg)
         if device is not None:
             self.net.to(device)
         self.net.eval()
@@ -449,8 +472,8 @@ class _NetworkRunner:
             backend = cfg.vo.net_backend if cfg is not None else 'auto'
         if cache_dir is None:
             cache_dir = cfg.vo.net_cache_dir if cfg is not None else ''
-        wrapper = FlowPairModule if kind is FlowNet else DepthModule
-        source = str(resolve_checkpoint(spec)) if isinstance(spec, (str, Path)) else ''
+        wrapper = FlowPairModule if self._kind is FlowNet else DepthModule
+        source = str(resolve_checkpoint(net)) if isinstance(net, (str, Path)) else ''
         self.backend = NetBackend(wrapper(self.net), backend, cache_dir=cache_dir,
                                   source=source)
 
@@ -466,28 +489,12 @@ class NetworkFlowProvider(_NetworkRunner, FlowProvider):
 
     The images are fed in BGR order when ``bgr`` (the released weights were trained on BGR).
     H and W should be multiples of 64 (the network's training size). The network runs through
-    ``self.backend`` (:class:`~trianflow_ros.vo.backends.NetBackend`).
+    ``self.backend`` (:class:`~trianflow_ros.vo.backends.NetBackend`). Built from a FlowNet, a
+    model with ``.flow_net`` or a checkpoint path (see :class:`_NetworkRunner`).
     """
 
     learned = True
-
-    def __init__(self, flow_net, device: Optional[Union[str, torch.device]] = None,
-                 bgr: bool = True, cfg: Optional[Config] = None, *,
-                 backend: Optional[str] = None, cache_dir: Optional[str] = None):
-        """
-        Wrap a flow network.
-
-        :param flow_net: a FlowNet, a model with ``.flow_net``, or a checkpoint path.
-        :param device: where the network runs (default: where its parameters are).
-        :param bgr: feed BGR (``data.bgr``).
-        :param cfg: network options when loading from a path; its ``vo.net_backend`` and
-            ``vo.net_cache_dir`` are the defaults of ``backend`` and ``cache_dir``.
-        :param backend: inference backend (``vo.net_backend``; default 'auto' without cfg).
-            The non-eager backends take a snapshot of the weights on the first call: use
-            'eager' for a network that is still being trained.
-        :param cache_dir: folder of the exported ONNX models (``vo.net_cache_dir``).
-        """
-        self._wrap(flow_net, 'flow_net', FlowNet, device, bgr, cfg, backend, cache_dir)
+    _attr, _kind = 'flow_net', FlowNet
 
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """Return (flow_12, flow_21), each (1, 2, H, W), on the images' device."""
@@ -499,23 +506,14 @@ class NetworkFlowProvider(_NetworkRunner, FlowProvider):
 
 
 class NetworkDepthProvider(_NetworkRunner, DepthProvider):
-    """The learned depth network; depth = disp_to_depth(disp, min_depth, max_depth)."""
+    """
+    The learned depth network; depth = disp_to_depth(disp, min_depth, max_depth).
 
-    def __init__(self, depth_net, device: Optional[Union[str, torch.device]] = None,
-                 bgr: bool = True, cfg: Optional[Config] = None, *,
-                 backend: Optional[str] = None, cache_dir: Optional[str] = None):
-        """
-        Wrap a depth network.
+    Built from a DepthNet, a model with ``.depth_net`` or a checkpoint path (see
+    :class:`_NetworkRunner`).
+    """
 
-        :param depth_net: a DepthNet, a model with ``.depth_net``, or a checkpoint path.
-        :param device: where the network runs (default: where its parameters are).
-        :param bgr: feed BGR (``data.bgr``).
-        :param cfg: network options when loading from a path; its ``vo.net_backend`` and
-            ``vo.net_cache_dir`` are the defaults of ``backend`` and ``cache_dir``.
-        :param backend: inference backend (see :class:`NetworkFlowProvider`).
-        :param cache_dir: folder of the exported ONNX models (``vo.net_cache_dir``).
-        """
-        self._wrap(depth_net, 'depth_net', DepthNet, device, bgr, cfg, backend, cache_dir)
+    _attr, _kind = 'depth_net', DepthNet
 
     def __call__(self, image: torch.Tensor) -> Optional[torch.Tensor]:
         """Return the predicted depth (1, 1, H, W) on the image's device."""
@@ -602,6 +600,33 @@ class OracleDepthProvider(DepthProvider):
         return self._lookup.sequence.depths[i][None].float().to(image.device)
 
 
+def _make_provider(spec, cfg: Config, device, base: type, option: str, classical: str,
+                   make_classical, network: type, instead: str):
+    """
+    Turn a specification into a provider.
+
+    The rule of both :func:`make_flow_provider` and :func:`make_depth_provider`.
+
+    :param base: the provider class (an instance is returned as is).
+    :param option: the ``vo`` field that chooses between ``classical`` and 'net'.
+    :param classical: the name of the provider without weights; ``make_classical()`` builds it.
+    :param network: the network provider class.
+    :param instead: the alternative that the error for a missing checkpoint suggests.
+    """
+    if isinstance(spec, base):
+        return spec
+    if spec is None:
+        if getattr(cfg.vo, option) == classical:
+            return make_classical()
+        if not cfg.vo.checkpoint:
+            raise ValueError(f"vo.{option} 'net' needs a checkpoint: set vo.checkpoint "
+                             f'(or --checkpoint), or {instead}')
+        spec = cfg.vo.checkpoint
+    if isinstance(spec, str) and spec == classical:
+        return make_classical()
+    return network(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
+
+
 def make_flow_provider(spec=None, cfg: Optional[Config] = None,
                        device: Optional[torch.device] = None) -> FlowProvider:
     """
@@ -615,18 +640,9 @@ def make_flow_provider(spec=None, cfg: Optional[Config] = None,
     :raises ValueError: 'net' without a checkpoint.
     """
     cfg = cfg or Config()
-    if isinstance(spec, FlowProvider):
-        return spec
-    if spec is None:
-        if cfg.vo.flow_provider == 'dis':
-            return DISFlowProvider(cfg.vo.dis_preset)
-        if not cfg.vo.checkpoint:
-            raise ValueError("vo.flow_provider 'net' needs a checkpoint: set vo.checkpoint "
-                             '(or --checkpoint), or use the classical flow (dis)')
-        spec = cfg.vo.checkpoint
-    if isinstance(spec, str) and spec == 'dis':
-        return DISFlowProvider(cfg.vo.dis_preset)
-    return NetworkFlowProvider(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
+    return _make_provider(spec, cfg, device, FlowProvider, 'flow_provider', 'dis',
+                          lambda: DISFlowProvider(cfg.vo.dis_preset), NetworkFlowProvider,
+                          'use the classical flow (dis)')
 
 
 def make_depth_provider(spec=None, cfg: Optional[Config] = None,
@@ -641,19 +657,8 @@ def make_depth_provider(spec=None, cfg: Optional[Config] = None,
     :param device: device of a network.
     :raises ValueError: 'net' without a checkpoint.
     """
-    cfg = cfg or Config()
-    if isinstance(spec, DepthProvider):
-        return spec
-    if spec is None:
-        if cfg.vo.depth_provider == 'none':
-            return None
-        if not cfg.vo.checkpoint:
-            raise ValueError("vo.depth_provider 'net' needs a checkpoint: set vo.checkpoint "
-                             "(or --checkpoint), or use vo.depth_provider 'none'")
-        spec = cfg.vo.checkpoint
-    if isinstance(spec, str) and spec == 'none':
-        return None
-    return NetworkDepthProvider(spec, device=device, bgr=cfg.data.bgr, cfg=cfg)
+    return _make_provider(spec, cfg or Config(), device, DepthProvider, 'depth_provider', 'none',
+                          lambda: None, NetworkDepthProvider, "use vo.depth_provider 'none'")
 
 
 def make_providers(flow=None, depth=None, cfg: Optional[Config] = None,

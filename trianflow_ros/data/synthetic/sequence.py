@@ -72,9 +72,10 @@ class SyntheticPair:
     j: int
 
 
+@dataclass(eq=False)
 class SyntheticSequence:
     """
-    A rendered sequence through a textured scene.
+    A rendered sequence through a textured scene; ``make_sequence`` creates one.
 
     :ivar images: (N, 3, H, W) float32 RGB in [0, 1].
     :ivar depths: (N, 1, H, W) float32 z-depth in metres (finite everywhere: the street, the
@@ -85,23 +86,21 @@ class SyntheticSequence:
     :ivar kind: trajectory kind; ``scene_kind``: 'street', 'room' or 'highway'.
     :ivar seed: the seed; ``stride``: the frame stride.
     :ivar scene: the scene rectangles (float64); ``scene.group[ids]`` gives object ids.
+    :ivar bank: the texture bank of the scene; ``threads``: torch threads of later renders.
     """
 
-    def __init__(self, images, depths, ids, poses, K, kind, scene_kind, seed, stride,
-                 scene: Rects, bank: TextureBank, threads: Optional[int] = 1):
-        """Wrap rendered tensors; use ``make_sequence`` to create one."""
-        self.images = images
-        self.depths = depths
-        self.ids = ids
-        self.poses = poses
-        self.K = K
-        self.kind = kind
-        self.scene_kind = scene_kind
-        self.seed = seed
-        self.stride = stride
-        self.scene = scene
-        self.bank = bank
-        self.threads = threads
+    images: torch.Tensor
+    depths: torch.Tensor
+    ids: torch.Tensor
+    poses: torch.Tensor
+    K: torch.Tensor
+    kind: str
+    scene_kind: str
+    seed: int
+    stride: int
+    scene: Rects
+    bank: TextureBank
+    threads: Optional[int] = 1
 
     def __len__(self) -> int:
         """Return the number of frames N."""
