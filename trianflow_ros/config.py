@@ -240,26 +240,16 @@ class RefineConfig:
                                   'refined one (pose_distill_loss)', range=(0.0, 1e4))
 
 
-def sections(**parts: type):
-    """
-    Make a class a dataclass node of the tree: one field per ``name=SectionClass`` keyword.
-
-    Each field defaults to a fresh instance of its section, in the keyword order.
-    """
-    def node(cls: type) -> type:
-        annotations = dict(cls.__dict__.get('__annotations__', {}))
-        for name, part in parts.items():
-            annotations[name] = part
-            setattr(cls, name, dataclasses.field(default_factory=part))
-        cls.__annotations__ = annotations
-        return dataclasses.dataclass(cls)
-    return node
-
-
-@sections(ransac=RansacConfig, triangulation=TriangulationConfig, scale=ScaleConfig,
-          pnp=PnPConfig, degeneracy=DegeneracyConfig, refine=RefineConfig)
+@dataclasses.dataclass
 class GeometryConfig:
     """The geometric solver behind every pose."""
+
+    ransac: RansacConfig = dataclasses.field(default_factory=RansacConfig)
+    triangulation: TriangulationConfig = dataclasses.field(default_factory=TriangulationConfig)
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    pnp: PnPConfig = dataclasses.field(default_factory=PnPConfig)
+    degeneracy: DegeneracyConfig = dataclasses.field(default_factory=DegeneracyConfig)
+    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
 
 
 @dataclasses.dataclass
@@ -380,10 +370,17 @@ class VOConfig:
                                'files); python -m trianflow_ros.vo.onnx_cache --clear empties it')
 
 
-@sections(data=DataConfig, flow_net=FlowNetConfig, depth_net=DepthNetConfig, loss=LossConfig,
-          train=TrainConfig, geometry=GeometryConfig, vo=VOConfig)
+@dataclasses.dataclass
 class Config:
     """The whole tree; ``load_config`` builds one from defaults, YAML files and overrides."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    flow_net: FlowNetConfig = dataclasses.field(default_factory=FlowNetConfig)
+    depth_net: DepthNetConfig = dataclasses.field(default_factory=DepthNetConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
+    vo: VOConfig = dataclasses.field(default_factory=VOConfig)
 
 
 # --------------------------------------------------------------------------------------------
