@@ -81,6 +81,24 @@ def test_forty_percent_outliers():
     assert (res.inliers & ~outlier).sum() > 0.85 * (~outlier).sum()   # chi2(2) at 3.3 sigma
 
 
+@pytest.mark.parametrize('planar', [False, True])
+def test_many_points_ranked_on_a_subset_stay_exact(planar):
+    """Above 2 x SCORE_POINTS the hypotheses are ranked on a weighted subset: still exact."""
+    from trianflow_ros.geometry import pnp as pnp_module
+    from trianflow_ros.geometry.pnp import _score_subset
+    n = 3 * pnp_module.SCORE_POINTS
+    X1, x2, K, T, outlier = _scene(GENERAL, n=n, outlier_ratio=0.4, seed=3, planar=planar)
+    res = pnp_ransac(X1, x2, K, generator=torch.Generator().manual_seed(3))
+    rot, trans = _errors(res.T_21, T)
+    assert res.success.all() and rot.item() < 1e-6 and trans.item() < 1e-8
+    assert torch.equal(res.inliers[0], ~outlier[0])              # final inliers over all points
+    w = torch.ones(1, n, dtype=torch.float64)
+    valid = torch.ones(1, n, dtype=torch.bool)
+    valid[0, : n // 2] = False                                    # never drawn while enough
+    sub = _score_subset(w, valid, 256, torch.Generator().manual_seed(0))
+    assert sub.shape == (1, 256) and sub.unique().numel() == 256 and bool((sub >= n // 2).all())
+
+
 @pytest.mark.parametrize('case', ['general', 'pure_rotation', 'small_forward'])
 def test_planar_scene(case):
     # the 6-point DLT is degenerate for coplanar points: the homography hypotheses take over
