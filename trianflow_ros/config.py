@@ -321,7 +321,8 @@ class VOConfig:
                             range=(0, 101))
     planar_pnp: bool = param(True, 'when GRIC finds a dominant plane (a homography explains '
                              'the matches better than E) and the keyframe has structure, the '
-                             'pose comes from PnP on it (E is ill-conditioned on a plane)')
+                             'pose comes from PnP on it (E is ill-conditioned on a plane); '
+                             'classical pipeline only (no depth network)')
     klt_max_fb_px: float = param(0.25, 'a Lucas-Kanade refined match is kept when LK from '
                                  'the current image comes back within this many px (at least; '
                                  'see vo.klt_fb_ratio)',

@@ -471,7 +471,7 @@ class VisualOdometry:
         cls = classify_motion(m.u1[:, sub], m.u2[:, sub], K1, K2, residuals[:, sub],
                               standstill_px=g.degeneracy.standstill_px,
                               num_hypotheses=128, lo_iters=2, generator=generator,
-                              detect_planar=cfg.vo.planar_pnp)
+                              detect_planar=cfg.vo.planar_pnp and self.depth is None)
         ctx = strategies.PairContext(cfg=cfg, kf=kf, cur=cur, m=m, ransac=ransac, e_ok=e_ok,
                                      residuals=residuals, cls=cls, generator=generator,
                                      noise_px=noise, last_speed=self._last_speed,
@@ -492,12 +492,14 @@ class VisualOdometry:
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
         if not observable and motion == MotionType.STANDSTILL:
             return strategies.hold(ctx)
-        if motion == MotionType.PLANAR and kf.has_structure:
+        if motion == MotionType.PLANAR and kf.has_structure and self.depth is None:
             # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
             # ambiguity), while PnP on the map points is exact (planar PnP); measured on the
-            # hand-held checkerboard: ATE 0.06 m by E, 0.016 m by PnP. A road under a far field
-            # is PLANAR too, and there PnP was worse than E (synthetic highway 0.06 -> 0.16 m;
-            # docs/BENCHMARKS.md): vo.planar_pnp turns it off
+            # hand-held checkerboard: ATE 0.06 m by E, 0.010 m by PnP. A road under a far field
+            # is PLANAR too, and there PnP was worse than E (synthetic highway 0.06 -> 0.15 m;
+            # docs/BENCHMARKS.md): vo.planar_pnp turns it off. Not with a depth network: at
+            # its 64x192 GRIC calls most KITTI pairs PLANAR and PnP on the learned depth
+            # drifted (ATE 0.43 -> 6.3 m)
             t0 = time.perf_counter()
             est = strategies.pnp(ctx)
             timings['solver'] += 1000.0 * (time.perf_counter() - t0)

@@ -314,6 +314,18 @@ def essential(ctx: PairContext, choice: PoseChoice, motion_scale: bool = False
                         scene_depth=scene_depth, message=message, matches=m, inliers=inl)
 
 
+def epipolar_inliers(ctx: PairContext, T_21: torch.Tensor) -> torch.Tensor:
+    """
+    Return the matches a pose explains: Sampson distance of its E below the RANSAC threshold.
+
+    :param T_21: (1, 4, 4) float64 pose (its scale does not matter).
+    :return: (1, N) bool.
+    """
+    K1, K2 = ctx.kf.frame.K.double(), ctx.cur.K.double()
+    F = fundamental_from_essential(hat(T_21[:, :3, 3]) @ T_21[:, :3, :3], K1, K2)
+    return sampson_distance(F, ctx.m.u1, ctx.m.u2) < ctx.cfg.geometry.ransac.threshold_px
+
+
 def pnp(ctx: PairContext) -> Optional[PairEstimate]:
     """Pose by PnP-RANSAC of the keyframe depth at the matches; None when it fails."""
     cfg, g = ctx.cfg, ctx.cfg.geometry
@@ -341,9 +353,7 @@ def pnp(ctx: PairContext) -> Optional[PairEstimate]:
     # the matches without depth that the pose explains (Sampson distance of its E below the
     # RANSAC threshold) are inliers too: the next keyframe triangulates them with this pose
     # (PnP alone kept only the old points, and over a run of PnP frames the map decayed)
-    T_t = res.T_21.double()
-    F = fundamental_from_essential(hat(T_t[:, :3, 3]) @ T_t[:, :3, :3], K1, K2)
-    epipolar = ~ok & (sampson_distance(F, m.u1, m.u2) < g.ransac.threshold_px)
+    epipolar = ~ok & epipolar_inliers(ctx, res.T_21.double())
     return PairEstimate(method='pnp', T_21=T, motion=ctx.motion, num_matches=m.count,
                         num_inliers=n_inl, sigma_px=robust_sigma(err) / math.sqrt(2.0),
                         parallax_px=median_parallax_px(ctx, T[:3, :3], res.inliers),
