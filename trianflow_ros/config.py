@@ -314,15 +314,15 @@ class VOConfig:
     pose_min_votes: int = param(30, 'fewer parallax votes for the winning E candidate: the '
                                 'translation is unobservable (rotation or PnP)',
                                 range=(1, 10**6))
+    planar_pnp: bool = param(True, 'when GRIC finds a dominant plane (a homography explains '
+                             'the matches better than E) and the keyframe has structure, the '
+                             'pose comes from PnP on it (E is ill-conditioned on a plane); '
+                             'classical pipeline only (no depth network)')
     scale_min_parallax_px: float = param(1.0, 'triangulated points need this parallax (px) to '
                                          'enter the scale fit', range=(0.0, 1e4))
     klt_window: int = param(7, 'Lucas-Kanade window (px) refining every match of the dense '
                             'flow (removes its bias at large displacements); 0 = off',
                             range=(0, 101))
-    planar_pnp: bool = param(True, 'when GRIC finds a dominant plane (a homography explains '
-                             'the matches better than E) and the keyframe has structure, the '
-                             'pose comes from PnP on it (E is ill-conditioned on a plane); '
-                             'classical pipeline only (no depth network)')
     klt_max_fb_px: float = param(0.25, 'a Lucas-Kanade refined match is kept when LK from '
                                  'the current image comes back within this many px (at least; '
                                  'see vo.klt_fb_ratio)',

@@ -101,8 +101,10 @@ def triangulate_flow_depth(flow_21: torch.Tensor, valid_2: torch.Tensor, K1: tor
     :param undistort: raw -> pinhole pixels (None: pinhole images).
     :param grid_2: (1, H*W, 2) pinhole pixels of image 2's raw grid (optional cache).
     :param dtype: the triangulation's float type (the pixels are built in float64 first):
-        float32 is ~2x faster and within ~1e-4 relative of float64 at parallax >= 0.05 deg,
-        far below the depth's own noise (``sigma_px`` / parallax) — enough for a depth output.
+        float32 is ~2x faster and agrees with float64 to ~1e-5 relative typically; at small
+        ray angles the mid-point's determinant cancels (up to ~2 % measured), still below 5 %
+        of the pixel's own log-depth sigma (``sigma_px`` / parallax): enough for a depth
+        output, not for the scale.
     :return: depth of image 2 and its log-depth sigma, both (1, 1, H, W) float32, 0 = unknown.
     """
     check_shape(flow_21, 'flow_21', (1, 2, None, None))

@@ -25,7 +25,7 @@ stride 1-6), so the share of correlated matches tells a real match from none.
 
 from dataclasses import dataclass
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -152,7 +152,8 @@ def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,
 
 
 def klt_refine(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
-               window: int, *, max_fb_px: float = 0.25, max_shift_px: float = 2.0
+               window: int, *, max_fb_px: Union[float, np.ndarray] = 0.25,
+               max_shift_px: float = 2.0
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Refine matches of a dense flow by Lucas-Kanade on the images (OpenCV pyramidal KLT).
@@ -169,7 +170,8 @@ def klt_refine(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: tor
     :param x1: (1, N, 2) pixels in image 1.
     :param x2: (1, N, 2) their matches in image 2 (the flow's).
     :param window: LK window size (px, odd).
-    :param max_fb_px: forward-backward bound of a kept match.
+    :param max_fb_px: forward-backward bound of a kept match: a number, or one per match
+        (N,) (``select_matches`` lets it grow with the displacement, ``vo.klt_fb_ratio``).
     :param max_shift_px: largest change of x2.
     :return: refined x2 (1, N, 2) (x1's dtype and device) and the kept mask (N,) bool.
     """

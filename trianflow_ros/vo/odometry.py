@@ -492,7 +492,8 @@ class VisualOdometry:
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
         if not observable and motion == MotionType.STANDSTILL:
             return strategies.hold(ctx)
-        if motion == MotionType.PLANAR and kf.has_structure and self.depth is None:
+        planar = motion == MotionType.PLANAR and kf.has_structure and self.depth is None
+        if planar:
             # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
             # ambiguity), while PnP on the map points is exact (planar PnP); measured on the
             # hand-held checkerboard: ATE 0.06 m by E, 0.010 m by PnP. A road under a far field
@@ -516,9 +517,11 @@ class VisualOdometry:
         elif e_ok and choice is not None:
             votes = choice.votes[0].tolist()
             notes.append(f'translation not observable (parallax votes {votes})')
-        t0 = time.perf_counter()
-        est = strategies.pnp(ctx)
-        timings['solver'] += 1000.0 * (time.perf_counter() - t0)
+        est = None
+        if not planar:                      # else PnP ran (and failed) above on these inputs
+            t0 = time.perf_counter()
+            est = strategies.pnp(ctx)
+            timings['solver'] += 1000.0 * (time.perf_counter() - t0)
         if est is None and kf.depth is not None:
             notes.append('PnP failed')
         if est is None and observable:
