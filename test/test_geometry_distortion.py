@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from trianflow_ros.geometry.distortion import (as_distortion, distort_normalized, distort_pixels,
-                                               Distortion, undistort_normalized,
+from trianflow_ros.geometry.distortion import (as_distortion, DENSE_LOOKUP_POINTS,
+                                               distort_normalized, distort_pixels, Distortion,
+                                               PixelUndistorter, undistort_normalized,
                                                undistort_pixels)
 
 K_NP = np.array([[420.0, 0.0, 376.0], [0.0, 415.0, 240.0], [0.0, 0.0, 1.0]])
@@ -120,3 +121,31 @@ def test_distort_gradcheck():
     for dist in MODELS.values():
         p = (torch.rand(1, 5, 2, dtype=torch.float64) - 0.5).requires_grad_()
         assert torch.autograd.gradcheck(lambda q: distort_normalized(q, dist), (p,))
+
+
+@pytest.mark.parametrize('name', ['plumb_bob', 'plumb_bob_tangential', 'equidistant'])
+def test_pixel_undistorter_exact_for_matches_and_close_for_dense_maps(name):
+    """Matches are inverted exactly; a dense input is read from the table (<< flow noise)."""
+    dist = MODELS[name]
+    K = torch.from_numpy(K_NP)[None]
+    und = PixelUndistorter(K, dist, (480, 752))
+    assert und.grid.shape == (1, 480 * 752, 2) and und.grid.dtype == torch.float64
+    x = torch.from_numpy(_pixels(500))[None]
+    assert torch.equal(und(x), undistort_pixels(x, K, dist))           # few points: Newton
+    rng = np.random.default_rng(1)
+    n = DENSE_LOOKUP_POINTS + 100
+    dense = np.stack((rng.uniform(0, 751, n), rng.uniform(0, 479, n)), -1)
+    dense[:50] = rng.uniform(-30, -1, (50, 2))                         # outside: exact too
+    xd = torch.from_numpy(dense)[None]
+    ref = undistort_pixels(xd, K, dist)
+    out = und(xd)
+    assert out.shape == (1, n, 2) and out.dtype == torch.float64
+    assert torch.equal(out[:, :50], ref[:, :50])
+    err = (out - ref).norm(dim=-1)
+    assert float(err.max()) < 5e-3, float(err.max())                  # measured <= 2e-3 px
+    assert float(err.max()) > 0.0                                     # it did interpolate
+    # the grid nodes themselves are exact
+    nodes = torch.tensor([[[0.0, 0.0], [751.0, 479.0], [300.0, 200.0]]], dtype=torch.float64)
+    nodes = torch.cat((nodes, xd[:, 50:]), 1)
+    assert torch.allclose(und(nodes)[:, :3], undistort_pixels(nodes[:, :3], K, dist),
+                          atol=1e-9)

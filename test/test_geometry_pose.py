@@ -9,7 +9,7 @@ from trianflow_ros.geometry.camera import project
 from trianflow_ros.geometry.pose import decompose_essential, PoseResult, recover_pose
 from trianflow_ros.geometry.se3 import (direction_error_deg, make_pose, rotation_error_deg,
                                         skew, so3_exp)
-from trianflow_ros.geometry.threads import one_cpu_thread
+from trianflow_ros.geometry.threads import all_cpu_threads, one_cpu_thread
 
 FX, CX, CY, WIDTH, HEIGHT = 718.9, 607.2, 185.2, 1241, 376
 
@@ -161,6 +161,21 @@ def test_one_cpu_thread_restores_the_thread_count():
         R, t = _motions(1, seed=6)
         x1, x2, K, keep = _scene(R, t, 50, seed=6)
         recover_pose(skew(t) @ R, x1, x2, K, K, keep)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_all_cpu_threads_inside_one_cpu_thread_gives_the_saved_count_back():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with all_cpu_threads():                          # outside: nothing changes
+            assert torch.get_num_threads() == 2
+        with one_cpu_thread(torch.device('cpu')):
+            with all_cpu_threads():                      # a network inside the VO step
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

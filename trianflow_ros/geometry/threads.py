@@ -1,9 +1,12 @@
 """Thread control for the small-op geometry solvers on CPU."""
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, List
 
 import torch
+
+#: thread counts saved by the active :func:`one_cpu_thread` blocks (innermost last)
+_SAVED: List[int] = []
 
 
 @contextlib.contextmanager
@@ -24,7 +27,28 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
         return
     torch.set_num_threads(1)
+    _SAVED.append(threads)
     try:
         yield
     finally:
+        _SAVED.pop()
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def all_cpu_threads() -> Iterator[None]:
+    """
+    Inside :func:`one_cpu_thread`: run the enclosed work on the thread count set before it.
+
+    For the few large ops inside a frame of small ones: a network's convolutions use every
+    core, the geometry around them one. Does nothing outside a :func:`one_cpu_thread` block.
+    """
+    if not _SAVED:
+        yield
+        return
+    current = torch.get_num_threads()
+    torch.set_num_threads(_SAVED[-1])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)

@@ -73,10 +73,10 @@ from trianflow_ros.config import Config, validate
 from trianflow_ros.devices import resolve_device
 from trianflow_ros.geometry.camera import backproject_pixels, project, resize_intrinsics
 from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
-from trianflow_ros.geometry.depth_map import (fuse_log_depth, grid_points, sample_known,
+from trianflow_ros.geometry.depth_map import (fuse_log_depth, sample_known,
                                               transfer_flow_depth, triangulate_flow_depth)
 from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Distortion,
-                                               undistort_pixels)
+                                               PixelUndistorter)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
 from trianflow_ros.geometry.pose import choose_pose
 from trianflow_ros.geometry.ransac import ransac_essential
@@ -272,15 +272,12 @@ class VisualOdometry:
             return None, None
         key = (dist, tuple(K.flatten().tolist()), hw)
         if self._undistort_cache is not None and self._undistort_cache[0] == key:
-            return self._undistort_cache[1], self._undistort_cache[2]
-        Kd = K.double()
-
-        def undistort(x: torch.Tensor) -> torch.Tensor:
-            return undistort_pixels(x.double(), Kd.to(x.device), dist)
-
-        grid = undistort(grid_points(hw[0], hw[1], K.device))
-        self._undistort_cache = (key, undistort, grid)
-        return undistort, grid
+            return self._undistort_cache[1], self._undistort_cache[1].grid
+        # exact for the matches, a table lookup for the dense depth maps: the Newton inversion
+        # of every flow pixel cost 260 ms per VAMR frame (two maps per keyframe)
+        undistort = PixelUndistorter(K, dist, hw)
+        self._undistort_cache = (key, undistort)
+        return undistort, undistort.grid
 
     # ----------------------------------------------------------------------------------------
     def step(self, stamp: float, image, K, distortion=None) -> FrameResult:
@@ -299,6 +296,14 @@ class VisualOdometry:
         :raises ValueError: malformed image, K or distortion (shape, dtype, model); bad pixel
             values (NaN) and untrackable frames are reported as LOST instead.
         """
+        # thousands of small tensor ops: on a 2-core CPU one intra-op thread is fastest (a
+        # loaded machine made every op wait for the second thread: VAMR 330 -> 460 ms per
+        # frame with 2); the networks run on all threads (providers' ``all_cpu_threads``)
+        with one_cpu_thread(self.device):
+            return self._step(stamp, image, K, distortion)
+
+    def _step(self, stamp: float, image, K, distortion) -> FrameResult:
+        """:meth:`step` on one CPU thread."""
         t_start = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         img, Kw = self._prepare(image, K)

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from trianflow_ros.config import Config
+from trianflow_ros.geometry.threads import all_cpu_threads
 from trianflow_ros.nets.checkpoint import (CheckpointError, load_original_checkpoint,
                                            load_state_dict_strict, read_checkpoint_entries,
                                            stored_config, strip_module_prefix)
@@ -501,7 +502,8 @@ class NetworkFlowProvider(_NetworkRunner, FlowProvider):
         _check_image(img_prev, 'img_prev')
         _check_image(img_cur, 'img_cur')
         a, b = self._inputs(img_prev, img_cur)
-        f12, f21 = self.backend(a, b)
+        with all_cpu_threads():               # the VO step runs on one thread around it
+            f12, f21 = self.backend(a, b)
         return f12.float().to(img_prev.device), f21.float().to(img_prev.device)
 
 
@@ -519,7 +521,8 @@ class NetworkDepthProvider(_NetworkRunner, DepthProvider):
         """Return the predicted depth (1, 1, H, W) on the image's device."""
         _check_image(image, 'image')
         x, = self._inputs(image)
-        depth, = self.backend(x)
+        with all_cpu_threads():
+            depth, = self.backend(x)
         return depth.float().to(image.device)
 
 
