@@ -350,6 +350,10 @@ class VOConfig:
     map_fusion: bool = param(True, "fuse the new keyframe's depth (triangulation, the "
                              "previous keyframe's map, the depth network) in log depth; off: "
                              "the depth provider's depth or the triangulation alone")
+    output_depth_stride: int = param(
+        2, 'the dense depth output, where only the output reads it (no depth network, no '
+        'refinement), is computed on every n-th pixel of both axes and repeated (4x less work '
+        'at 2); 1: every pixel', range=(1, 8))
     min_inlier_ratio: float = param(0.25, 'E or PnP inliers / matches below this -> rejected',
                                     range=(0.0, 1.0))
     classify_points: int = param(1000, 'matches used by the motion classification (GRIC)',

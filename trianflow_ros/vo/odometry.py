@@ -86,6 +86,7 @@ from trianflow_ros.geometry.triangulation import midpoint_triangulate, ray_angle
 from trianflow_ros.geometry.window_ba import window_adjust
 from trianflow_ros.vo import covariance as cov
 from trianflow_ros.vo import strategies
+from trianflow_ros.vo.dense_inputs import DenseInputs
 from trianflow_ros.vo.matches import match_validity, select_matches
 from trianflow_ros.vo.providers import DepthProvider, FlowProvider, make_providers
 from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, PairFailure
@@ -413,11 +414,12 @@ class VisualOdometry:
                 if out_depth is None:
                     out_depth = d
             elif out_depth is None and kf.depth is not None and self.output_depth:
-                valid_2 = self._valid_2(kf, frame, flow_21, flow_12)
+                x = self._dense_inputs(kf, frame, flow_12, flow_21, undistort, grid)
                 out_depth, _ = transfer_flow_depth(
-                    kf.depth, None, flow_21, valid_2, kf.frame.K,
+                    x.strided(kf.depth), None, x.flow_21, self._valid_2(x), x.K1,
                     torch.from_numpy(est.T_21)[None].to(kf.frame.K.device),
-                    undistort=undistort, grid_2=grid)
+                    undistort=x.undistort, grid_2=x.grid)
+                out_depth = x.full(out_depth)
         timings['scale'] += 1000.0 * (time.perf_counter() - t0)
         if advance and why:
             message = (message + '; ' if message else '') + why
@@ -562,10 +564,17 @@ class VisualOdometry:
             return True, ''
         return False, ''
 
-    def _valid_2(self, kf: Keyframe, cur: Frame, flow_21: torch.Tensor,
-                 flow_12: torch.Tensor) -> torch.Tensor:
+    def _dense_inputs(self, kf: Keyframe, cur: Frame, flow_12: torch.Tensor,
+                      flow_21: torch.Tensor, undistort, grid) -> DenseInputs:
+        """Return the dense maps' inputs: every pixel, or every n-th for the output alone."""
+        output_only = self.depth is None and not self.cfg.geometry.refine.enabled
+        return DenseInputs.at_stride(self.cfg.vo.output_depth_stride if output_only else 1,
+                                     kf.frame.image, cur.image, kf.frame.K, cur.K, flow_12,
+                                     flow_21, undistort, grid)
+
+    def _valid_2(self, x: DenseInputs) -> torch.Tensor:
         """Pixels of the current frame whose match is trusted for depth."""
-        valid, score = match_validity(cur.image, kf.frame.image, flow_21, flow_12, self.cfg)
+        valid, score = match_validity(x.img2, x.img1, x.flow_21, x.flow_12, self.cfg)
         # depth only from matches whose forward-backward difference is below the RANSAC
         # threshold (M_s = 1 / (0.1 + D_fb)); the F-B gate of the matches (3 px) is too loose
         return valid & (score > 1.0 / (0.1 + self.cfg.geometry.ransac.threshold_px))
@@ -603,22 +612,26 @@ class VisualOdometry:
         if output_only and not self.output_depth:
             return None, None, 'none'        # only the depth output would read the dense map
         T = torch.from_numpy(est.T_21)[None].to(cur.K.device)
+        x = self._dense_inputs(kf, cur, flow_12, flow_21, undistort, grid)
         valid_2 = None
         maps = []
         if est.method in TRIANGULATED:
-            valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
-            maps.append(triangulate_flow_depth(
-                flow_21, valid_2, kf.frame.K, cur.K, T,
+            valid_2 = self._valid_2(x)
+            # pixel figures in the pixels of the (strided) maps
+            maps.append(x.full(*triangulate_flow_depth(
+                x.flow_21, valid_2, x.K1, x.K2, T,
                 min_angle_deg=cfg.vo.propagate_min_angle_deg, min_depth=g.triangulation.min_depth,
-                max_sampson_px=2.0 * g.ransac.threshold_px, sigma_px=max(est.sigma_px, 0.1),
-                undistort=undistort, grid_2=grid,
+                max_sampson_px=2.0 * g.ransac.threshold_px / x.stride,
+                sigma_px=max(est.sigma_px, 0.1) / x.stride, undistort=x.undistort,
+                grid_2=x.grid,
                 # float32 (2x faster) where only the depth output reads the map
-                dtype=torch.float32 if output_only else torch.float64))
+                dtype=torch.float32 if output_only else torch.float64)))
         if kf.depth is not None and cfg.vo.map_fusion:
             if valid_2 is None:
-                valid_2 = self._valid_2(kf, cur, flow_21, flow_12)
-            maps.append(transfer_flow_depth(kf.depth, kf.sigma, flow_21, valid_2, kf.frame.K, T,
-                                            undistort=undistort, grid_2=grid))
+                valid_2 = self._valid_2(x)
+            maps.append(x.full(*transfer_flow_depth(
+                x.strided(kf.depth), x.strided(kf.sigma), x.flow_21, valid_2, x.K1, T,
+                undistort=x.undistort, grid_2=x.grid)))
         if net_d is not None:
             maps.append((net_d, net_s))
         if not maps:
