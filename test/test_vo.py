@@ -415,6 +415,15 @@ def test_working_size_modes_and_intrinsics(mode):
     assert tuple(timg.shape[-2:]) == expected and torch.allclose(tK, Kw)
 
 
+def test_aspect_resolution_with_a_network_warns_and_uses_the_network_size():
+    cfg = small_config()
+    cfg.vo.resolution, cfg.vo.flow_provider = 'aspect', 'net'
+    from trianflow_ros.vo.odometry import working_size
+    assert working_size(cfg, (370, 1226)) == (cfg.data.img_height, cfg.data.img_width)
+    with pytest.warns(UserWarning, match="vo.resolution 'aspect'.*Fix: vo.resolution"):
+        VisualOdometry(cfg, DISFlowProvider('fast'))
+
+
 def test_dis_provider_backward_thread_gives_the_sequential_flows():
     """The backward flow runs in a worker thread (own DIS instance): same numbers as in a row."""
     import cv2

@@ -62,6 +62,7 @@ NaN.
 import dataclasses
 import math
 import time
+import warnings
 from typing import Dict, List, Optional, Tuple, Union
 
 import cv2
@@ -163,6 +164,12 @@ class VisualOdometry:
         validate(self.cfg)
         self.device = resolve_device(device if device is not None else self.cfg.vo.device)
         self.flow, self.depth = make_providers(flow, depth, self.cfg, self.device)
+        if self.cfg.vo.resolution == 'aspect' and 'net' in (self.cfg.vo.flow_provider,
+                                                            self.cfg.vo.depth_provider):
+            warnings.warn("vo.resolution 'aspect' is for the classical pipeline: with a network "
+                          '(vo.flow_provider / vo.depth_provider net) the working size is the '
+                          "network's, data.img_height x data.img_width. Fix: vo.resolution: "
+                          'network (or dis flow and no depth network)', stacklevel=2)
         self.bgr = bgr
         self._refiner = None    # geometry.refine: the LM pose refinement, built on first use
         self._undistort_cache = None
