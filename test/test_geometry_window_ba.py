@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from trianflow_ros.geometry.window_ba import _exp_se3, window_adjust
+from trianflow_ros.geometry.se3 import se3_exp
+from trianflow_ros.geometry.window_ba import window_adjust
 
 
 def _window(frames=5, points=300, seed=0):
@@ -12,8 +13,8 @@ def _window(frames=5, points=300, seed=0):
     K = torch.tensor([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]], dtype=dt).expand(frames, 3, 3)
     T = torch.eye(4, dtype=dt).repeat(frames, 1, 1)
     for i in range(frames):
-        T[i] = _exp_se3(torch.tensor([[0.05 * i, 0.01 * i, 0.8 * i, 0.0, 0.01 * i, 0.0]],
-                                     dtype=dt))[0]
+        T[i] = se3_exp(torch.tensor([[0.05 * i, 0.01 * i, 0.8 * i, 0.0, 0.01 * i, 0.0]],
+                                    dtype=dt))[0]
     Pw = torch.stack((torch.rand(points, generator=g, dtype=dt) * 16 - 8,
                       torch.rand(points, generator=g, dtype=dt) * 6 - 3,
                       torch.rand(points, generator=g, dtype=dt) * 30 + 8), -1)
@@ -43,7 +44,7 @@ def test_recovers_perturbed_poses_and_depths_exactly():
     T, K, anchor, ua, rho, op, of, ou = _window()
     g = torch.Generator().manual_seed(1)
     T0 = T.clone()
-    T0[2:] = _exp_se3(torch.randn(3, 6, generator=g, dtype=torch.float64) * 0.01) @ T[2:]
+    T0[2:] = se3_exp(torch.randn(3, 6, generator=g, dtype=torch.float64) * 0.01) @ T[2:]
     rho0 = rho * (1 + 0.05 * torch.randn(rho.shape, generator=g, dtype=torch.float64))
     res = window_adjust(T0, K, anchor, ua, rho0, op, of, ou, fixed=2, iterations=15)
     assert res.T_world.shape == T.shape and res.rho.shape == rho.shape
@@ -60,7 +61,7 @@ def test_noise_reduces_cost_and_robust_to_outliers():
     noisy = ou + 0.5 * torch.randn(ou.shape, generator=g, dtype=torch.float64)
     noisy[:20] += 40.0                                               # gross outliers
     T0 = T.clone()
-    T0[2:] = _exp_se3(torch.randn(3, 6, generator=g, dtype=torch.float64) * 0.005) @ T[2:]
+    T0[2:] = se3_exp(torch.randn(3, 6, generator=g, dtype=torch.float64) * 0.005) @ T[2:]
     res = window_adjust(T0, K, anchor, ua, rho, op, of, noisy, fixed=2, iterations=10)
     assert res.cost_after < res.cost_before
     assert float((res.T_world[2:, :3, 3] - T[2:, :3, 3]).norm(dim=-1).max()) < 0.05

@@ -26,6 +26,7 @@ import torch
 
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.lie import hat
+from trianflow_ros.geometry.se3 import se3_exp
 
 
 @dataclass
@@ -47,26 +48,6 @@ class WindowResult:
     cost_before: float
     cost_after: float
     iterations: int
-
-
-def _exp_se3(xi: torch.Tensor) -> torch.Tensor:
-    """Return the exponential of (F, 6) twists [rho, phi] as (F, 4, 4) matrices."""
-    rho, phi = xi[:, :3], xi[:, 3:]
-    theta = phi.norm(dim=-1).clamp(min=1e-12)[:, None, None]
-    W = hat(phi)
-    W2 = W @ W
-    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(W)
-    small = theta < 1e-6
-    a = torch.where(small, torch.ones_like(theta), torch.sin(theta) / theta)
-    b = torch.where(small, torch.full_like(theta, 0.5), (1 - torch.cos(theta)) / theta ** 2)
-    c = torch.where(small, torch.full_like(theta, 1.0 / 6.0), (theta - torch.sin(theta))
-                    / theta ** 3)
-    R = eye + a * W + b * W2
-    V = eye + b * W + c * W2
-    T = torch.eye(4, dtype=xi.dtype, device=xi.device).repeat(xi.shape[0], 1, 1)
-    T[:, :3, :3] = R
-    T[:, :3, 3] = (V @ rho.unsqueeze(-1)).squeeze(-1)
-    return T
 
 
 def _residuals(T_world, K, rays, rho, anchor, obs_point, obs_frame, obs_u):
@@ -207,7 +188,7 @@ def window_adjust(T_world: torch.Tensor, K: torch.Tensor, anchor: torch.Tensor,
             drho = -(b_rho + C @ dx) / h_d
             xi = dx.reshape(free, 6)
             T_new = T.clone()
-            T_new[fixed:] = _exp_se3(xi) @ T[fixed:]
+            T_new[fixed:] = se3_exp(xi) @ T[fixed:]
             rho_new = (rho + drho).clamp(min=min_rho)
             r_new, Pw_n, Pi_n, Riw_n = _residuals(T_new, Kd, rays, rho_new, a_idx, op, of, ou)
             cost_vec_n, w_n = _robust(r_new, huber_px)

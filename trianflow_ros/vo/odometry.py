@@ -62,8 +62,8 @@ NaN.
 import dataclasses
 import math
 import time
-import warnings
 from typing import Dict, List, Optional, Tuple, Union
+import warnings
 
 import cv2
 import numpy as np
