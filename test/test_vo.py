@@ -252,6 +252,43 @@ def test_loss_is_reported_and_recovered(bad, depth):
     assert ate(est, gt) < 0.03 * path_length(gt)
 
 
+@pytest.mark.parametrize('limit', [0, 3])
+def test_a_new_view_after_a_run_of_lost_frames_becomes_the_keyframe(limit):
+    """
+    A view the keyframe does not share is tracked after a run of LOST frames.
+
+    The camera turns into another scene: without re-anchoring every later frame is LOST; with
+    it the third LOST frame becomes the keyframe at the held pose and the new scene is
+    tracked from there.
+    """
+    a, b = sequence('forward', 1, 8), sequence('handheld', 1, 8)
+    frames = list(a.images_uint8())[:4] + list(b.images_uint8())
+    cfg = small_config()
+    cfg.vo.reanchor_lost_frames = limit
+    vo = VisualOdometry(cfg, DISFlowProvider('medium'))
+    results = [vo.step(float(i), im, a.K.numpy()) for i, im in enumerate(frames)]
+    states = [r.state for r in results]
+    assert all(np.all(np.isfinite(r.T_world_cam)) for r in results)
+    assert states[4] == TrackingState.LOST
+    if limit == 0:
+        assert all(s == TrackingState.LOST for s in states[4:])
+        return
+    assert states[4:7] == [TrackingState.LOST] * 3
+    assert 're-anchored after 3 LOST frames' in results[6].message
+    assert 're-anchored' not in results[5].message
+    assert np.array_equal(results[6].T_world_cam, results[3].T_world_cam)  # held pose
+    assert states[7] == TrackingState.RECOVERED and results[7].reference_index == 6
+    assert all(s == TrackingState.TRACKING for s in states[8:])
+    # the new scene's motion is tracked from the held pose (b's frames 2.. after b's 2)
+    est = np.stack([np.linalg.inv(results[6].T_world_cam) @ r.T_world_cam for r in results[6:]])
+    gt = gt_poses(b)[2:]
+    gt = np.linalg.inv(gt[0]) @ gt
+    est, _ = align_poses(est, gt, 'sim3')
+    assert ate(est, gt) < 0.05 * path_length(gt)
+    # the absolute pose is unknown after the gap: its covariance says so
+    assert np.diag(results[8].covariance).min() > 1e3
+
+
 def test_oracle_flow_unknown_image_is_lost_and_nan_free():
     seq = sequence('forward', 1, 8)
     images = list(seq.images_uint8())

@@ -350,6 +350,10 @@ class VOConfig:
     map_fusion: bool = param(True, "fuse the new keyframe's depth (triangulation, the "
                              "previous keyframe's map, the depth network) in log depth; off: "
                              "the depth provider's depth or the triangulation alone")
+    reanchor_lost_frames: int = param(
+        5, 'after this many LOST frames in a row (failed pairs, not unusable images) the '
+        'current frame becomes the keyframe at the last pose: a camera that turned into a new '
+        'view recovers; 0: keep the keyframe until a frame matches it', range=(0, 10**6))
     output_depth_stride: int = param(
         2, 'the dense depth output, where only the output reads it (no depth network, no '
         'refinement), is computed on every n-th pixel of both axes and repeated (4x less work '

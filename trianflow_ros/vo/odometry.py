@@ -192,6 +192,7 @@ class VisualOdometry:
         self._cov_left = cov.initial_covariance()
         self._count = 0
         self._lost = False
+        self._lost_run = 0                  # consecutive LOST frames of failed pairs
         self._last_speed = 0.0
         self._scale_defined = False
 
@@ -373,6 +374,10 @@ class VisualOdometry:
             result.num_matches = est.num_matches
             result.num_inliers = est.num_inliers
             result.reference_index = kf.frame.index
+            self._lost_run += 1
+            limit = self.cfg.vo.reanchor_lost_frames
+            if limit > 0 and self._lost_run >= limit:
+                result.message += self._reanchor(frame, depth)
             return finish(result)
 
         T_kf_cur = np.linalg.inv(est.T_21)
@@ -392,6 +397,7 @@ class VisualOdometry:
 
         state = TrackingState.RECOVERED if self._lost else TrackingState.TRACKING
         self._lost = False
+        self._lost_run = 0
         if est.method in ('essential', 'pnp'):
             self._last_speed = t_norm / frames
             self._scale_defined = True
@@ -570,6 +576,25 @@ class VisualOdometry:
         if est.method in ('essential', 'pnp') and est.parallax_px >= v.keyframe_parallax_px:
             return True, ''
         return False, ''
+
+    def _reanchor(self, frame: Frame, depth: Optional[torch.Tensor]) -> str:
+        """
+        Make a frame the keyframe at the held pose after a run of LOST frames; say so.
+
+        The camera has moved away from the keyframe (a turn into a new view, a long
+        occlusion): every later frame would fail against it. The new keyframe starts a new
+        map at the last known pose; its absolute pose is unknown by the motion during the
+        LOST run (covariance grown by the LOST covariance), the scale continues from the
+        last speed until the new map holds it.
+        """
+        run = self._lost_run
+        self._cov_left = cov.propagate(self._cov_left, self._T_world, cov.lost_covariance())
+        d, s, kind = self._provider_map(depth)
+        self._kf = Keyframe(frame, self._T_world.copy(), self._cov_left, d, s, kind)
+        self._kf_inliers = None
+        self._lost_run = 0
+        return (f'; re-anchored after {run} LOST frames (vo.reanchor_lost_frames): frame '
+                f'{frame.index} is the new keyframe at the last pose')
 
     def _dense_inputs(self, kf: Keyframe, cur: Frame, flow_12: torch.Tensor,
                       flow_21: torch.Tensor, undistort, grid) -> DenseInputs:
