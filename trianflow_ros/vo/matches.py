@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config
-from trianflow_ros.geometry.flow_masks import (fb_consistency_from_residual, fb_residual,
+from trianflow_ros.geometry.flow_masks import (fb_consistency_from_residual,
                                                occlusion_mask, sample_correspondences,
                                                score_map)
 from trianflow_ros.geometry.warp import backward_warp, sample_at
@@ -97,19 +97,32 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     :param cfg: ``flow_net.fb_alpha/fb_beta`` and ``vo.photometric_threshold`` are used.
     :return: valid (1, 1, H, W) bool and the score M_s (1, 1, H, W) (0 where invalid).
     """
-    fin1 = torch.isfinite(flow_12).all(1, keepdim=True)
-    fin2 = torch.isfinite(flow_21).all(1, keepdim=True)
-    f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
-    f21 = torch.nan_to_num(flow_21, nan=0.0, posinf=0.0, neginf=0.0)
+    finite = bool(torch.isfinite(flow_12).all()) and bool(torch.isfinite(flow_21).all())
+    f12, f21 = flow_12, flow_21
+    if not finite:
+        fin1 = torch.isfinite(flow_12).all(1, keepdim=True)
+        fin2 = torch.isfinite(flow_21).all(1, keepdim=True)
+        f12 = torch.nan_to_num(flow_12, nan=0.0, posinf=0.0, neginf=0.0)
+        f21 = torch.nan_to_num(flow_21, nan=0.0, posinf=0.0, neginf=0.0)
+    # everything read at x + flow_12(x) in one bilinear warp (the channels are independent:
+    # the same values as one warp each): flow_21 for the F-B residual (fb_residual), the
+    # finite mask of flow_21 (all ones when finite: then it is the share of the bilinear
+    # footprint inside image 2, which removes matches at and beyond its border), image 2 for
+    # the photometric check
+    thr = cfg.vo.photometric_threshold
+    inside = torch.ones_like(f21[:, :1]) if finite else fin2.to(f21.dtype)
+    parts = [f21, inside] + ([img2.to(f21.dtype)] if thr > 0 else [])
+    warped = backward_warp(torch.cat(parts, 1), f12, 'zeros')
+    residual = (warped[:, :2] + f12).abs()
     # flow_valid_mask and fb_difference, sharing the one F-B residual
-    residual = fb_residual(f12, f21)
     valid = (occlusion_mask(f21) * fb_consistency_from_residual(
         f12, residual, alpha=cfg.flow_net.fb_alpha, beta=cfg.flow_net.fb_beta)) > 0.5
-    valid = valid & fin1 & (backward_warp(fin2.float(), f12, 'zeros') > 0.999)
-    thr = cfg.vo.photometric_threshold
+    valid = valid & (warped[:, 2:3] > 0.999)
+    if not finite:
+        valid = valid & fin1
     if thr > 0:
-        warped = backward_warp(img2, f12, 'zeros')
-        valid = valid & ((warped - img1).abs().mean(1, keepdim=True) < thr)
+        image_2 = warped[:, 3:3 + img2.shape[1]]
+        valid = valid & ((image_2 - img1).abs().mean(1, keepdim=True) < thr)
     score = score_map(valid.float(), residual.mean(dim=1, keepdim=True))
     return valid, torch.where(valid, score, torch.zeros_like(score))
 
