@@ -11,6 +11,8 @@ default    ``trianflow-vo`` without provider options: whatever the command picks
            (today: the shipped ``models/default.pth``, learned flow + depth); when it resolves
            to the same configuration as another config, that run is reused (``same_as``)
 classical  ``--flow dis --depth none``: DIS flow, scale propagated by triangulation
+classical_klt  ``--flow klt --depth none``: the sparse front end (Shi-Tomasi corners tracked
+           by pyramidal Lucas-Kanade, no dense flow), scale propagated by triangulation
 dis_depth  ``--flow dis --depth net --checkpoint default``: DIS flow, the learned depth for
            the scale (input size of the checkpoint)
 dis_depth_hr  the same at 256x832 (the depth network is convolutional; DIS and the geometry
@@ -97,6 +99,7 @@ DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
 CONFIGS: Dict[str, Optional[List[str]]] = {
     'default': [],
     'classical': ['--flow', 'dis', '--depth', 'none'],
+    'classical_klt': ['--flow', 'klt', '--depth', 'none'],
     'dis_depth': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default'],
     'dis_depth_hr': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default', '--set',
                      'data.img_height=256', '--set', 'data.img_width=832'],
@@ -105,8 +108,8 @@ CONFIGS: Dict[str, Optional[List[str]]] = {
     'baseline_raw': None,
 }
 #: the order the configurations are computed in (``default`` last, so it can reuse a run).
-_RUN_ORDER = ('classical', 'dis_depth', 'dis_depth_hr', 'learned', 'default', 'baseline',
-              'baseline_raw')
+_RUN_ORDER = ('classical', 'classical_klt', 'dis_depth', 'dis_depth_hr', 'learned', 'default',
+              'baseline', 'baseline_raw')
 SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30')
 SYNTHETIC_SEED = 2000
 

@@ -271,8 +271,11 @@ class VOConfig:
                             'input scaled to about data.img_height x data.img_width pixels, '
                             'its aspect ratio kept; not with networks)',
                             choices=('network', 'native', 'aspect'))
-    flow_provider: str = param('dis', 'flow: dis (OpenCV DIS, no weights) or net (checkpoint)',
-                               choices=('dis', 'net'))
+    flow_provider: str = param('dis', 'flow: dis (OpenCV DIS dense flow, no weights), klt '
+                               '(sparse: Shi-Tomasi corners of the keyframe tracked by '
+                               'pyramidal Lucas-Kanade, no weights; DIS still runs where a '
+                               'dense map is needed: depth output, depth net, refinement) or '
+                               'net (checkpoint)', choices=('dis', 'klt', 'net'))
     depth_provider: str = param('none', 'depth: none (scale propagated by triangulation) or '
                                 'net (checkpoint depth net gives the scale)',
                                 choices=('none', 'net'))
@@ -330,6 +333,20 @@ class VOConfig:
     klt_fb_ratio: float = param(0.04, 'the Lucas-Kanade round-trip bound grows to this share '
                                 'of the match displacement (0 = fixed vo.klt_max_fb_px)',
                                 range=(0.0, 1.0))
+    klt_points: int = param(2000, 'points the sparse front end (vo.flow_provider klt) tracks '
+                            "per frame: the keyframe's map points first, then its fresh "
+                            'corners', range=(8, 10**6))
+    klt_quality: float = param(0.001, 'a corner of the sparse front end needs this share of '
+                               "the image's strongest Shi-Tomasi score (and vo.min_texture)",
+                               range=(0.0, 1.0))
+    klt_min_distance: float = param(3.0, 'corners of the sparse front end are local maxima '
+                                    'within this radius (px) and keep this far from map '
+                                    'points', range=(1.0, 1000.0))
+    klt_track_window: int = param(21, 'Lucas-Kanade window (px) of the sparse front end',
+                                  range=(5, 101))
+    klt_levels: int = param(3, 'pyramid levels above the image of the sparse front end '
+                            "(Lucas-Kanade's reach is about window x 2^levels px)",
+                            range=(0, 8))
     min_texture: float = param(1e-4, 'fresh matches are drawn first where the smallest '
                                'structure-tensor eigenvalue over the KLT window reaches this '
                                '(grey in [0, 1]; 0 = no preference): KLT can follow them',

@@ -1,0 +1,254 @@
+"""
+Correspondences of a VO pair from a sparse front end: Shi-Tomasi corners + pyramidal KLT.
+
+The dense front end (:mod:`~trianflow_ros.vo.matches`) computes DIS flow both ways over every
+pixel and then keeps a few thousand matches; this one (``vo.flow_provider: klt``) follows only
+the points it needs, as mature VO front ends do (VINS-Mono, ORB-SLAM-style tracking):
+
+- corners of the keyframe (:func:`detect_corners`): the smallest eigenvalue of the grey
+  structure tensor (Shi-Tomasi, ``cv2.cornerMinEigenVal``), local maxima within
+  ``vo.klt_min_distance``, at least ``vo.klt_quality`` x the image's strongest and
+  ``vo.min_texture``; the image is cut into ``vo.grid_rows x vo.grid_cols`` cells and each
+  keeps its share of the strongest (spread like the dense sampling); corners within
+  ``vo.klt_min_distance`` of a map point are skipped (the map point is tracked anyway). They
+  are detected once per keyframe (the odometry caches them);
+- the points tracked (:func:`track_matches`): the keyframe's map points first (so that
+  ``Matches.track_index`` indexes them, as in the dense front end), then fresh corners, up to
+  ``vo.klt_points`` in all;
+- pyramidal Lucas-Kanade keyframe -> current (``vo.klt_track_window``, ``vo.klt_levels``),
+  then back from the current image; a match is kept when the round trip returns within
+  max(``vo.klt_max_fb_px``, ``vo.klt_fb_ratio`` x displacement) px (the rule of
+  :func:`~trianflow_ros.vo.matches.klt_refine`: a fixed small bound removes the near,
+  fast-moving points that fix the scale) and lands inside the image;
+- undistortion into pinhole pixels, then the patch check (:func:`patch_zncc`) of the final
+  matches.
+
+LOST rule: ``Matches.num_consistent`` is the number of points whose round trip passed (the
+dense front end counts pixels instead) and ``consistent_ratio`` its share of the points
+attempted; the odometry compares the count with ``vo.min_matches`` (and the share with
+``vo.min_valid_ratio``). LK converges to *some* minimum near its start for an unrelated image
+too, and its round trip may come back, so the ZNCC share (``vo.min_zncc_ratio``) is what tells
+such an image apart, as for the dense front end.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from trianflow_ros.config import Config
+from trianflow_ros.vo.matches import Matches, patch_zncc
+
+#: LK stops after this many iterations or a step below this many pixels.
+_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
+
+
+def detect_corners(grey: np.ndarray, cfg: Config, count: int,
+                   avoid: Optional[np.ndarray] = None) -> np.ndarray:
+    """
+    Return Shi-Tomasi corners spread over the image (see the module docstring).
+
+    :param grey: (H, W) uint8 grey image.
+    :param cfg: ``vo.klt_quality``, ``vo.klt_min_distance``, ``vo.min_texture``,
+        ``vo.grid_rows`` / ``vo.grid_cols`` are used.
+    :param count: most corners returned (each grid cell gets ceil(count / cells)).
+    :param avoid: (M, 2) pixels (e.g. the map points); corners within
+        ``vo.klt_min_distance`` of them are skipped.
+    :return: (K, 2) float64 pixel coordinates (x, y), K <= count, strongest first per cell.
+    """
+    h, w = grey.shape
+    v = cfg.vo
+    if count <= 0 or h < 8 or w < 8:
+        return np.zeros((0, 2))
+    eig = cv2.cornerMinEigenVal(grey.astype(np.float32) * (1.0 / 255.0), 3, 3)
+    radius = max(int(round(v.klt_min_distance)), 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    peak = cv2.dilate(eig, kernel)
+    threshold = max(v.klt_quality * float(eig.max()), v.min_texture, 1e-12)
+    border = 4                                  # LK and the 7x7 patch check need a margin
+    ok = (eig >= peak) & (eig >= threshold)
+    ok[:border], ok[-border:], ok[:, :border], ok[:, -border:] = False, False, False, False
+    if avoid is not None and len(avoid):
+        occupied = np.zeros((h, w), np.uint8)
+        px = np.round(np.asarray(avoid, dtype=np.float64)).astype(np.int64)
+        inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        occupied[px[inside, 1], px[inside, 0]] = 1
+        ok &= cv2.dilate(occupied, kernel) == 0
+    ys, xs = np.nonzero(ok)
+    if xs.size == 0:
+        return np.zeros((0, 2))
+    score = eig[ys, xs]
+    rows, cols = v.grid_rows, v.grid_cols
+    cell = (ys * rows // h) * cols + (xs * cols // w)
+    order = np.lexsort((-score, cell))                # by cell, strongest first
+    cell = cell[order]
+    start = np.searchsorted(cell, np.arange(rows * cols))
+    rank = np.arange(cell.size) - start[cell]
+    keep = order[rank < math.ceil(count / (rows * cols))]
+    keep = keep[np.argsort(-score[keep], kind='stable')][:count]
+    return np.stack((xs[keep], ys[keep]), -1).astype(np.float64)
+
+
+def predict_pixels(u: torch.Tensor, depth: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
+                   T_21: np.ndarray, dist=None) -> np.ndarray:
+    """
+    Return where points of the keyframe are expected in the current image (LK's start).
+
+    :param u: (1, M, 2) pinhole pixels of the keyframe's map points.
+    :param depth: (1, M) their depths (odometry units).
+    :param K1: (1, 3, 3) keyframe intrinsics; ``K2`` the current frame's.
+    :param T_21: (4, 4) predicted pose keyframe -> current (e.g. by constant velocity).
+    :param dist: the lens distortion of the raw pixels (None: pinhole).
+    :return: (M, 2) float64 raw pixels; NaN where the point is not in front of the camera.
+    """
+    from trianflow_ros.geometry.camera import backproject_pixels, project
+    from trianflow_ros.geometry.distortion import distort_pixels
+    from trianflow_ros.geometry.se3 import transform_points
+    T = torch.as_tensor(T_21, dtype=torch.float64, device=u.device)[None]
+    X = transform_points(T, backproject_pixels(u.double(), depth.double(), K1.double()))
+    u2, z2 = project(X, K2.double())
+    x2 = distort_pixels(u2, K2.double(), dist) if dist is not None else u2
+    x2 = torch.where((z2 > 1e-6)[..., None], x2, torch.full_like(x2, float('nan')))
+    return x2[0].cpu().numpy()
+
+
+def guess_by_cells(x: np.ndarray, x_known: np.ndarray, g_known: np.ndarray,
+                   hw: Tuple[int, int], cell: int = 32) -> np.ndarray:
+    """
+    Start positions for points without depth: the median displacement of known points nearby.
+
+    :param x: (K, 2) pixels to guess for.
+    :param x_known: (M, 2) pixels with a predicted position ``g_known`` (M, 2; NaN = none).
+    :param hw: image (height, width).
+    :param cell: the displacement is the median over cells of this size (px); an empty cell
+        takes the median of all known points, none known: no displacement.
+    :return: (K, 2) float64 guesses.
+    """
+    d = g_known - x_known
+    fin = np.isfinite(d).all(1)
+    if x.shape[0] == 0 or not fin.any():
+        return x.astype(np.float64).copy()
+    d, xk = d[fin], x_known[fin]
+    rows, cols = -(-hw[0] // cell), -(-hw[1] // cell)
+
+    def index(p: np.ndarray) -> np.ndarray:
+        r = np.clip((p[:, 1] // cell).astype(np.int64), 0, rows - 1)
+        c = np.clip((p[:, 0] // cell).astype(np.int64), 0, cols - 1)
+        return r * cols + c
+    table = np.tile(np.median(d, 0), (rows * cols, 1))
+    ki = index(xk)
+    order = np.argsort(ki, kind='stable')
+    ki, d = ki[order], d[order]
+    starts = np.flatnonzero(np.r_[True, ki[1:] != ki[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], ki.size]):
+        table[ki[a]] = np.median(d[a:b], 0)
+    return x + table[index(x)]
+
+
+def lk_bound(cfg: Config, shift: np.ndarray) -> np.ndarray:
+    """
+    Return the round-trip bound (px) of LK matches with displacements ``shift`` (N,).
+
+    max(``vo.klt_max_fb_px``, ``vo.klt_fb_ratio`` x displacement): the rule of the dense front
+    end's KLT refinement (a fixed small bound removes the near, fast-moving points).
+    """
+    return np.maximum(cfg.vo.klt_max_fb_px, cfg.vo.klt_fb_ratio * shift)
+
+
+def lk_track(grey1: np.ndarray, grey2: np.ndarray, p1: np.ndarray, cfg: Config,
+             guess: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Track points from image 1 into image 2 by pyramidal LK with a backward check.
+
+    :param grey1: (H, W) uint8 image 1.
+    :param grey2: (H, W) uint8 image 2.
+    :param p1: (N, 2) float pixels in image 1.
+    :param cfg: ``vo.klt_track_window``, ``vo.klt_levels`` and the bound of :func:`lk_bound`.
+    :param guess: (N, 2) start positions in image 2 (None or NaN rows: p1).
+    :return: p2 (N, 2) float64, ok (N,) bool (tracked both ways, round trip within the
+        bound, inside image 2), and the round-trip error (N,) float64 (inf where not tracked).
+    """
+    n = int(p1.shape[0])
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0)
+    window = (cfg.vo.klt_track_window,) * 2
+    levels = cfg.vo.klt_levels
+    a = np.ascontiguousarray(p1, dtype=np.float32).reshape(-1, 1, 2)
+    start = a.copy()
+    if guess is not None:
+        g = np.asarray(guess, dtype=np.float32).reshape(-1, 1, 2)
+        use = np.isfinite(g).all(2)[:, 0]
+        start[use] = g[use]
+    b, st, _ = cv2.calcOpticalFlowPyrLK(grey1, grey2, a, start, winSize=window,
+                                        maxLevel=levels, criteria=_CRITERIA,
+                                        flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(grey2, grey1, b, a.copy(), winSize=window,
+                                            maxLevel=levels, criteria=_CRITERIA,
+                                            flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    p2 = b[:, 0].astype(np.float64)
+    fb = np.linalg.norm(back[:, 0] - a[:, 0], axis=1).astype(np.float64)
+    shift = np.linalg.norm(p2 - a[:, 0], axis=1)
+    h, w = grey2.shape
+    ok = ((st[:, 0] == 1) & (st2[:, 0] == 1) & np.isfinite(p2).all(1) & np.isfinite(fb)
+          & (p2[:, 0] >= 0) & (p2[:, 0] <= w - 1) & (p2[:, 1] >= 0) & (p2[:, 1] <= h - 1))
+    ok &= fb < lk_bound(cfg, np.where(np.isfinite(shift), shift, 0.0))
+    return p2, ok, np.where(ok, fb, np.inf)
+
+
+def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
+                  grey2: np.ndarray, corners: np.ndarray, cfg: Config, undistort=None,
+                  tracked: Optional[torch.Tensor] = None,
+                  guess: Optional[np.ndarray] = None) -> Matches:
+    """
+    Build the matches of a pair by KLT tracking (see the module docstring).
+
+    :param img1: (1, 3, H, W) keyframe image in [0, 1] (the patch check reads it).
+    :param img2: (1, 3, H, W) current image.
+    :param grey1: (H, W) uint8 grey keyframe (``providers.to_grey_uint8(img1)``).
+    :param grey2: (H, W) uint8 grey current image.
+    :param corners: (K, 2) fresh corners of the keyframe (:func:`detect_corners`).
+    :param cfg: the configuration (``vo.klt_*``, ``vo.min_zncc_ratio``, ``vo.zncc_threshold``).
+    :param undistort: raw -> pinhole pixels, (1, N, 2) float64 -> same (None: pinhole).
+    :param tracked: (1, M, 2) raw pixels of the keyframe's map points, tracked first.
+    :param guess: (M, 2) predicted raw pixels of the map points in the current image
+        (:func:`predict_pixels`; NaN = unknown), or None (LK starts at the keyframe pixel);
+        the corners start at the median displacement of the map points near them
+        (:func:`guess_by_cells`).
+    :return: :class:`Matches` on img1's device; ``track_index`` lists the map points kept.
+    """
+    dev = img1.device
+    budget = cfg.vo.klt_points
+    pts = np.zeros((0, 2))
+    if tracked is not None and tracked.shape[1] > 0:
+        pts = tracked[0].detach().double().cpu().numpy()[:budget]
+    num_map = pts.shape[0]
+    fresh = corners[:max(budget - num_map, 0)]
+    p1 = np.concatenate((pts, fresh), 0)
+    start = None
+    if guess is not None and num_map > 0:
+        g = guess[:num_map]
+        start = np.concatenate((g, guess_by_cells(fresh, pts, g, grey1.shape)), 0)
+    p2, ok, _ = lk_track(grey1, grey2, p1, cfg, start)
+    attempted = max(int(p1.shape[0]), 1)
+    good = int(ok.sum())
+    index = torch.from_numpy(np.nonzero(ok[:num_map])[0]).to(dev, torch.int64)
+    x1 = torch.from_numpy(p1[ok])[None].to(dev, torch.float64)
+    x2 = torch.from_numpy(p2[ok])[None].to(dev, torch.float64)
+    u1, u2 = x1, x2
+    if undistort is not None and x1.shape[1] > 0:
+        u1, u2 = undistort(x1), undistort(x2)
+        fin = (torch.isfinite(u1).all(-1) & torch.isfinite(u2).all(-1))[0]
+        if not bool(fin.all()):
+            index = index[fin[:index.numel()]]
+            x1, x2, u1, u2 = x1[:, fin], x2[:, fin], u1[:, fin], u2[:, fin]
+    zncc_ratio, checked = 1.0, 0
+    if cfg.vo.min_zncc_ratio > 0 and x1.shape[1] > 0:
+        zncc, textured = patch_zncc(img1, img2, x1, x2)
+        checked = int(textured.sum())
+        if checked:
+            zncc_ratio = float((zncc[textured] >= cfg.vo.zncc_threshold).mean())
+    return Matches(x1=x1, x2=x2, u1=u1, u2=u2, num_consistent=good,
+                   consistent_ratio=good / attempted, track_index=index,
+                   zncc_ratio=zncc_ratio, num_zncc_checked=checked)
