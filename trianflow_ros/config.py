@@ -333,7 +333,7 @@ class VOConfig:
     klt_fb_ratio: float = param(0.04, 'the Lucas-Kanade round-trip bound grows to this share '
                                 'of the match displacement (0 = fixed vo.klt_max_fb_px)',
                                 range=(0.0, 1.0))
-    klt_points: int = param(2000, 'points the sparse front end (vo.flow_provider klt) tracks '
+    klt_points: int = param(3000, 'points the sparse front end (vo.flow_provider klt) tracks '
                             "per frame: the keyframe's map points first, then its fresh "
                             'corners', range=(8, 10**6))
     klt_quality: float = param(0.001, 'a corner of the sparse front end needs this share of '
@@ -342,8 +342,13 @@ class VOConfig:
     klt_min_distance: float = param(3.0, 'corners of the sparse front end are local maxima '
                                     'within this radius (px) and keep this far from map '
                                     'points', range=(1.0, 1000.0))
-    klt_track_window: int = param(21, 'Lucas-Kanade window (px) of the sparse front end',
+    klt_track_window: int = param(9, 'Lucas-Kanade window (px) of the sparse front end',
                                   range=(5, 101))
+    klt_prior: str = param('motion', 'where Lucas-Kanade of the sparse front end starts: '
+                           'motion (map points where the last motion puts them, corners by '
+                           'the map points near them) or dis (every point moved by a coarse '
+                           'OpenCV DIS ultrafast flow, one direction, ~2 ms at 832x256)',
+                           choices=('motion', 'dis'))
     klt_levels: int = param(3, 'pyramid levels above the image of the sparse front end '
                             "(Lucas-Kanade's reach is about window x 2^levels px)",
                             range=(0, 8))

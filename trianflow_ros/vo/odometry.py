@@ -193,6 +193,7 @@ class VisualOdometry:
         self._scale_defined = False
         self._sparse_cache = None   # (keyframe, its corners): the sparse front end
         self._last_motion: Optional[np.ndarray] = None   # T_prev_cur of the last frame
+        self._prior_dis = None      # DIS ultrafast, the LK start of vo.klt_prior 'dis'
 
     @property
     def pose(self) -> np.ndarray:
@@ -574,13 +575,18 @@ class VisualOdometry:
             avoid = None if tracked is None else tracked[0].detach().cpu().numpy()
             corners = detect_corners(grey1, self.cfg, self.cfg.vo.klt_points, avoid)
             self._sparse_cache = (kf, corners)
-        guess = None
-        if tracked is not None and self._last_motion is not None and not self._lost:
+        guess = prior = None
+        if self.cfg.vo.klt_prior == 'dis':
+            if self._prior_dis is None:
+                self._prior_dis = cv2.DISOpticalFlow_create(
+                    cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+            prior = self._prior_dis.calc(grey1, grey2, None)
+        elif tracked is not None and self._last_motion is not None and not self._lost:
             T_world_cur = self._T_world @ self._last_motion
             T_21 = np.linalg.inv(T_world_cur) @ kf.T_world
             guess = predict_pixels(kf.points.u, kf.points.depth, kf.frame.K, cur.K, T_21, dist)
         return track_matches(kf.frame.image, cur.image, grey1, grey2, self._sparse_cache[1],
-                             self.cfg, undistort, tracked, guess)
+                             self.cfg, undistort, tracked, guess, prior)
 
     # ----------------------------------------------------------------------------------------
     def _is_keyframe(self, est: PairEstimate, kf: Keyframe) -> Tuple[bool, str]:

@@ -115,7 +115,7 @@ def predict_pixels(u: torch.Tensor, depth: torch.Tensor, K1: torch.Tensor, K2: t
 
 
 def guess_by_cells(x: np.ndarray, x_known: np.ndarray, g_known: np.ndarray,
-                   hw: Tuple[int, int], cell: int = 32) -> np.ndarray:
+                   hw: Tuple[int, int], cell: int = 16) -> np.ndarray:
     """
     Start positions for points without depth: the median displacement of known points nearby.
 
@@ -184,7 +184,11 @@ def lk_track(grey1: np.ndarray, grey2: np.ndarray, p1: np.ndarray, cfg: Config,
     b, st, _ = cv2.calcOpticalFlowPyrLK(grey1, grey2, a, start, winSize=window,
                                         maxLevel=levels, criteria=_CRITERIA,
                                         flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(grey2, grey1, b, a.copy(), winSize=window,
+    # the backward track starts where the forward one's start puts it (not at the answer
+    # p1: started there, LK stays near it for a wrong forward match too, on a repeated
+    # texture or a zooming patch, and such matches passed the check)
+    back_start = np.ascontiguousarray(b - (start - a), dtype=np.float32)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(grey2, grey1, b, back_start, winSize=window,
                                             maxLevel=levels, criteria=_CRITERIA,
                                             flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
     p2 = b[:, 0].astype(np.float64)
@@ -200,7 +204,8 @@ def lk_track(grey1: np.ndarray, grey2: np.ndarray, p1: np.ndarray, cfg: Config,
 def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
                   grey2: np.ndarray, corners: np.ndarray, cfg: Config, undistort=None,
                   tracked: Optional[torch.Tensor] = None,
-                  guess: Optional[np.ndarray] = None) -> Matches:
+                  guess: Optional[np.ndarray] = None,
+                  prior_flow: Optional[np.ndarray] = None) -> Matches:
     """
     Build the matches of a pair by KLT tracking (see the module docstring).
 
@@ -216,6 +221,8 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
         (:func:`predict_pixels`; NaN = unknown), or None (LK starts at the keyframe pixel);
         the corners start at the median displacement of the map points near them
         (:func:`guess_by_cells`).
+    :param prior_flow: (H, W, 2) a coarse flow keyframe -> current (``vo.klt_prior`` 'dis');
+        when given every point starts at its pixel moved by it (instead of ``guess``).
     :return: :class:`Matches` on img1's device; ``track_index`` lists the map points kept.
     """
     dev = img1.device
@@ -227,7 +234,12 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
     fresh = corners[:max(budget - num_map, 0)]
     p1 = np.concatenate((pts, fresh), 0)
     start = None
-    if guess is not None and num_map > 0:
+    if prior_flow is not None and p1.shape[0] > 0:
+        h, w = prior_flow.shape[:2]
+        col = np.clip(np.round(p1[:, 0]).astype(np.int64), 0, w - 1)
+        row = np.clip(np.round(p1[:, 1]).astype(np.int64), 0, h - 1)
+        start = p1 + prior_flow[row, col].astype(np.float64)
+    elif guess is not None and num_map > 0:
         g = guess[:num_map]
         start = np.concatenate((g, guess_by_cells(fresh, pts, g, grey1.shape)), 0)
     p2, ok, _ = lk_track(grey1, grey2, p1, cfg, start)
