@@ -11,7 +11,10 @@ rotates per round, so a load change on a shared machine hits every runner alike)
 - ``baseline``: ``baseline_vo`` on the resized frames;
 - ``dis``: ``VisualOdometry`` with ``vo.flow_provider dis`` (no depth output, as
   ``trianflow-vo --no-depth-output``);
-- ``klt``: the same with the sparse front end (``vo.flow_provider klt``).
+- ``klt``: the same with the sparse front end (``vo.flow_provider klt``);
+- ``klt_dis``: the sparse front end started by DIS flow (``bench/vo_real.py``'s
+  ``classical_klt_dis``: ``vo.klt_prior=dis``, ``vo.dis_preset=fast``, ``vo.klt_levels=0``,
+  ``vo.klt_track_window=7``).
 
 Per runner: the median fps over the rounds (and every round's), the ATE (m, Sim(3)) of the
 first round, LOST frames; ``ratio_vs_baseline`` = median fps / the baseline's median fps.
@@ -42,7 +45,10 @@ from trianflow_ros.vo import TrackingState, VisualOdometry  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
 SIZE = (832, 256)                                          # (width, height)
-RUNNERS = ('baseline', 'dis', 'klt')
+RUNNERS = ('baseline', 'dis', 'klt', 'klt_dis')
+#: config overrides of the runners beyond their flow provider.
+RUNNER_OVERRIDES = {'klt_dis': ['vo.klt_prior=dis', 'vo.dis_preset=fast', 'vo.klt_levels=0',
+                                'vo.klt_track_window=7']}
 
 
 def load_frames(data: Path, count: int):
@@ -101,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 res = baseline_vo(frames, K)
                 poses, lost, seconds = res.poses, res.lost, res.seconds
             else:
-                poses, lost, seconds = run_vo(frames, K, name, args.overrides)
+                poses, lost, seconds = run_vo(frames, K, name.split('_')[0],
+                                              RUNNER_OVERRIDES.get(name, []) + args.overrides)
             fps[name].append(len(frames) / seconds)
             if name not in quality:
                 quality[name] = dict(evaluate(poses, gt), lost=int(lost))

@@ -13,6 +13,9 @@ default    ``trianflow-vo`` without provider options: whatever the command picks
 classical  ``--flow dis --depth none``: DIS flow, scale propagated by triangulation
 classical_klt  ``--flow klt --depth none``: the sparse front end (Shi-Tomasi corners tracked
            by pyramidal Lucas-Kanade, no dense flow), scale propagated by triangulation
+classical_klt_dis  the same, Lucas-Kanade started by a one-way DIS flow (preset fast) and run
+           on the image only (``vo.klt_prior=dis``, ``vo.dis_preset=fast``,
+           ``vo.klt_levels=0``, ``vo.klt_track_window=7``)
 dis_depth  ``--flow dis --depth net --checkpoint default``: DIS flow, the learned depth for
            the scale (input size of the checkpoint)
 dis_depth_hr  the same at 256x832 (the depth network is convolutional; DIS and the geometry
@@ -95,11 +98,15 @@ from trianflow_ros.vo.odometry import STAGES, working_size  # noqa: E402
 from trianflow_ros.vo.providers import find_default_checkpoint  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
+#: the options of the sparse front end started by DIS flow (``classical_klt_dis``).
+KLT_DIS = ['--set', 'vo.klt_prior=dis', '--set', 'vo.dis_preset=fast', '--set',
+           'vo.klt_levels=0', '--set', 'vo.klt_track_window=7']
 #: trianflow-vo options of each VO configuration (None: the baseline).
 CONFIGS: Dict[str, Optional[List[str]]] = {
     'default': [],
     'classical': ['--flow', 'dis', '--depth', 'none'],
     'classical_klt': ['--flow', 'klt', '--depth', 'none'],
+    'classical_klt_dis': ['--flow', 'klt', '--depth', 'none'] + KLT_DIS,
     'dis_depth': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default'],
     'dis_depth_hr': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default', '--set',
                      'data.img_height=256', '--set', 'data.img_width=832'],
@@ -108,8 +115,8 @@ CONFIGS: Dict[str, Optional[List[str]]] = {
     'baseline_raw': None,
 }
 #: the order the configurations are computed in (``default`` last, so it can reuse a run).
-_RUN_ORDER = ('classical', 'classical_klt', 'dis_depth', 'dis_depth_hr', 'learned', 'default',
-              'baseline', 'baseline_raw')
+_RUN_ORDER = ('classical', 'classical_klt', 'classical_klt_dis', 'dis_depth', 'dis_depth_hr',
+              'learned', 'default', 'baseline', 'baseline_raw')
 SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30')
 SYNTHETIC_SEED = 2000
 

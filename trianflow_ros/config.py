@@ -280,7 +280,8 @@ class VOConfig:
                                 'net (checkpoint depth net gives the scale)',
                                 choices=('none', 'net'))
     checkpoint: str = param('', 'checkpoint of the learned networks (flow and/or depth)')
-    dis_preset: str = param('medium', 'OpenCV DIS preset of the classical flow',
+    dis_preset: str = param('medium', 'OpenCV DIS preset of the classical flow (and of the '
+                            "start of the sparse front end's Lucas-Kanade, vo.klt_prior)",
                             choices=('ultrafast', 'fast', 'medium'))
     grid_rows: int = param(4, 'rows of the grid that spreads the matches', range=(1, 64))
     grid_cols: int = param(8, 'columns of the grid that spreads the matches', range=(1, 64))
@@ -342,12 +343,17 @@ class VOConfig:
     klt_min_distance: float = param(3.0, 'corners of the sparse front end are local maxima '
                                     'within this radius (px) and keep this far from map '
                                     'points', range=(1.0, 1000.0))
+    klt_fill: bool = param(True, 'a grid cell of the sparse front end with fewer corners than '
+                           'its share is filled with textured pixels (vo.min_texture) drawn at '
+                           'random (seeded)')
     klt_track_window: int = param(9, 'Lucas-Kanade window (px) of the sparse front end',
                                   range=(5, 101))
     klt_prior: str = param('motion', 'where Lucas-Kanade of the sparse front end starts: '
                            'motion (map points where the last motion puts them, corners by '
-                           'the map points near them) or dis (every point moved by a coarse '
-                           'OpenCV DIS ultrafast flow, one direction, ~2 ms at 832x256)',
+                           'the depth of the map points near them) or dis (every point moved '
+                           'by a one-way DIS flow of vo.dis_preset, at 832x256 ~4 ms fast, ~20 '
+                           'ms medium; best with vo.klt_levels 0 and vo.klt_track_window 7); '
+                           'the first pair and the one after a LOST frame always use dis',
                            choices=('motion', 'dis'))
     klt_levels: int = param(3, 'pyramid levels above the image of the sparse front end '
                             "(Lucas-Kanade's reach is about window x 2^levels px)",

@@ -90,9 +90,10 @@ from trianflow_ros.geometry.window_ba import window_adjust
 from trianflow_ros.vo import covariance as cov
 from trianflow_ros.vo import strategies
 from trianflow_ros.vo.matches import match_validity, Matches, select_matches
-from trianflow_ros.vo.providers import (DepthProvider, FlowProvider, make_providers,
-                                        to_grey_uint8)
-from trianflow_ros.vo.sparse_matches import detect_corners, predict_pixels, track_matches
+from trianflow_ros.vo.providers import (DepthProvider, DIS_PRESETS, FlowProvider,
+                                        make_providers, to_grey_uint8)
+from trianflow_ros.vo.sparse_matches import (cell_median, detect_corners, predict_pixels,
+                                             track_matches)
 from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, PairFailure
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
@@ -193,7 +194,7 @@ class VisualOdometry:
         self._scale_defined = False
         self._sparse_cache = None   # (keyframe, its corners): the sparse front end
         self._last_motion: Optional[np.ndarray] = None   # T_prev_cur of the last frame
-        self._prior_dis = None      # DIS ultrafast, the LK start of vo.klt_prior 'dis'
+        self._prior_dis = None      # DIS one way: the LK start of vo.klt_prior 'dis'
 
     @property
     def pose(self) -> np.ndarray:
@@ -564,10 +565,13 @@ class VisualOdometry:
         Return the matches of the sparse front end (:mod:`~trianflow_ros.vo.sparse_matches`).
 
         The keyframe's corners (away from its map points) are detected once per keyframe and
-        kept until the keyframe changes. Lucas-Kanade starts where the map points are expected
-        by a constant-velocity prediction (the last frame's motion repeated; none after a
-        LOST frame): on KITTI at 832x256 the matches move 18 px (median) to 60 px (90th
-        percentile) between frames, beyond the reach of a small window.
+        kept until the keyframe changes. Lucas-Kanade starts (``vo.klt_prior``) where the map
+        points are expected by a constant-velocity prediction (the last frame's motion
+        repeated), the corners by the median inverse depth of the map points near them
+        ('motion'), or where a one-way DIS flow puts every point ('dis', and without a
+        prediction: the first pair, after a LOST frame). On KITTI at 832x256 the matches move
+        18 px (median) to 60 px (90th percentile) between frames, beyond the reach of a small
+        window.
         """
         grey1, grey2 = to_grey_uint8(kf.frame.image), to_grey_uint8(cur.image)
         tracked = kf.points.x if kf.points is not None else None
@@ -575,18 +579,44 @@ class VisualOdometry:
             avoid = None if tracked is None else tracked[0].detach().cpu().numpy()
             corners = detect_corners(grey1, self.cfg, self.cfg.vo.klt_points, avoid)
             self._sparse_cache = (kf, corners)
-        guess = prior = None
-        if self.cfg.vo.klt_prior == 'dis':
-            if self._prior_dis is None:
-                self._prior_dis = cv2.DISOpticalFlow_create(
-                    cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-            prior = self._prior_dis.calc(grey1, grey2, None)
-        elif tracked is not None and self._last_motion is not None and not self._lost:
+        guess = prior = corner_guess = None
+        predict = (self.cfg.vo.klt_prior == 'motion' and tracked is not None
+                   and self._last_motion is not None and not self._lost)
+        if predict:
             T_world_cur = self._T_world @ self._last_motion
             T_21 = np.linalg.inv(T_world_cur) @ kf.T_world
             guess = predict_pixels(kf.points.u, kf.points.depth, kf.frame.K, cur.K, T_21, dist)
+            corner_guess = self._corner_guess(kf, T_21, undistort, dist)
+        else:
+            # vo.klt_prior 'dis', or no prediction (the first pair, after a LOST frame): DIS
+            # flow one way (vo.dis_preset; at 832x256 ~2 ms ultrafast, ~4 ms fast, ~20 ms
+            # medium) gives the starts
+            if self._prior_dis is None:
+                self._prior_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.cfg.vo.dis_preset])
+            prior = self._prior_dis.calc(grey1, grey2, None)
         return track_matches(kf.frame.image, cur.image, grey1, grey2, self._sparse_cache[1],
-                             self.cfg, undistort, tracked, guess, prior)
+                             self.cfg, undistort, tracked, guess, prior, corner_guess)
+
+    def _corner_guess(self, kf: Keyframe, T_21: np.ndarray, undistort,
+                      dist: Optional[Distortion]) -> Optional[np.ndarray]:
+        """
+        Predict the keyframe's corners in the current image (None: no corners).
+
+        Each corner gets the median inverse depth of the map points in its 16 px cell
+        (:func:`~trianflow_ros.vo.sparse_matches.cell_median`) and is moved by the predicted
+        pose ``T_21``.
+        """
+        corners = self._sparse_cache[1]
+        if corners.shape[0] == 0:
+            return None
+        pts = kf.points
+        inv = cell_median(corners, pts.x[0].detach().cpu().numpy(),
+                          1.0 / pts.depth[0].detach().cpu().numpy()[:, None],
+                          tuple(kf.frame.image.shape[-2:]))[:, 0]
+        x = torch.from_numpy(corners)[None].to(pts.u.device, torch.float64)
+        u = undistort(x) if undistort is not None else x
+        depth = torch.from_numpy(1.0 / np.maximum(inv, 1e-9))[None].to(u.device)
+        return predict_pixels(u, depth, kf.frame.K, kf.frame.K, T_21, dist)
 
     # ----------------------------------------------------------------------------------------
     def _is_keyframe(self, est: PairEstimate, kf: Keyframe) -> Tuple[bool, str]:

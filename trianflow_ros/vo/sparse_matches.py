@@ -56,7 +56,8 @@ def detect_corners(grey: np.ndarray, cfg: Config, count: int,
     :param count: most corners returned (each grid cell gets ceil(count / cells)).
     :param avoid: (M, 2) pixels (e.g. the map points); corners within
         ``vo.klt_min_distance`` of them are skipped.
-    :return: (K, 2) float64 pixel coordinates (x, y), K <= count, strongest first per cell.
+    :return: (K, 2) float64 pixel coordinates (x, y), K <= count: per cell the strongest
+        corners, then (``vo.klt_fill``) random textured pixels; the corners first.
     """
     h, w = grey.shape
     v = cfg.vo
@@ -68,18 +69,28 @@ def detect_corners(grey: np.ndarray, cfg: Config, count: int,
     peak = cv2.dilate(eig, kernel)
     threshold = max(v.klt_quality * float(eig.max()), v.min_texture, 1e-12)
     border = 4                                  # LK and the 7x7 patch check need a margin
-    ok = (eig >= peak) & (eig >= threshold)
-    ok[:border], ok[-border:], ok[:, :border], ok[:, -border:] = False, False, False, False
+    textured = eig >= threshold
+    textured[:border], textured[-border:] = False, False
+    textured[:, :border], textured[:, -border:] = False, False
     if avoid is not None and len(avoid):
         occupied = np.zeros((h, w), np.uint8)
         px = np.round(np.asarray(avoid, dtype=np.float64)).astype(np.int64)
         inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
         occupied[px[inside, 1], px[inside, 0]] = 1
-        ok &= cv2.dilate(occupied, kernel) == 0
-    ys, xs = np.nonzero(ok)
+        textured &= cv2.dilate(occupied, kernel) == 0
+    peaks = textured & (eig >= peak)
+    ys, xs = np.nonzero(peaks)
+    score = eig[ys, xs]
+    if v.klt_fill:
+        # then textured pixels drawn at random (seeded), ranked after the peaks of their cell:
+        # a cell with few corners (a checkerboard, a road) still gets its share
+        fy, fx = np.nonzero(textured & ~peaks)
+        if fx.size:
+            pick = np.random.default_rng(0).permutation(fx.size)[:2 * count]
+            ys, xs = np.r_[ys, fy[pick]], np.r_[xs, fx[pick]]
+            score = np.r_[score, -1.0 - np.arange(pick.size, dtype=score.dtype)]
     if xs.size == 0:
         return np.zeros((0, 2))
-    score = eig[ys, xs]
     rows, cols = v.grid_rows, v.grid_cols
     cell = (ys * rows // h) * cols + (xs * cols // w)
     order = np.lexsort((-score, cell))                # by cell, strongest first
@@ -114,6 +125,42 @@ def predict_pixels(u: torch.Tensor, depth: torch.Tensor, K1: torch.Tensor, K2: t
     return x2[0].cpu().numpy()
 
 
+def cell_median(x: np.ndarray, x_known: np.ndarray, values: np.ndarray,
+                hw: Tuple[int, int], cell: int = 16) -> np.ndarray:
+    """
+    Return, for each pixel, the median of the values of the known points in its grid cell.
+
+    The median of a cell is its lower median (one of its values, no average); that of all
+    points (the empty cells) is numpy's.
+
+    :param x: (K, 2) pixels.
+    :param x_known: (M, 2) pixels with values.
+    :param values: (M, C) their values (rows with a NaN are ignored).
+    :param hw: image (height, width).
+    :param cell: cell size (px); an empty cell takes the median of all known points.
+    :return: (K, C) float64; NaN when no value is known at all.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(x_known), -1)
+    fin = np.isfinite(values).all(1)
+    if not fin.any():
+        return np.full((x.shape[0], values.shape[1]), np.nan)
+    v, xk = values[fin], np.asarray(x_known)[fin]
+    rows, cols = -(-hw[0] // cell), -(-hw[1] // cell)
+
+    def index(p: np.ndarray) -> np.ndarray:
+        r = np.clip((p[:, 1] // cell).astype(np.int64), 0, rows - 1)
+        c = np.clip((p[:, 0] // cell).astype(np.int64), 0, cols - 1)
+        return r * cols + c
+    table = np.tile(np.median(v, 0), (rows * cols, 1))
+    ki = index(xk)
+    counts = np.bincount(ki, minlength=rows * cols)
+    has = counts > 0
+    middle = (np.cumsum(counts) - counts)[has] + (counts[has] - 1) // 2   # lower median
+    for c in range(v.shape[1]):
+        table[has, c] = v[np.lexsort((v[:, c], ki)), c][middle]
+    return table[index(np.asarray(x))] if len(x) else np.zeros((0, v.shape[1]))
+
+
 def guess_by_cells(x: np.ndarray, x_known: np.ndarray, g_known: np.ndarray,
                    hw: Tuple[int, int], cell: int = 16) -> np.ndarray:
     """
@@ -122,29 +169,12 @@ def guess_by_cells(x: np.ndarray, x_known: np.ndarray, g_known: np.ndarray,
     :param x: (K, 2) pixels to guess for.
     :param x_known: (M, 2) pixels with a predicted position ``g_known`` (M, 2; NaN = none).
     :param hw: image (height, width).
-    :param cell: the displacement is the median over cells of this size (px); an empty cell
-        takes the median of all known points, none known: no displacement.
+    :param cell: the displacement is the median over cells of this size (px) (see
+        :func:`cell_median`); none known: no displacement.
     :return: (K, 2) float64 guesses.
     """
-    d = g_known - x_known
-    fin = np.isfinite(d).all(1)
-    if x.shape[0] == 0 or not fin.any():
-        return x.astype(np.float64).copy()
-    d, xk = d[fin], x_known[fin]
-    rows, cols = -(-hw[0] // cell), -(-hw[1] // cell)
-
-    def index(p: np.ndarray) -> np.ndarray:
-        r = np.clip((p[:, 1] // cell).astype(np.int64), 0, rows - 1)
-        c = np.clip((p[:, 0] // cell).astype(np.int64), 0, cols - 1)
-        return r * cols + c
-    table = np.tile(np.median(d, 0), (rows * cols, 1))
-    ki = index(xk)
-    order = np.argsort(ki, kind='stable')
-    ki, d = ki[order], d[order]
-    starts = np.flatnonzero(np.r_[True, ki[1:] != ki[:-1]])
-    for a, b in zip(starts, np.r_[starts[1:], ki.size]):
-        table[ki[a]] = np.median(d[a:b], 0)
-    return x + table[index(x)]
+    d = cell_median(x, x_known, g_known - x_known, hw, cell)
+    return x + np.where(np.isfinite(d), d, 0.0)
 
 
 def lk_bound(cfg: Config, shift: np.ndarray) -> np.ndarray:
@@ -205,7 +235,8 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
                   grey2: np.ndarray, corners: np.ndarray, cfg: Config, undistort=None,
                   tracked: Optional[torch.Tensor] = None,
                   guess: Optional[np.ndarray] = None,
-                  prior_flow: Optional[np.ndarray] = None) -> Matches:
+                  prior_flow: Optional[np.ndarray] = None,
+                  corner_guess: Optional[np.ndarray] = None) -> Matches:
     """
     Build the matches of a pair by KLT tracking (see the module docstring).
 
@@ -220,7 +251,8 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
     :param guess: (M, 2) predicted raw pixels of the map points in the current image
         (:func:`predict_pixels`; NaN = unknown), or None (LK starts at the keyframe pixel);
         the corners start at the median displacement of the map points near them
-        (:func:`guess_by_cells`).
+        (:func:`guess_by_cells`) unless ``corner_guess`` gives theirs.
+    :param corner_guess: (K, 2) predicted raw pixels of ``corners`` (NaN = unknown).
     :param prior_flow: (H, W, 2) a coarse flow keyframe -> current (``vo.klt_prior`` 'dis');
         when given every point starts at its pixel moved by it (instead of ``guess``).
     :return: :class:`Matches` on img1's device; ``track_index`` lists the map points kept.
@@ -241,7 +273,11 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
         start = p1 + prior_flow[row, col].astype(np.float64)
     elif guess is not None and num_map > 0:
         g = guess[:num_map]
-        start = np.concatenate((g, guess_by_cells(fresh, pts, g, grey1.shape)), 0)
+        gc = guess_by_cells(fresh, pts, g, grey1.shape)
+        if corner_guess is not None:
+            cg = corner_guess[:fresh.shape[0]]
+            gc = np.where(np.isfinite(cg).all(1, keepdims=True), cg, gc)
+        start = np.concatenate((g, gc), 0)
     p2, ok, _ = lk_track(grey1, grey2, p1, cfg, start)
     attempted = max(int(p1.shape[0]), 1)
     good = int(ok.sum())
