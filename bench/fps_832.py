@@ -11,10 +11,10 @@ rotates per round, so a load change on a shared machine hits every runner alike)
 - ``baseline``: ``baseline_vo`` on the resized frames;
 - ``dis``: ``VisualOdometry`` with ``vo.flow_provider dis`` (no depth output, as
   ``trianflow-vo --no-depth-output``);
-- ``klt``: the same with the sparse front end (``vo.flow_provider klt``);
-- ``klt_dis``: the sparse front end started by DIS flow (``bench/vo_real.py``'s
-  ``classical_klt_dis``: ``vo.klt_prior=dis``, ``vo.dis_preset=fast``, ``vo.klt_levels=0``,
-  ``vo.klt_track_window=7``).
+- ``klt``: the same with the sparse front end (``vo.flow_provider klt``, its defaults);
+- ``klt_motion``: the sparse front end without any dense flow (``bench/vo_real.py``'s
+  ``classical_klt_motion``: ``vo.klt_prior=motion``, ``vo.klt_levels=3``,
+  ``vo.klt_track_window=9``).
 
 Per runner: the median fps over the rounds (and every round's), the ATE (m, Sim(3)) of the
 first round, LOST frames; ``ratio_vs_baseline`` = median fps / the baseline's median fps.
@@ -45,10 +45,10 @@ from trianflow_ros.vo import TrackingState, VisualOdometry  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
 SIZE = (832, 256)                                          # (width, height)
-RUNNERS = ('baseline', 'dis', 'klt', 'klt_dis')
+RUNNERS = ('baseline', 'dis', 'klt', 'klt_motion')
 #: config overrides of the runners beyond their flow provider.
-RUNNER_OVERRIDES = {'klt_dis': ['vo.klt_prior=dis', 'vo.dis_preset=fast', 'vo.klt_levels=0',
-                                'vo.klt_track_window=7']}
+RUNNER_OVERRIDES = {'klt_motion': ['vo.klt_prior=motion', 'vo.klt_levels=3',
+                                   'vo.klt_track_window=9']}
 
 
 def load_frames(data: Path, count: int):

@@ -24,8 +24,8 @@ def test_fps_832_reports_every_runner(capsys):
     assert bench.main(['--frames', '5', '--repeats', '2']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['meta']['size'] == '832x256' and result['meta']['frames'] == 5
-    assert set(result) == {'meta', 'baseline', 'dis', 'klt', 'klt_dis'}
-    for name in ('baseline', 'dis', 'klt', 'klt_dis'):
+    assert set(result) == {'meta', 'baseline', 'dis', 'klt', 'klt_motion'}
+    for name in ('baseline', 'dis', 'klt', 'klt_motion'):
         r = result[name]
         assert r['fps'] > 0 and len(r['fps_rounds']) == 2 and r['lost'] == 0
         assert r['ate'] >= 0.0

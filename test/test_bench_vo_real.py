@@ -78,12 +78,12 @@ def test_bad_options_exit_2(bench, capsys):
 
 def test_sparse_front_end_configs_run_without_dense_flow(bench, capsys, tmp_path):
     assert bench.main(['--quick', '--only', 'syn_forward', '--configs',
-                       'classical_klt,classical_klt_dis', '--no-progress',
+                       'classical_klt,classical_klt_motion', '--no-progress',
                        '--out', str(tmp_path)]) == 0
     runs = last_json(capsys)['syn_forward']
-    assert list(runs) == ['classical_klt', 'classical_klt_dis']
+    assert list(runs) == ['classical_klt', 'classical_klt_motion']
     for config, r in runs.items():
         assert r['frames'] == 6 and r['lost'] == 0 and r['res'] == '256x832', (config, r)
-        # measured: classical_klt_dis 0.053 m of a ~5 m path (the dense classical < 0.05)
+        # measured: 0.053 m of a ~5 m path started by DIS (the dense classical: < 0.05)
         assert 0.0 <= r['ate'] < 0.1 and r['rpe_rot'] < 0.2, (config, r)
-    assert runs['classical_klt']['stage_ms']['flow'] < 1.0        # no dense flow at all
+    assert runs['classical_klt_motion']['stage_ms']['flow'] < 1.0   # no dense flow at all

@@ -273,15 +273,14 @@ class VOConfig:
                             choices=('network', 'native', 'aspect'))
     flow_provider: str = param('dis', 'flow: dis (OpenCV DIS dense flow, no weights), klt '
                                '(sparse: Shi-Tomasi corners of the keyframe tracked by '
-                               'pyramidal Lucas-Kanade, no weights; DIS still runs where a '
-                               'dense map is needed: depth output, depth net, refinement) or '
+                               'Lucas-Kanade, vo.klt_*, no weights; dense DIS runs only where '
+                               'a dense map is needed: depth output, depth net, refinement) or '
                                'net (checkpoint)', choices=('dis', 'klt', 'net'))
     depth_provider: str = param('none', 'depth: none (scale propagated by triangulation) or '
                                 'net (checkpoint depth net gives the scale)',
                                 choices=('none', 'net'))
     checkpoint: str = param('', 'checkpoint of the learned networks (flow and/or depth)')
-    dis_preset: str = param('medium', 'OpenCV DIS preset of the classical flow (and of the '
-                            "start of the sparse front end's Lucas-Kanade, vo.klt_prior)",
+    dis_preset: str = param('medium', 'OpenCV DIS preset of the classical flow',
                             choices=('ultrafast', 'fast', 'medium'))
     grid_rows: int = param(4, 'rows of the grid that spreads the matches', range=(1, 64))
     grid_cols: int = param(8, 'columns of the grid that spreads the matches', range=(1, 64))
@@ -346,16 +345,21 @@ class VOConfig:
     klt_fill: bool = param(True, 'a grid cell of the sparse front end with fewer corners than '
                            'its share is filled with textured pixels (vo.min_texture) drawn at '
                            'random (seeded)')
-    klt_track_window: int = param(9, 'Lucas-Kanade window (px) of the sparse front end',
+    klt_track_window: int = param(7, 'Lucas-Kanade window (px) of the sparse front end',
                                   range=(5, 101))
-    klt_prior: str = param('motion', 'where Lucas-Kanade of the sparse front end starts: '
-                           'motion (map points where the last motion puts them, corners by '
-                           'the depth of the map points near them) or dis (every point moved '
-                           'by a one-way DIS flow of vo.dis_preset, at 832x256 ~4 ms fast, ~20 '
-                           'ms medium; best with vo.klt_levels 0 and vo.klt_track_window 7); '
-                           'the first pair and the one after a LOST frame always use dis',
-                           choices=('motion', 'dis'))
-    klt_levels: int = param(3, 'pyramid levels above the image of the sparse front end '
+    klt_prior: str = param('dis', 'where Lucas-Kanade of the sparse front end starts: dis '
+                           '(every point moved by a one-way OpenCV DIS flow of '
+                           'vo.klt_prior_preset; LK then only refines, vo.klt_levels 0) or '
+                           'motion (no dense flow: map points where the last motion puts '
+                           'them, corners by the depth of the map points near them; use '
+                           'vo.klt_levels 3 and vo.klt_track_window 9); the first pair and the '
+                           'one after a LOST frame always start from the DIS flow',
+                           choices=('dis', 'motion'))
+    klt_prior_preset: str = param('fast', 'OpenCV DIS preset of the start of the sparse front '
+                                  'end (vo.klt_prior); one way at 832x256: ~2 ms ultrafast, '
+                                  '~4 ms fast, ~20 ms medium',
+                                  choices=('ultrafast', 'fast', 'medium'))
+    klt_levels: int = param(0, 'pyramid levels above the image of the sparse front end '
                             "(Lucas-Kanade's reach is about window x 2^levels px)",
                             range=(0, 8))
     min_texture: float = param(1e-4, 'fresh matches are drawn first where the smallest '

@@ -194,7 +194,7 @@ class VisualOdometry:
         self._scale_defined = False
         self._sparse_cache = None   # (keyframe, its corners): the sparse front end
         self._last_motion: Optional[np.ndarray] = None   # T_prev_cur of the last frame
-        self._prior_dis = None      # DIS one way: the LK start of vo.klt_prior 'dis'
+        self._prior_dis = None      # DIS one way: the LK start (vo.klt_prior)
 
     @property
     def pose(self) -> np.ndarray:
@@ -565,11 +565,11 @@ class VisualOdometry:
         Return the matches of the sparse front end (:mod:`~trianflow_ros.vo.sparse_matches`).
 
         The keyframe's corners (away from its map points) are detected once per keyframe and
-        kept until the keyframe changes. Lucas-Kanade starts (``vo.klt_prior``) where the map
-        points are expected by a constant-velocity prediction (the last frame's motion
-        repeated), the corners by the median inverse depth of the map points near them
-        ('motion'), or where a one-way DIS flow puts every point ('dis', and without a
-        prediction: the first pair, after a LOST frame). On KITTI at 832x256 the matches move
+        kept until the keyframe changes. Lucas-Kanade starts (``vo.klt_prior``) where a
+        one-way DIS flow puts every point ('dis', and without a prediction: the first pair,
+        after a LOST frame), or where the map points are expected by a constant-velocity
+        prediction (the last frame's motion repeated) and the corners by the median inverse
+        depth of the map points near them ('motion'). On KITTI at 832x256 the matches move
         18 px (median) to 60 px (90th percentile) between frames, beyond the reach of a small
         window.
         """
@@ -589,10 +589,11 @@ class VisualOdometry:
             corner_guess = self._corner_guess(kf, T_21, undistort, dist)
         else:
             # vo.klt_prior 'dis', or no prediction (the first pair, after a LOST frame): DIS
-            # flow one way (vo.dis_preset; at 832x256 ~2 ms ultrafast, ~4 ms fast, ~20 ms
-            # medium) gives the starts
+            # flow one way (vo.klt_prior_preset; at 832x256 ~2 ms ultrafast, ~4 ms fast, ~20
+            # ms medium) gives the starts
             if self._prior_dis is None:
-                self._prior_dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.cfg.vo.dis_preset])
+                self._prior_dis = cv2.DISOpticalFlow_create(
+                    DIS_PRESETS[self.cfg.vo.klt_prior_preset])
             prior = self._prior_dis.calc(grey1, grey2, None)
         return track_matches(kf.frame.image, cur.image, grey1, grey2, self._sparse_cache[1],
                              self.cfg, undistort, tracked, guess, prior, corner_guess)

@@ -223,10 +223,12 @@ class KLTFlowProvider(DISFlowProvider):
     The sparse front end (``vo.flow_provider: klt``): corners tracked by Lucas-Kanade.
 
     The odometry does not call it for its matches: it tracks the keyframe's map points and
-    Shi-Tomasi corners itself (:mod:`~trianflow_ros.vo.sparse_matches`), which costs a few ms
-    instead of dense DIS both ways. A call returns DIS flow (both directions), which the
-    odometry asks for only where a dense map is needed: a depth output
-    (``VisualOdometry.output_depth``), a depth provider or the pose refinement.
+    Shi-Tomasi corners itself (:mod:`~trianflow_ros.vo.sparse_matches`; Lucas-Kanade started
+    by a one-way DIS flow of a fast preset, or by the motion), which costs far less than the
+    dense DIS both ways plus the dense validity maps. A call returns DIS flow (both
+    directions, ``vo.dis_preset``), which the odometry asks for only where a dense map is
+    needed: a depth output (``VisualOdometry.output_depth``), a depth provider or the pose
+    refinement.
     """
 
     sparse = True

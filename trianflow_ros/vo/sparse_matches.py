@@ -9,14 +9,20 @@ the points it needs, as mature VO front ends do (VINS-Mono, ORB-SLAM-style track
   structure tensor (Shi-Tomasi, ``cv2.cornerMinEigenVal``), local maxima within
   ``vo.klt_min_distance``, at least ``vo.klt_quality`` x the image's strongest and
   ``vo.min_texture``; the image is cut into ``vo.grid_rows x vo.grid_cols`` cells and each
-  keeps its share of the strongest (spread like the dense sampling); corners within
+  keeps its share of the strongest (spread like the dense sampling; a cell short of corners
+  is filled with random textured pixels, ``vo.klt_fill``); corners within
   ``vo.klt_min_distance`` of a map point are skipped (the map point is tracked anyway). They
   are detected once per keyframe (the odometry caches them);
 - the points tracked (:func:`track_matches`): the keyframe's map points first (so that
   ``Matches.track_index`` indexes them, as in the dense front end), then fresh corners, up to
   ``vo.klt_points`` in all;
-- pyramidal Lucas-Kanade keyframe -> current (``vo.klt_track_window``, ``vo.klt_levels``),
-  then back from the current image; a match is kept when the round trip returns within
+- (pyramidal) Lucas-Kanade keyframe -> current (``vo.klt_track_window``, ``vo.klt_levels``),
+  started (``vo.klt_prior``) where a one-way DIS flow (``vo.klt_prior_preset``, ~4 ms at
+  832x256) puts each point ('dis', the default: LK then only refines, as the dense front end's
+  :func:`~trianflow_ros.vo.matches.klt_refine`) or where the last motion puts the map points
+  ('motion', no dense flow at all; the odometry predicts, :func:`predict_pixels`);
+- a blind backward Lucas-Kanade from the current image (started where the forward start puts
+  it, not at the answer); a match is kept when the round trip returns within
   max(``vo.klt_max_fb_px``, ``vo.klt_fb_ratio`` x displacement) px (the rule of
   :func:`~trianflow_ros.vo.matches.klt_refine`: a fixed small bound removes the near,
   fast-moving points that fix the scale) and lands inside the image;
