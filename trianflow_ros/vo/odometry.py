@@ -442,15 +442,17 @@ class VisualOdometry:
         cfg = self.cfg
         g = cfg.geometry
         t0 = time.perf_counter()
+        flow_ms = timings['flow']
         if getattr(self.flow, 'sparse', False):
-            m = self._sparse_matches(kf, cur, undistort, dist)
+            m = self._sparse_matches(kf, cur, undistort, dist, timings)
         else:
             m = select_matches(kf.frame.image, cur.image, flow_12, flow_21, cfg, undistort,
                                generator, kf.points.x if kf.points is not None else None,
                                cfg.vo.klt_window if getattr(self.flow, 'refine_matches', True)
                                else 0)
         n = m.count
-        timings['select'] = 1000.0 * (time.perf_counter() - t0)
+        # the sparse front end's DIS start counts as 'flow'
+        timings['select'] = 1000.0 * (time.perf_counter() - t0) - (timings['flow'] - flow_ms)
         if m.num_consistent < cfg.vo.min_matches or m.consistent_ratio < cfg.vo.min_valid_ratio:
             return PairFailure(
                 f'too few consistent matches ({m.num_consistent} pixels, '
@@ -559,8 +561,8 @@ class VisualOdometry:
         return (self.depth is not None or self.cfg.geometry.refine.enabled
                 or self.output_depth)
 
-    def _sparse_matches(self, kf: Keyframe, cur: Frame, undistort,
-                        dist: Optional[Distortion]) -> Matches:
+    def _sparse_matches(self, kf: Keyframe, cur: Frame, undistort, dist: Optional[Distortion],
+                        timings: Dict[str, float]) -> Matches:
         """
         Return the matches of the sparse front end (:mod:`~trianflow_ros.vo.sparse_matches`).
 
@@ -571,7 +573,7 @@ class VisualOdometry:
         prediction (the last frame's motion repeated) and the corners by the median inverse
         depth of the map points near them ('motion'). On KITTI at 832x256 the matches move
         18 px (median) to 60 px (90th percentile) between frames, beyond the reach of a small
-        window.
+        window. The DIS start's time is added to ``timings['flow']``.
         """
         grey1, grey2 = to_grey_uint8(kf.frame.image), to_grey_uint8(cur.image)
         tracked = kf.points.x if kf.points is not None else None
@@ -594,7 +596,9 @@ class VisualOdometry:
             if self._prior_dis is None:
                 self._prior_dis = cv2.DISOpticalFlow_create(
                     DIS_PRESETS[self.cfg.vo.klt_prior_preset])
+            t0 = time.perf_counter()
             prior = self._prior_dis.calc(grey1, grey2, None)
+            timings['flow'] += 1000.0 * (time.perf_counter() - t0)
         return track_matches(kf.frame.image, cur.image, grey1, grey2, self._sparse_cache[1],
                              self.cfg, undistort, tracked, guess, prior, corner_guess)
 
