@@ -17,7 +17,7 @@ from trianflow_ros.eval.alignment import align_poses
 from trianflow_ros.vo import KLTFlowProvider, TrackingState, VisualOdometry
 from trianflow_ros.vo.providers import make_flow_provider, to_grey_uint8
 from trianflow_ros.vo.sparse_matches import (detect_corners, guess_by_cells, lk_track,
-                                             predict_pixels, track_matches)
+                                             predict_corners, predict_pixels, track_matches)
 
 H, W = 96, 320
 _SEQ = {}
@@ -236,3 +236,17 @@ def test_klt_provider_from_config_and_name():
     assert isinstance(p, KLTFlowProvider) and p.sparse
     assert isinstance(make_flow_provider('klt', Config()), KLTFlowProvider)
     assert not make_flow_provider('dis', Config()).sparse
+
+
+def test_predicted_corners_take_the_depth_of_the_map_points_near_them():
+    K = torch.tensor([[[200.0, 0, 160], [0, 200.0, 48], [0, 0, 1]]], dtype=torch.float64)
+    x_map = torch.tensor([[[20.0, 20.0], [22.0, 21.0], [100.0, 60.0]]], dtype=torch.float64)
+    depth = torch.tensor([[4.0, 5.0, 10.0]], dtype=torch.float64)
+    T = np.eye(4)
+    T[0, 3] = 0.5
+    corners = np.array([[24.0, 24.0], [101.0, 58.0], [300.0, 90.0]])
+    g = predict_corners(corners, x_map, depth, K, T, (96, 320))
+    # inverse depth: the lower median of its cell (1/5 of 1/4 and 1/5 near (20, 20), 1/10 near
+    # (100, 60)), elsewhere the median of all (1/5); x moves by f t / z
+    assert np.allclose(g, corners + [[20.0, 0.0], [10.0, 0.0], [20.0, 0.0]], atol=1e-9)
+    assert predict_corners(np.zeros((0, 2)), x_map, depth, K, T, (96, 320)) is None

@@ -92,7 +92,7 @@ from trianflow_ros.vo import strategies
 from trianflow_ros.vo.matches import match_validity, Matches, select_matches
 from trianflow_ros.vo.providers import (DepthProvider, DIS_PRESETS, FlowProvider,
                                         make_providers, to_grey_uint8)
-from trianflow_ros.vo.sparse_matches import (cell_median, detect_corners, predict_pixels,
+from trianflow_ros.vo.sparse_matches import (detect_corners, predict_corners, predict_pixels,
                                              track_matches)
 from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, PairFailure
 from trianflow_ros.vo.types import FrameResult, TrackingState
@@ -588,7 +588,9 @@ class VisualOdometry:
             T_world_cur = self._T_world @ self._last_motion
             T_21 = np.linalg.inv(T_world_cur) @ kf.T_world
             guess = predict_pixels(kf.points.u, kf.points.depth, kf.frame.K, cur.K, T_21, dist)
-            corner_guess = self._corner_guess(kf, T_21, undistort, dist)
+            corner_guess = predict_corners(self._sparse_cache[1], kf.points.x, kf.points.depth,
+                                           kf.frame.K, T_21, tuple(kf.frame.image.shape[-2:]),
+                                           undistort, dist)
         else:
             # vo.klt_prior 'dis', or no prediction (the first pair, after a LOST frame): DIS
             # flow one way (vo.klt_prior_preset; at 832x256 ~2 ms ultrafast, ~4 ms fast, ~20
@@ -601,27 +603,6 @@ class VisualOdometry:
             timings['flow'] += 1000.0 * (time.perf_counter() - t0)
         return track_matches(kf.frame.image, cur.image, grey1, grey2, self._sparse_cache[1],
                              self.cfg, undistort, tracked, guess, prior, corner_guess)
-
-    def _corner_guess(self, kf: Keyframe, T_21: np.ndarray, undistort,
-                      dist: Optional[Distortion]) -> Optional[np.ndarray]:
-        """
-        Predict the keyframe's corners in the current image (None: no corners).
-
-        Each corner gets the median inverse depth of the map points in its 16 px cell
-        (:func:`~trianflow_ros.vo.sparse_matches.cell_median`) and is moved by the predicted
-        pose ``T_21``.
-        """
-        corners = self._sparse_cache[1]
-        if corners.shape[0] == 0:
-            return None
-        pts = kf.points
-        inv = cell_median(corners, pts.x[0].detach().cpu().numpy(),
-                          1.0 / pts.depth[0].detach().cpu().numpy()[:, None],
-                          tuple(kf.frame.image.shape[-2:]))[:, 0]
-        x = torch.from_numpy(corners)[None].to(pts.u.device, torch.float64)
-        u = undistort(x) if undistort is not None else x
-        depth = torch.from_numpy(1.0 / np.maximum(inv, 1e-9))[None].to(u.device)
-        return predict_pixels(u, depth, kf.frame.K, kf.frame.K, T_21, dist)
 
     # ----------------------------------------------------------------------------------------
     def _is_keyframe(self, est: PairEstimate, kf: Keyframe) -> Tuple[bool, str]:

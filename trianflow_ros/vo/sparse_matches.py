@@ -167,6 +167,34 @@ def cell_median(x: np.ndarray, x_known: np.ndarray, values: np.ndarray,
     return table[index(np.asarray(x))] if len(x) else np.zeros((0, v.shape[1]))
 
 
+def predict_corners(corners: np.ndarray, x_map: torch.Tensor, depth_map: torch.Tensor,
+                    K: torch.Tensor, T_21: np.ndarray, hw: Tuple[int, int], undistort=None,
+                    dist=None, cell: int = 16) -> Optional[np.ndarray]:
+    """
+    Predict where corners of the keyframe are in the current image, from the map points.
+
+    Each corner gets the median inverse depth of the map points in its ``cell`` px cell
+    (:func:`cell_median`) and is moved by the predicted pose (:func:`predict_pixels`).
+
+    :param corners: (K, 2) raw pixels of the keyframe's corners.
+    :param x_map: (1, M, 2) raw pixels of its map points; ``depth_map`` (1, M) their depths.
+    :param K: (1, 3, 3) intrinsics (keyframe and current frame).
+    :param T_21: (4, 4) predicted pose keyframe -> current.
+    :param hw: image (height, width).
+    :param undistort: raw -> pinhole pixels (None: pinhole); ``dist`` the distortion.
+    :return: (K, 2) float64 raw pixels (NaN where not predicted), or None without corners.
+    """
+    if corners.shape[0] == 0:
+        return None
+    inv = cell_median(corners, x_map[0].detach().cpu().numpy(),
+                      1.0 / depth_map[0].detach().double().cpu().numpy()[:, None],
+                      hw, cell)[:, 0]
+    x = torch.from_numpy(corners)[None].to(x_map.device, torch.float64)
+    u = undistort(x) if undistort is not None else x
+    depth = torch.from_numpy(1.0 / np.maximum(inv, 1e-9))[None].to(u.device)
+    return predict_pixels(u, depth, K, K, T_21, dist)
+
+
 def guess_by_cells(x: np.ndarray, x_known: np.ndarray, g_known: np.ndarray,
                    hw: Tuple[int, int], cell: int = 16) -> np.ndarray:
     """
