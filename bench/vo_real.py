@@ -11,6 +11,12 @@ default    ``trianflow-vo`` without provider options: whatever the command picks
            (today: the shipped ``models/default.pth``, learned flow + depth); when it resolves
            to the same configuration as another config, that run is reused (``same_as``)
 classical  ``--flow dis --depth none``: DIS flow, scale propagated by triangulation
+classical_klt  ``--flow klt --depth none``: the sparse front end (Shi-Tomasi corners tracked
+           by Lucas-Kanade started by a one-way DIS flow of preset fast), scale propagated by
+           triangulation
+classical_klt_motion  the same without any dense flow: pyramidal Lucas-Kanade started where
+           the last motion puts the points (``vo.klt_prior=motion``, ``vo.klt_levels=3``,
+           ``vo.klt_track_window=9``)
 dis_depth  ``--flow dis --depth net --checkpoint default``: DIS flow, the learned depth for
            the scale (input size of the checkpoint)
 dis_depth_hr  the same at 256x832 (the depth network is convolutional; DIS and the geometry
@@ -93,10 +99,15 @@ from trianflow_ros.vo.odometry import STAGES, working_size  # noqa: E402
 from trianflow_ros.vo.providers import find_default_checkpoint  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data'
+#: the options of the sparse front end without dense flow (``classical_klt_motion``).
+KLT_MOTION = ['--set', 'vo.klt_prior=motion', '--set', 'vo.klt_levels=3', '--set',
+              'vo.klt_track_window=9']
 #: trianflow-vo options of each VO configuration (None: the baseline).
 CONFIGS: Dict[str, Optional[List[str]]] = {
     'default': [],
     'classical': ['--flow', 'dis', '--depth', 'none'],
+    'classical_klt': ['--flow', 'klt', '--depth', 'none'],
+    'classical_klt_motion': ['--flow', 'klt', '--depth', 'none'] + KLT_MOTION,
     'dis_depth': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default'],
     'dis_depth_hr': ['--flow', 'dis', '--depth', 'net', '--checkpoint', 'default', '--set',
                      'data.img_height=256', '--set', 'data.img_width=832'],
@@ -105,8 +116,8 @@ CONFIGS: Dict[str, Optional[List[str]]] = {
     'baseline_raw': None,
 }
 #: the order the configurations are computed in (``default`` last, so it can reuse a run).
-_RUN_ORDER = ('classical', 'dis_depth', 'dis_depth_hr', 'learned', 'default', 'baseline',
-              'baseline_raw')
+_RUN_ORDER = ('classical', 'classical_klt', 'classical_klt_motion', 'dis_depth', 'dis_depth_hr',
+              'learned', 'default', 'baseline', 'baseline_raw')
 SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30')
 SYNTHETIC_SEED = 2000
 

@@ -74,3 +74,18 @@ def test_bad_options_exit_2(bench, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(['--only', 'kitti07'])
     assert e.value.code == 2 and 'kitti07' in capsys.readouterr().err
+
+
+def test_sparse_front_end_configs_run_without_dense_flow(bench, capsys, tmp_path):
+    assert bench.main(['--quick', '--only', 'syn_forward', '--configs',
+                       'classical_klt,classical_klt_motion', '--no-progress',
+                       '--out', str(tmp_path)]) == 0
+    runs = last_json(capsys)['syn_forward']
+    assert list(runs) == ['classical_klt', 'classical_klt_motion']
+    for config, r in runs.items():
+        assert r['frames'] == 6 and r['lost'] == 0 and r['res'] == '256x832', (config, r)
+        # measured: 0.053 m of a ~5 m path started by DIS (the dense classical: < 0.05)
+        assert 0.0 <= r['ate'] < 0.1 and r['rpe_rot'] < 0.2, (config, r)
+    # the DIS start counts as flow; the motion start computes it for the first pair only
+    stages = {config: r['stage_ms'] for config, r in runs.items()}
+    assert 0 < stages['classical_klt_motion']['flow'] < stages['classical_klt']['flow']

@@ -271,8 +271,11 @@ class VOConfig:
                             'input scaled to about data.img_height x data.img_width pixels, '
                             'its aspect ratio kept; not with networks)',
                             choices=('network', 'native', 'aspect'))
-    flow_provider: str = param('dis', 'flow: dis (OpenCV DIS, no weights) or net (checkpoint)',
-                               choices=('dis', 'net'))
+    flow_provider: str = param('dis', 'flow: dis (OpenCV DIS dense flow, no weights), klt '
+                               '(sparse: Shi-Tomasi corners of the keyframe tracked by '
+                               'Lucas-Kanade, vo.klt_*, no weights; dense DIS runs only where '
+                               'a dense map is needed: depth output, depth net, refinement) or '
+                               'net (checkpoint)', choices=('dis', 'klt', 'net'))
     depth_provider: str = param('none', 'depth: none (scale propagated by triangulation) or '
                                 'net (checkpoint depth net gives the scale)',
                                 choices=('none', 'net'))
@@ -330,6 +333,35 @@ class VOConfig:
     klt_fb_ratio: float = param(0.04, 'the Lucas-Kanade round-trip bound grows to this share '
                                 'of the match displacement (0 = fixed vo.klt_max_fb_px)',
                                 range=(0.0, 1.0))
+    klt_points: int = param(3000, 'points the sparse front end (vo.flow_provider klt) tracks '
+                            "per frame: the keyframe's map points first, then its fresh "
+                            'corners', range=(8, 10**6))
+    klt_quality: float = param(0.001, 'a corner of the sparse front end needs this share of '
+                               "the image's strongest Shi-Tomasi score (and vo.min_texture)",
+                               range=(0.0, 1.0))
+    klt_min_distance: float = param(3.0, 'corners of the sparse front end are local maxima '
+                                    'within this radius (px) and keep this far from map '
+                                    'points', range=(1.0, 1000.0))
+    klt_fill: bool = param(True, 'a grid cell of the sparse front end with fewer corners than '
+                           'its share is filled with textured pixels (vo.min_texture) drawn at '
+                           'random (seeded)')
+    klt_track_window: int = param(7, 'Lucas-Kanade window (px) of the sparse front end',
+                                  range=(5, 101))
+    klt_prior: str = param('dis', 'where Lucas-Kanade of the sparse front end starts: dis '
+                           '(every point moved by a one-way OpenCV DIS flow of '
+                           'vo.klt_prior_preset; LK then only refines, vo.klt_levels 0) or '
+                           'motion (no dense flow: map points where the last motion puts '
+                           'them, corners by the depth of the map points near them; use '
+                           'vo.klt_levels 3 and vo.klt_track_window 9); the first pair and the '
+                           'one after a LOST frame always start from the DIS flow',
+                           choices=('dis', 'motion'))
+    klt_prior_preset: str = param('fast', 'OpenCV DIS preset of the start of the sparse front '
+                                  'end (vo.klt_prior); one way at 832x256: ~2 ms ultrafast, '
+                                  '~4 ms fast, ~20 ms medium',
+                                  choices=('ultrafast', 'fast', 'medium'))
+    klt_levels: int = param(0, 'pyramid levels above the image of the sparse front end '
+                            "(Lucas-Kanade's reach is about window x 2^levels px)",
+                            range=(0, 8))
     min_texture: float = param(1e-4, 'fresh matches are drawn first where the smallest '
                                'structure-tensor eigenvalue over the KLT window reaches this '
                                '(grey in [0, 1]; 0 = no preference): KLT can follow them',

@@ -7,10 +7,10 @@ and depth providers and :mod:`.covariance` for the pose covariance.
 
 from trianflow_ros.vo.odometry import VisualOdometry
 from trianflow_ros.vo.providers import (DepthProvider, DISFlowProvider, FlowProvider,
-                                        NetworkDepthProvider, NetworkFlowProvider,
+                                        KLTFlowProvider, NetworkDepthProvider, NetworkFlowProvider,
                                         OracleDepthProvider, OracleFlowProvider)
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 __all__ = ['DepthProvider', 'DISFlowProvider', 'FlowProvider', 'FrameResult',
-           'NetworkDepthProvider', 'NetworkFlowProvider', 'OracleDepthProvider',
+           'KLTFlowProvider', 'NetworkDepthProvider', 'NetworkFlowProvider', 'OracleDepthProvider',
            'OracleFlowProvider', 'TrackingState', 'VisualOdometry']

@@ -198,9 +198,10 @@ def _common_options() -> argparse.ArgumentParser:
     p.add_argument('--stride', type=int, default=1,
                    help='use every N-th frame (the paper tests stride 3 on KITTI)')
     p.add_argument('--max-frames', type=int, default=None, help='process at most N frames')
-    p.add_argument('--flow', choices=('dis', 'net'), default=None,
-                   help='flow provider: dis (OpenCV, no weights; the default, also with '
-                        '--checkpoint) or net (needs --checkpoint)')
+    p.add_argument('--flow', choices=('dis', 'klt', 'net'), default=None,
+                   help='flow provider: dis (OpenCV dense flow, no weights; the default, also '
+                        'with --checkpoint), klt (sparse: corners tracked by Lucas-Kanade, no '
+                        'weights; fastest with --no-depth-output) or net (needs --checkpoint)')
     p.add_argument('--depth', choices=('none', 'net'), default=None,
                    help='depth provider: none (scale propagated by triangulation) or net; '
                         'default: net when --checkpoint is given, else none')

@@ -14,6 +14,9 @@ Providers:
 
 =======================  ====================================================================
 DISFlowProvider          OpenCV DIS dense flow on grey images, both directions; no weights.
+KLTFlowProvider          the sparse front end (``sparse``: the odometry tracks corners by
+                         Lucas-Kanade, :mod:`~trianflow_ros.vo.sparse_matches`); called, it
+                         gives DIS flow for the dense maps that need it.
 NetworkFlowProvider      the PWC flow network (a ready module or a checkpoint path).
 OracleFlowProvider       exact flow of a synthetic sequence (tests).
 NetworkDepthProvider     the depth network (a ready module or a checkpoint path); its scale
@@ -103,6 +106,9 @@ class FlowProvider:
     #: True when the VO should refine this flow's matches by Lucas-Kanade (``vo.klt_window``):
     #: a regularised dense flow (DIS, a network); False for exact flow (the oracle).
     refine_matches = True
+    #: True when the odometry takes its matches from the sparse front end
+    #: (:mod:`~trianflow_ros.vo.sparse_matches`) and calls the provider only for dense maps.
+    sparse = False
 
     def __call__(self, img_prev: torch.Tensor, img_cur: torch.Tensor) -> FlowPair:
         """
@@ -211,6 +217,22 @@ class DISFlowProvider(FlowProvider):
                 img_prev.device, torch.float32)
 
         return tensor(f12), tensor(f21)
+
+
+class KLTFlowProvider(DISFlowProvider):
+    """
+    The sparse front end (``vo.flow_provider: klt``): corners tracked by Lucas-Kanade.
+
+    The odometry does not call it for its matches: it tracks the keyframe's map points and
+    Shi-Tomasi corners itself (:mod:`~trianflow_ros.vo.sparse_matches`; Lucas-Kanade started
+    by a one-way DIS flow of a fast preset, or by the motion), which costs far less than the
+    dense DIS both ways plus the dense validity maps. A call returns DIS flow (both
+    directions, ``vo.dis_preset``), which the odometry asks for only where a dense map is
+    needed: a depth output (``VisualOdometry.output_depth``), a depth provider or the pose
+    refinement.
+    """
+
+    sparse = True
 
 
 def default_checkpoint_candidates() -> List[Path]:
@@ -635,14 +657,17 @@ def make_flow_provider(spec=None, cfg: Optional[Config] = None,
     """
     Turn a flow specification into a provider.
 
-    :param spec: a FlowProvider (returned as is), 'dis', a FlowNet / model with ``.flow_net``,
-        a checkpoint path, or None (``cfg.vo.flow_provider``: 'dis', or 'net' with
-        ``cfg.vo.checkpoint``).
+    :param spec: a FlowProvider (returned as is), 'dis', 'klt', a FlowNet / model with
+        ``.flow_net``, a checkpoint path, or None (``cfg.vo.flow_provider``: 'dis', 'klt', or
+        'net' with ``cfg.vo.checkpoint``).
     :param cfg: the configuration (defaults when None).
     :param device: device of a network.
     :raises ValueError: 'net' without a checkpoint.
     """
     cfg = cfg or Config()
+    if (spec is None and cfg.vo.flow_provider == 'klt') or (isinstance(spec, str)
+                                                            and spec == 'klt'):
+        return KLTFlowProvider(cfg.vo.dis_preset)
     return _make_provider(spec, cfg, device, FlowProvider, 'flow_provider', 'dis',
                           lambda: DISFlowProvider(cfg.vo.dis_preset), NetworkFlowProvider,
                           'use the classical flow (dis)')
@@ -684,7 +709,7 @@ def make_providers(flow=None, depth=None, cfg: Optional[Config] = None,
         flow = depth = cfg.vo.checkpoint
     source = None
     if isinstance(flow, (str, Path)) and isinstance(depth, (str, Path)) \
-            and str(flow) == str(depth) and str(flow) not in ('dis', 'none'):
+            and str(flow) == str(depth) and str(flow) not in ('dis', 'klt', 'none'):
         source = str(resolve_checkpoint(flow))
         flow, depth = load_networks(flow, cfg=cfg)
     providers = make_flow_provider(flow, cfg, device), make_depth_provider(depth, cfg, device)
