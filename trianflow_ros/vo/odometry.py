@@ -714,20 +714,25 @@ class VisualOdometry:
         if est.method in TRIANGULATED:
             valid_2 = self._valid_2(x)
             # pixel figures in the pixels of the (strided) maps
-            maps.append(x.full(*triangulate_flow_depth(
+            maps.append(triangulate_flow_depth(
                 x.flow_21, valid_2, x.K1, x.K2, T,
                 min_angle_deg=cfg.vo.propagate_min_angle_deg, min_depth=g.triangulation.min_depth,
                 max_sampson_px=2.0 * g.ransac.threshold_px / x.stride,
                 sigma_px=max(est.sigma_px, 0.1) / x.stride, undistort=x.undistort,
                 grid_2=x.grid,
                 # float32 (2x faster) where only the depth output reads the map
-                dtype=torch.float32 if output_only else torch.float64)))
+                dtype=torch.float32 if output_only else torch.float64))
         if kf.depth is not None and cfg.vo.map_fusion:
             if valid_2 is None:
                 valid_2 = self._valid_2(x)
-            maps.append(x.full(*transfer_flow_depth(
+            maps.append(transfer_flow_depth(
                 x.strided(kf.depth), x.strided(kf.sigma), x.flow_21, valid_2, x.K1, T,
-                undistort=x.undistort, grid_2=x.grid)))
+                undistort=x.undistort, grid_2=x.grid))
+        if maps:                                 # fused on the strided grid, then repeated
+            d, s = maps[0]
+            for d2, s2 in maps[1:]:
+                d, s = fuse_log_depth(d, s, d2, s2)
+            maps = [x.full(d, s)]
         if net_d is not None:
             maps.append((net_d, net_s))
         if not maps:

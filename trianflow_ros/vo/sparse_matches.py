@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from trianflow_ros.config import Config
-from trianflow_ros.vo.matches import Matches, patch_zncc
+from trianflow_ros.vo.matches import Matches, zncc_check
 
 #: LK stops after this many iterations or a step below this many pixels.
 _CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
@@ -325,12 +325,7 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
         if not bool(fin.all()):
             index = index[fin[:index.numel()]]
             x1, x2, u1, u2 = x1[:, fin], x2[:, fin], u1[:, fin], u2[:, fin]
-    zncc_ratio, checked = 1.0, 0
-    if cfg.vo.min_zncc_ratio > 0 and x1.shape[1] > 0:
-        zncc, textured = patch_zncc(img1, img2, x1, x2)
-        checked = int(textured.sum())
-        if checked:
-            zncc_ratio = float((zncc[textured] >= cfg.vo.zncc_threshold).mean())
+    zncc_ratio, checked = zncc_check(img1, img2, x1, x2, cfg)
     return Matches(x1=x1, x2=x2, u1=u1, u2=u2, num_consistent=good,
                    consistent_ratio=good / attempted, track_index=index,
                    zncc_ratio=zncc_ratio, num_zncc_checked=checked)
