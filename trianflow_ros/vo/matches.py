@@ -252,6 +252,27 @@ def patch_zncc(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: tor
     return zncc.astype(np.float32), textured
 
 
+def undistort_matches(x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor, undistort
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                 torch.Tensor]:
+    """
+    Undistort raw matches into pinhole pixels; drop those the lens model cannot invert.
+
+    :param x1: (1, N, 2) raw pixels in image 1; ``x2`` their matches.
+    :param index: (T,) the map-point indices of the first T matches (kept in step).
+    :param undistort: raw -> pinhole pixels (None: pinhole images, u = x).
+    :return: x1, x2, u1, u2 (1, M, 2) and the index of the kept map points.
+    """
+    if undistort is None or x1.shape[1] == 0:
+        return x1, x2, x1, x2, index
+    u1, u2 = undistort(x1), undistort(x2)
+    ok = (torch.isfinite(u1).all(-1) & torch.isfinite(u2).all(-1))[0]
+    if not bool(ok.all()):
+        index = index[ok[:index.numel()]]
+        x1, x2, u1, u2 = x1[:, ok], x2[:, ok], u1[:, ok], u2[:, ok]
+    return x1, x2, u1, u2, index
+
+
 def zncc_check(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
                cfg: Config) -> Tuple[float, int]:
     """
@@ -376,13 +397,7 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
             # too few matches can be refined (little texture, a coarse image): keep the
             # flow's match where KLT failed rather than lose the frame
             x2 = torch.where(ok[None, :, None], refined, x2)
-    u1, u2 = x1, x2
-    if undistort is not None and x1.shape[1] > 0:
-        u1, u2 = undistort(x1), undistort(x2)
-        ok = (torch.isfinite(u1).all(-1) & torch.isfinite(u2).all(-1))[0]
-        if not bool(ok.all()):
-            index = index[ok[:index.numel()]]
-            x1, x2, u1, u2 = x1[:, ok], x2[:, ok], u1[:, ok], u2[:, ok]
+    x1, x2, u1, u2, index = undistort_matches(x1, x2, index, undistort)
     zncc_ratio, checked = zncc_check(img1, img2, x1, x2, cfg)
     return Matches(x1=x1, x2=x2, u1=u1, u2=u2, num_consistent=num_good,
                    consistent_ratio=ratio, track_index=index, zncc_ratio=zncc_ratio,

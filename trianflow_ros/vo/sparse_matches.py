@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from trianflow_ros.config import Config
-from trianflow_ros.vo.matches import Matches, zncc_check
+from trianflow_ros.vo.matches import Matches, undistort_matches, zncc_check
 
 #: LK stops after this many iterations or a step below this many pixels.
 _CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
@@ -318,13 +318,7 @@ def track_matches(img1: torch.Tensor, img2: torch.Tensor, grey1: np.ndarray,
     index = torch.from_numpy(np.nonzero(ok[:num_map])[0]).to(dev, torch.int64)
     x1 = torch.from_numpy(p1[ok])[None].to(dev, torch.float64)
     x2 = torch.from_numpy(p2[ok])[None].to(dev, torch.float64)
-    u1, u2 = x1, x2
-    if undistort is not None and x1.shape[1] > 0:
-        u1, u2 = undistort(x1), undistort(x2)
-        fin = (torch.isfinite(u1).all(-1) & torch.isfinite(u2).all(-1))[0]
-        if not bool(fin.all()):
-            index = index[fin[:index.numel()]]
-            x1, x2, u1, u2 = x1[:, fin], x2[:, fin], u1[:, fin], u2[:, fin]
+    x1, x2, u1, u2, index = undistort_matches(x1, x2, index, undistort)
     zncc_ratio, checked = zncc_check(img1, img2, x1, x2, cfg)
     return Matches(x1=x1, x2=x2, u1=u1, u2=u2, num_consistent=good,
                    consistent_ratio=good / attempted, track_index=index,
