@@ -269,6 +269,18 @@ def test_planar_scene_is_general_or_planar():
     assert classify(x1, x2, detect_planar=True).types() == [GENERAL]
 
 
+def test_off_plane_share_tells_one_plane_from_a_plane_with_structure():
+    """The share of E inliers the homography leaves out: ~0 on a wall, large off it."""
+    g = torch.Generator().manual_seed(5)
+    x1, x2, _ = make_scene(g, rot_deg=2.0, forward_m=1.0, wall=((0.3, 0.0, 1.0), 12.0))
+    wall = classify(x1, x2, detect_planar=True)
+    assert wall.off_plane_share.shape == (1,)
+    assert float(wall.off_plane_share[0]) < 0.05
+    x1g, x2g, _ = make_scene(g, rot_deg=2.0, forward_m=1.0)
+    general = classify(x1g, x2g, detect_planar=True)
+    assert float(general.off_plane_share[0]) > 0.3
+
+
 def test_weights_exclude_points():
     g = torch.Generator().manual_seed(4)
     x1, x2, R = make_scene(g, rot_deg=2.0, outliers=0.0)

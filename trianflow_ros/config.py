@@ -321,6 +321,11 @@ class VOConfig:
                              'the matches better than E) and the keyframe has structure, the '
                              'pose comes from PnP on it (E is ill-conditioned on a plane); '
                              'classical pipeline only (no depth network)')
+    planar_max_off_plane: float = param(
+        0.15, 'a PLANAR pair goes to PnP only when at most this share of its E inliers lies '
+        'off the homography (one plane: 0.01-0.09 on vamr_checkerboard; a road under facades '
+        '0.16-0.28 on the synthetic highway, where PnP on the far map was worse than E)',
+        range=(0.0, 1.0))
     scale_min_parallax_px: float = param(1.0, 'triangulated points need this parallax (px) to '
                                          'enter the scale fit', range=(0.0, 1e4))
     klt_window: int = param(7, 'Lucas-Kanade window (px) refining every match of the dense '

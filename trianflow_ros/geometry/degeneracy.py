@@ -176,6 +176,9 @@ class MotionClassification:
     :ivar sigma_px: GRIC's sigma: the given ``sigma_px``, or ``sigma_scale`` times the noise
         estimated from the epipolar residuals, pixels (B,).
     :ivar rotation_inliers: inliers of the rotation model's RANSAC, (B, N) bool.
+    :ivar off_plane_share: share of the epipolar model's inliers (among the points that entered
+        the GRIC) that the homography does not explain, (B,): ~0 for a scene that is one
+        plane, larger where structure lies off the plane (a road under facades).
     """
 
     motion: torch.Tensor
@@ -188,6 +191,7 @@ class MotionClassification:
     num_points: torch.Tensor
     sigma_px: torch.Tensor
     rotation_inliers: torch.Tensor
+    off_plane_share: Optional[torch.Tensor] = None
 
     def types(self):
         """Return the motion of every batch element as a list of :class:`MotionType`."""
@@ -391,7 +395,10 @@ def classify_motion(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: to
         motion = torch.where(rotation, int(MotionType.PURE_ROTATION), motion)
         motion = torch.where(standstill, int(MotionType.STANDSTILL), motion)
         R_21 = torch.where(standstill[:, None, None], eye, rot.model)
+        e_inliers = m & (e2_epi < gate)
+        off_plane = ((e_inliers & (e2[:, 2] >= gate)).sum(-1).to(x1.dtype)
+                     / e_inliers.sum(-1).clamp(min=1).to(x1.dtype))
     return MotionClassification(motion=motion, R_21=R_21, flow_px=flow_px, gric_identity=g_id,
                                 gric_rotation=g_rot, gric_homography=g_hom, gric_epipolar=g_epi,
                                 num_points=m.sum(-1), sigma_px=sigma,
-                                rotation_inliers=rot.inliers)
+                                rotation_inliers=rot.inliers, off_plane_share=off_plane)

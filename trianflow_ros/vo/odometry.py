@@ -528,7 +528,8 @@ class VisualOdometry:
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
         if not observable and motion == MotionType.STANDSTILL:
             return strategies.hold(ctx)
-        planar = motion == MotionType.PLANAR and kf.has_structure and self.depth is None
+        planar = (motion == MotionType.PLANAR and kf.has_structure and self.depth is None
+                  and float(cls.off_plane_share[0]) <= cfg.vo.planar_max_off_plane)
         if planar:
             # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
             # ambiguity), while PnP on the map points is exact (planar PnP); measured on the
@@ -536,7 +537,8 @@ class VisualOdometry:
             # is PLANAR too, and there PnP was worse than E (synthetic highway 0.06 -> 0.15 m;
             # docs/BENCHMARKS.md): vo.planar_pnp turns it off. Not with a depth network: at
             # its 64x192 GRIC calls most KITTI pairs PLANAR and PnP on the learned depth
-            # drifted (ATE 0.43 -> 6.3 m)
+            # drifted (ATE 0.43 -> 6.3 m). A plane with structure off it (E inliers the
+            # homography does not explain: a road under facades) is E's case, not PnP's
             t0 = time.perf_counter()
             est = strategies.pnp(ctx)
             timings['solver'] += 1000.0 * (time.perf_counter() - t0)
