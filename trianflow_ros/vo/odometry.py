@@ -109,6 +109,12 @@ _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
 TRIANGULATED = ('essential', 'pnp')
 
 
+def _aspect_overridden(cfg: Config) -> bool:
+    """Whether 'aspect' is asked for with a network (which needs its own input size)."""
+    return cfg.vo.resolution == 'aspect' and 'net' in (cfg.vo.flow_provider,
+                                                       cfg.vo.depth_provider)
+
+
 def working_size(cfg: Config, input_hw: Tuple[int, int]) -> Tuple[int, int]:
     """
     Return the working (height, width) of ``vo.resolution`` for an input of size ``input_hw``.
@@ -120,7 +126,7 @@ def working_size(cfg: Config, input_hw: Tuple[int, int]) -> Tuple[int, int]:
     'network' on KITTI, VAMR or the TUM pair (docs/BENCHMARKS.md), so it is not the default.
     """
     mode = cfg.vo.resolution
-    if mode == 'aspect' and 'net' in (cfg.vo.flow_provider, cfg.vo.depth_provider):
+    if _aspect_overridden(cfg):
         mode = 'network'                            # the networks need their input size
     h, w = int(input_hw[0]), int(input_hw[1])
     if mode == 'native':
@@ -170,8 +176,7 @@ class VisualOdometry:
         validate(self.cfg)
         self.device = resolve_device(device if device is not None else self.cfg.vo.device)
         self.flow, self.depth = make_providers(flow, depth, self.cfg, self.device)
-        if self.cfg.vo.resolution == 'aspect' and 'net' in (self.cfg.vo.flow_provider,
-                                                            self.cfg.vo.depth_provider):
+        if _aspect_overridden(self.cfg):
             warnings.warn("vo.resolution 'aspect' is for the classical pipeline: with a network "
                           '(vo.flow_provider / vo.depth_provider net) the working size is the '
                           "network's, data.img_height x data.img_width. Fix: vo.resolution: "
@@ -576,10 +581,14 @@ class VisualOdometry:
                                       + note)
         return est
 
+    @property
+    def _maps_for_output_only(self) -> bool:
+        """Whether only the depth output reads the dense maps (no depth net, no refinement)."""
+        return self.depth is None and not self.cfg.geometry.refine.enabled
+
     def _needs_dense_flow(self) -> bool:
         """Whether a dense map needs the flow (a sparse front end computes it only then)."""
-        return (self.depth is not None or self.cfg.geometry.refine.enabled
-                or self.output_depth)
+        return self.output_depth or not self._maps_for_output_only
 
     def _sparse_matches(self, kf: Keyframe, cur: Frame, undistort, dist: Optional[Distortion],
                         timings: Dict[str, float]) -> Matches:
@@ -665,8 +674,8 @@ class VisualOdometry:
     def _dense_inputs(self, kf: Keyframe, cur: Frame, flow_12: torch.Tensor,
                       flow_21: torch.Tensor, undistort, grid) -> DenseInputs:
         """Return the dense maps' inputs: every pixel, or every n-th for the output alone."""
-        output_only = self.depth is None and not self.cfg.geometry.refine.enabled
-        return DenseInputs.at_stride(self.cfg.vo.output_depth_stride if output_only else 1,
+        stride = self.cfg.vo.output_depth_stride if self._maps_for_output_only else 1
+        return DenseInputs.at_stride(stride,
                                      kf.frame.image, cur.image, kf.frame.K, cur.K, flow_12,
                                      flow_21, undistort, grid)
 
@@ -706,7 +715,7 @@ class VisualOdometry:
         net_d, net_s, kind = self._provider_map(cur.depth)
         if not cfg.vo.map_fusion and net_d is not None:
             return net_d, net_s, kind
-        output_only = self.depth is None and not g.refine.enabled
+        output_only = self._maps_for_output_only
         if output_only and not self.output_depth:
             return None, None, 'none'        # only the depth output would read the dense map
         T = torch.from_numpy(est.T_21)[None].to(cur.K.device)
@@ -734,14 +743,13 @@ class VisualOdometry:
             d, s = maps[0]
             for d2, s2 in maps[1:]:
                 d, s = fuse_log_depth(d, s, d2, s2)
-            maps = [x.full(d, s)]
-        if net_d is not None:
-            maps.append((net_d, net_s))
-        if not maps:
+            d, s = x.full(d, s)
+            if net_d is not None:
+                d, s = fuse_log_depth(d, s, net_d, net_s)
+        elif net_d is not None:
+            d, s = net_d, net_s
+        else:
             return None, None, 'none'
-        d, s = maps[0]
-        for d2, s2 in maps[1:]:
-            d, s = fuse_log_depth(d, s, d2, s2)
         if not bool((d > 0).any()):
             return None, None, 'none'
         return d, s, ('depth' if net_d is not None else 'propagated')
