@@ -187,6 +187,21 @@ def test_classify_seed_determinism():
         assert torch.equal(getattr(a, field), getattr(b, field)), field
 
 
+def test_classify_float64_inputs_keep_their_dtype_and_classes():
+    # the two RANSACs run in float32 (faster on CPU), the GRIC in the caller's dtype: float64
+    # input gives float64 outputs and the same classes as float32 input
+    expected, x1, x2, R = _mixed_batch()
+    e = essential_residuals(x1, x2)
+    b = x1.shape[0]
+    K = K0.expand(b, 3, 3)
+    c = classify_motion(x1, x2, K, K, e, generator=torch.Generator().manual_seed(0))
+    assert c.types() == expected
+    assert c.R_21.dtype == torch.float64 and c.gric_epipolar.dtype == torch.float64
+    assert c.flow_px.dtype == torch.float64 and c.off_plane_share.dtype == torch.float64
+    rot = torch.tensor([k == ROTATION for k in expected])
+    assert float(rotation_error_deg(c.R_21[rot], R[rot]).max()) < 0.03
+
+
 def test_estimate_sigma():
     g = torch.Generator().manual_seed(6)
     e = 0.7 * torch.randn(2, 4000, generator=g, dtype=torch.float64)

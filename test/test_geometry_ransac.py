@@ -379,3 +379,25 @@ def test_msac_score_is_the_truncated_quadratic():
     thr2 = torch.tensor([1.0, 4.0], dtype=torch.float64)[:, None]
     r2b = torch.cat((r2, r2)).T                                            # (N, B)
     assert msac_score(r2b, thr2.T, dim=0).tolist() == [1.75, 1.0 + 15 / 16 + 0.75 + 0.0]
+
+
+def test_arguments_default_to_the_params_fields():
+    # the tuning arguments are the fields of ``params`` unless given: the same result either way
+    from trianflow_ros.config import RansacConfig
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.rand(1, 300, 2, generator=g, dtype=torch.float64) * 500
+    x2 = x1 + torch.randn(1, 300, 2, generator=g, dtype=torch.float64)
+    K = torch.tensor([[[500.0, 0, 250], [0, 500.0, 250], [0, 0, 1]]], dtype=torch.float64)
+    p = RansacConfig(threshold_px=0.8, num_hypotheses=64, lo_iters=1, refine_iters=2)
+    for fn, args in ((ransac_essential, (x1, x2, K, K)), (ransac_fundamental, (x1, x2))):
+        a = fn(*args, generator=torch.Generator().manual_seed(0), params=p)
+        kw = {'threshold_px': 0.8, 'num_hypotheses': 64, 'lo_iters': 1}
+        if fn is ransac_essential:
+            kw.update(refine_iters=2, min_hypotheses=0)
+        b = fn(*args, generator=torch.Generator().manual_seed(0), **kw, params=p)
+        c = fn(*args, generator=torch.Generator().manual_seed(0), **kw)
+        assert torch.equal(a.model, b.model) and torch.equal(a.inliers, b.inliers)
+        assert torch.equal(a.model, c.model)
+        # an argument given wins over the field
+        d = fn(*args, generator=torch.Generator().manual_seed(0), threshold_px=3.0, params=p)
+        assert int(d.num_inliers[0]) > int(a.num_inliers[0])

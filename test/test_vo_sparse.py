@@ -250,3 +250,71 @@ def test_predicted_corners_take_the_depth_of_the_map_points_near_them():
     # (100, 60)), elsewhere the median of all (1/5); x moves by f t / z
     assert np.allclose(g, corners + [[20.0, 0.0], [10.0, 0.0], [20.0, 0.0]], atol=1e-9)
     assert predict_corners(np.zeros((0, 2)), x_map, depth, K, T, (96, 320)) is None
+
+
+def test_keyframe_corners_from_the_worker_equal_a_direct_detection(monkeypatch):
+    # the odometry computes the corner response of every current frame in a worker thread
+    # (while that frame's geometry runs) and selects the corners when the frame is the
+    # keyframe: the result must be that of detect_corners on the keyframe, away from its map
+    # points, whichever way it was computed
+    import threading
+    import trianflow_ros.vo.odometry as odometry
+    threads = []
+    original = odometry.corner_response
+
+    def recording(grey, cfg):
+        threads.append(threading.current_thread().name)
+        return original(grey, cfg)
+
+    monkeypatch.setattr(odometry, 'corner_response', recording)
+    seq = sequence('forward', 4)
+    cfg = config()
+    vo = VisualOdometry(cfg, device='cpu')
+    vo.output_depth = False
+    checked = 0
+    for i, im in enumerate(seq.images_uint8()):
+        vo.step(float(i), im, seq.K.numpy())
+        cache = vo._sparse_cache               # (the keyframe of this step, its corners, grey)
+        if cache is None:
+            continue
+        kf = cache[0]
+        grey = to_grey_uint8(kf.frame.image)
+        avoid = None if kf.points is None else kf.points.x[0].numpy()
+        direct = detect_corners(grey, cfg, cfg.vo.klt_points, avoid)
+        assert np.array_equal(cache[1], direct)
+        assert np.array_equal(cache[2], grey)
+        checked += 1
+    assert checked == 3
+    # the first keyframe's response on this thread, every later frame's in the worker
+    assert threads[0] == threading.current_thread().name
+    assert len(threads) == 4 and all(t.startswith('trianflow-corners') for t in threads[1:])
+    # the last frame's response is being computed for the next step
+    assert vo._next_corners is not None and vo._next_corners[0] is vo._kf.frame
+
+
+def test_select_corners_of_a_response_equals_detect_corners():
+    from trianflow_ros.vo.sparse_matches import corner_response, select_corners
+    grey = to_grey_uint8(sequence('forward').images[0][None])
+    cfg = config()
+    resp = corner_response(grey, cfg)
+    avoid = detect_corners(grey, cfg, 100)
+    for count, av in ((400, None), (400, avoid), (0, None)):
+        assert np.array_equal(select_corners(resp, cfg, count, av),
+                              detect_corners(grey, cfg, count, av))
+    assert select_corners(resp, cfg, 400, avoid).shape[0] > 300
+
+
+def test_klt_provider_carries_the_prior_preset():
+    cfg = config()
+    cfg.vo.klt_prior_preset = 'ultrafast'
+    p = make_flow_provider(None, cfg)
+    assert isinstance(p, KLTFlowProvider) and p.prior_preset == 'ultrafast'
+    assert p.preset == cfg.vo.dis_preset
+    img, img2 = shifted_pair(3, 1)
+    prior = p.prior(to_grey_uint8(img), to_grey_uint8(img2))
+    assert prior.shape == (H, W, 2) and prior.dtype == np.float32
+    # a whole-pixel shift: the one-way DIS flow is (3, 1) in the middle of the image
+    mid = prior[H // 4:3 * H // 4, W // 4:3 * W // 4].reshape(-1, 2)
+    assert np.allclose(np.median(mid, axis=0), [3.0, 1.0], atol=0.25)
+    with pytest.raises(ValueError, match='klt_prior_preset'):
+        KLTFlowProvider('medium', 'slowest')

@@ -293,6 +293,11 @@ def _finish(model: torch.Tensor, r2: torch.Tensor, w: torch.Tensor, threshold_px
                         num_inliers=inliers.sum(1).to(torch.int64), score=score.to(dtype))
 
 
+def _or_params(params: RansacConfig, **given) -> tuple:
+    """Return the given values in order, each None replaced by the field of ``params``."""
+    return tuple(getattr(params, k) if v is None else v for k, v in given.items())
+
+
 def _prepare(x1, x2, weights, threshold_px, num_hypotheses, lo_iters):
     """Check the inputs; return float64 weights (B, N)."""
     check_shape(x1, 'x1', ('B', 'N', 2))
@@ -329,8 +334,9 @@ def _channels_first(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 
 
 def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                       *, threshold_px: float = 0.5, num_hypotheses: int = 256,
-                       lo_iters: int = 3, generator: Optional[torch.Generator] = None,
+                       *, threshold_px: Optional[float] = None,
+                       num_hypotheses: Optional[int] = None, lo_iters: Optional[int] = None,
+                       generator: Optional[torch.Generator] = None,
                        params: Optional[RansacConfig] = None) -> RansacResult:
     """
     Robust fundamental matrix by batched LO-MSAC with 8-point hypotheses (H&Z Alg. 11.4).
@@ -346,17 +352,20 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
     :param x2: pixel coordinates in image 2, shape (B, N, 2).
     :param weights: optional non-negative weights, shape (B, N); 0 excludes a point, so pairs
         of a batch may have different numbers of valid points.
-    :param threshold_px: inlier threshold on the Sampson distance, in pixels.
-    :param num_hypotheses: minimal sets per pair.
-    :param lo_iters: local-optimisation iterations.
+    :param threshold_px: inlier threshold on the Sampson distance, in pixels (None:
+        ``params.threshold_px``).
+    :param num_hypotheses: minimal sets per pair (None: ``params.num_hypotheses``).
+    :param lo_iters: local-optimisation iterations (None: ``params.lo_iters``).
     :param generator: torch.Generator (on the points' device) for reproducible sampling.
     :param params: the tuning constants, ``geometry.ransac`` of the config
-        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
-        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
-        they are the arguments.
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults); an argument given
+        (not None) replaces its field.
     :return: :class:`RansacResult` with model = F (x2^T F x1 = 0). A pair with fewer than 8
         positive weights gets a zero model, no inliers and score 0. Not differentiable.
     """
+    p = DEFAULT_PARAMS if params is None else params
+    threshold_px, num_hypotheses, lo_iters = _or_params(
+        p, threshold_px=threshold_px, num_hypotheses=num_hypotheses, lo_iters=lo_iters)
     w = _prepare(x1, x2, weights, threshold_px, num_hypotheses, lo_iters)
     if x1.shape[1] < MIN_POINTS:
         return _failed(x1)
@@ -368,18 +377,20 @@ def ransac_fundamental(x1: torch.Tensor, x2: torch.Tensor, weights: Optional[tor
         y1, y2 = _channels_first(x1, A1), _channels_first(x2, A2)
         M, r2 = _lo_msac(y1, y2, A1[:, :2, :2].transpose(1, 2), A2[:, :2, :2].transpose(1, 2),
                          w, threshold_px, num_hypotheses, lo_iters, generator, essential=False,
-                         params=DEFAULT_PARAMS if params is None else params)
+                         params=p)
         F = A2.transpose(1, 2) @ M @ A1
         F = F / F.flatten(1).norm(dim=1).clamp(min=1e-30)[:, None, None]
         return _finish(F, r2, w, threshold_px, ok, x1.dtype)
 
 
 def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
-                     weights: Optional[torch.Tensor] = None, *, threshold_px: float = 0.5,
-                     num_hypotheses: int = 256, lo_iters: int = 3,
+                     weights: Optional[torch.Tensor] = None, *,
+                     threshold_px: Optional[float] = None,
+                     num_hypotheses: Optional[int] = None, lo_iters: Optional[int] = None,
                      generator: Optional[torch.Generator] = None,
-                     refine_iters: int = 4, minimal_solver: str = 'five',
-                     min_hypotheses: int = 0, params: Optional[RansacConfig] = None
+                     refine_iters: Optional[int] = None, minimal_solver: str = 'five',
+                     min_hypotheses: Optional[int] = None,
+                     params: Optional[RansacConfig] = None
                      ) -> RansacResult:
     """
     Robust essential matrix by batched LO-MSAC plus a robust Sampson Gauss-Newton refinement.
@@ -428,14 +439,17 @@ def ransac_essential(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: t
         stop, see :func:`_lo_msac`; 0 = the RANSAC bound alone, the default:
         more hypotheses made far-field scenes worse, docs/BENCHMARKS.md).
     :param params: the tuning constants, ``geometry.ransac`` of the config
-        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). Its ``threshold_px``,
-        ``num_hypotheses``, ``lo_iters``, ``min_hypotheses`` and ``refine_iters`` are not read:
-        they are the arguments.
+        (:class:`~trianflow_ros.config.RansacConfig`; None: the defaults). ``threshold_px``,
+        ``num_hypotheses``, ``lo_iters``, ``refine_iters`` and ``min_hypotheses`` are its
+        fields of those names unless given (not None) as arguments.
     :return: :class:`RansacResult` with model = E (y2^T E y1 = 0, singular values (s, s, 0)).
         A pair with fewer than 8 positive weights gets a zero model, no inliers and score 0.
         Not differentiable.
     """
     p = DEFAULT_PARAMS if params is None else params
+    threshold_px, num_hypotheses, lo_iters, refine_iters, min_hypotheses = _or_params(
+        p, threshold_px=threshold_px, num_hypotheses=num_hypotheses, lo_iters=lo_iters,
+        refine_iters=refine_iters, min_hypotheses=min_hypotheses)
     w = _prepare(x1, x2, weights, threshold_px, num_hypotheses, lo_iters)
     check_shape(K1, 'K1', (x1.shape[0], 3, 3))
     check_shape(K2, 'K2', K1.shape)

@@ -180,9 +180,7 @@ def solve_two_view(flow_12: torch.Tensor, flow_21: torch.Tensor, valid: torch.Te
         median_flow = masked_median(displacement, matches.valid)
         moving = median_flow >= gc.degeneracy.standstill_px
         ransac = ransac_fundamental(matches.x1, matches.x2, matches.weights,
-                                    threshold_px=gc.ransac.threshold_px,
-                                    num_hypotheses=gc.ransac.num_hypotheses,
-                                    lo_iters=gc.ransac.lo_iters, generator=generator)
+                                    generator=generator, params=gc.ransac)
         f_ok = ((matches.count >= MIN_MATCHES) & moving & (ransac.score > 0)
                 & (ransac.num_inliers >= MIN_INLIERS))
         Fm = torch.where(f_ok[:, None, None], ransac.model.to(f12.dtype),

@@ -230,9 +230,33 @@ class KLTFlowProvider(DISFlowProvider):
     directions, ``vo.dis_preset``), which the odometry asks for only where a dense map is
     needed: a depth output (``VisualOdometry.output_depth``), a depth provider or the pose
     refinement.
+
+    :meth:`prior` is the one-way DIS flow of ``prior_preset`` (``vo.klt_prior_preset``) that
+    starts Lucas-Kanade (``vo.klt_prior: dis``).
     """
 
     sparse = True
+
+    def __init__(self, preset: str = 'medium', prior_preset: str = 'fast'):
+        """
+        Create the DIS solvers.
+
+        :param preset: DIS preset of the dense flow both ways (``vo.dis_preset``).
+        :param prior_preset: DIS preset of the one-way start of Lucas-Kanade
+            (``vo.klt_prior_preset``; at 832x256 ~2 ms ultrafast, ~4 ms fast, ~20 ms medium).
+        """
+        super().__init__(preset)
+        if prior_preset not in DIS_PRESETS:
+            raise ValueError(f'DIS preset must be one of {sorted(DIS_PRESETS)}, got '
+                             f'{prior_preset!r} (vo.klt_prior_preset)')
+        self.prior_preset = prior_preset
+        self._dis_prior = None
+
+    def prior(self, grey1: np.ndarray, grey2: np.ndarray) -> np.ndarray:
+        """Return the DIS flow grey1 -> grey2 (H, W, 2) float32 of ``prior_preset`` (one way)."""
+        if self._dis_prior is None:
+            self._dis_prior = cv2.DISOpticalFlow_create(DIS_PRESETS[self.prior_preset])
+        return self._dis_prior.calc(grey1, grey2, None)
 
 
 def default_checkpoint_candidates() -> List[Path]:
@@ -667,7 +691,7 @@ def make_flow_provider(spec=None, cfg: Optional[Config] = None,
     cfg = cfg or Config()
     if (spec is None and cfg.vo.flow_provider == 'klt') or (isinstance(spec, str)
                                                             and spec == 'klt'):
-        return KLTFlowProvider(cfg.vo.dis_preset)
+        return KLTFlowProvider(cfg.vo.dis_preset, cfg.vo.klt_prior_preset)
     return _make_provider(spec, cfg, device, FlowProvider, 'flow_provider', 'dis',
                           lambda: DISFlowProvider(cfg.vo.dis_preset), NetworkFlowProvider,
                           'use the classical flow (dis)')

@@ -37,6 +37,7 @@ too, and its round trip may come back, so the ZNCC share (``vo.min_zncc_ratio``)
 such an image apart, as for the dense front end.
 """
 
+import dataclasses
 import math
 from typing import Optional, Tuple
 
@@ -51,50 +52,83 @@ from trianflow_ros.vo.matches import Matches, undistort_matches, zncc_check
 _CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
 
 
-def detect_corners(grey: np.ndarray, cfg: Config, count: int,
-                   avoid: Optional[np.ndarray] = None) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class CornerResponse:
     """
-    Return Shi-Tomasi corners spread over the image (see the module docstring).
+    What :func:`detect_corners` computes from the image alone (before the points to avoid).
 
-    :param grey: (H, W) uint8 grey image.
-    :param cfg: ``vo.klt_quality``, ``vo.klt_min_distance``, ``vo.min_texture``,
-        ``vo.grid_rows`` / ``vo.grid_cols`` are used.
-    :param count: most corners returned (each grid cell gets ceil(count / cells)).
-    :param avoid: (M, 2) pixels (e.g. the map points); corners within
-        ``vo.klt_min_distance`` of them are skipped.
-    :return: (K, 2) float64 pixel coordinates (x, y), K <= count: per cell the strongest
-        corners, then (``vo.klt_fill``) random textured pixels; the corners first.
+    ``peak_y, peak_x, peak_score``: the local maxima of the Shi-Tomasi response above the
+    texture threshold (away from the border); ``fill_y, fill_x``: the other textured pixels in
+    a seeded random order (``vo.klt_fill``; empty otherwise); ``shape``: (H, W). It needs no
+    VO state, so the odometry computes it for a frame while the geometry of that frame runs
+    (on the other core) and selects the corners once the frame is the keyframe.
+    """
+
+    peak_y: np.ndarray
+    peak_x: np.ndarray
+    peak_score: np.ndarray
+    fill_y: np.ndarray
+    fill_x: np.ndarray
+    shape: Tuple[int, int]
+
+
+def corner_response(grey: np.ndarray, cfg: Config) -> CornerResponse:
+    """
+    Return the :class:`CornerResponse` of a (H, W) uint8 grey image.
+
+    :param cfg: ``vo.klt_quality``, ``vo.klt_min_distance``, ``vo.min_texture``, ``vo.klt_fill``.
     """
     h, w = grey.shape
     v = cfg.vo
-    if count <= 0 or h < 8 or w < 8:
-        return np.zeros((0, 2))
+    empty = np.zeros(0, np.int64)
+    if h < 8 or w < 8:
+        return CornerResponse(empty, empty, np.zeros(0, np.float32), empty, empty, (h, w))
     eig = cv2.cornerMinEigenVal(grey.astype(np.float32) * (1.0 / 255.0), 3, 3)
-    radius = max(int(round(v.klt_min_distance)), 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    peak = cv2.dilate(eig, kernel)
+    peak = cv2.dilate(eig, _disc(v.klt_min_distance))
     threshold = max(v.klt_quality * float(eig.max()), v.min_texture, 1e-12)
     border = 4                                  # LK and the 7x7 patch check need a margin
     textured = eig >= threshold
     textured[:border], textured[-border:] = False, False
     textured[:, :border], textured[:, -border:] = False, False
+    peaks = textured & (eig >= peak)
+    ys, xs = np.nonzero(peaks)
+    fy = fx = empty
+    if v.klt_fill:
+        fy, fx = np.nonzero(textured & ~peaks)
+        order = np.random.default_rng(0).permutation(fx.size)
+        fy, fx = fy[order], fx[order]
+    return CornerResponse(ys, xs, eig[ys, xs], fy, fx, (h, w))
+
+
+def select_corners(resp: CornerResponse, cfg: Config, count: int,
+                   avoid: Optional[np.ndarray] = None) -> np.ndarray:
+    """
+    Return the corners of :func:`detect_corners` from a :class:`CornerResponse`.
+
+    :param cfg: ``vo.klt_min_distance``, ``vo.klt_fill``, ``vo.grid_rows`` / ``vo.grid_cols``.
+    """
+    h, w = resp.shape
+    v = cfg.vo
+    if count <= 0 or h < 8 or w < 8:
+        return np.zeros((0, 2))
+    ys, xs, score = resp.peak_y, resp.peak_x, resp.peak_score
+    fy, fx = resp.fill_y, resp.fill_x
     if avoid is not None and len(avoid):
         occupied = np.zeros((h, w), np.uint8)
         px = np.round(np.asarray(avoid, dtype=np.float64)).astype(np.int64)
         inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
         occupied[px[inside, 1], px[inside, 0]] = 1
-        textured &= cv2.dilate(occupied, kernel) == 0
-    peaks = textured & (eig >= peak)
-    ys, xs = np.nonzero(peaks)
-    score = eig[ys, xs]
-    if v.klt_fill:
+        free = cv2.dilate(occupied, _disc(v.klt_min_distance)) == 0
+        keep = free[ys, xs]
+        ys, xs, score = ys[keep], xs[keep], score[keep]
+        keep = free[fy, fx]
+        fy, fx = fy[keep], fx[keep]
+    if v.klt_fill and fx.size:
         # then textured pixels drawn at random (seeded), ranked after the peaks of their cell:
         # a cell with few corners (a checkerboard, a road) still gets its share
-        fy, fx = np.nonzero(textured & ~peaks)
-        if fx.size:
-            pick = np.random.default_rng(0).permutation(fx.size)[:2 * count]
-            ys, xs = np.r_[ys, fy[pick]], np.r_[xs, fx[pick]]
-            score = np.r_[score, -1.0 - np.arange(pick.size, dtype=score.dtype)]
+        fy, fx = fy[:2 * count], fx[:2 * count]
+        ys, xs = np.r_[ys, fy], np.r_[xs, fx]
+        score = np.r_[score, -1.0 - np.arange(fx.size, dtype=score.dtype)]
     if xs.size == 0:
         return np.zeros((0, 2))
     rows, cols = v.grid_rows, v.grid_cols
@@ -106,6 +140,31 @@ def detect_corners(grey: np.ndarray, cfg: Config, count: int,
     keep = order[rank < math.ceil(count / (rows * cols))]
     keep = keep[np.argsort(-score[keep], kind='stable')][:count]
     return np.stack((xs[keep], ys[keep]), -1).astype(np.float64)
+
+
+def detect_corners(grey: np.ndarray, cfg: Config, count: int,
+                   avoid: Optional[np.ndarray] = None) -> np.ndarray:
+    """
+    Return Shi-Tomasi corners spread over the image (see the module docstring).
+
+    :func:`select_corners` of :func:`corner_response`.
+
+    :param grey: (H, W) uint8 grey image.
+    :param cfg: ``vo.klt_quality``, ``vo.klt_min_distance``, ``vo.min_texture``,
+        ``vo.grid_rows`` / ``vo.grid_cols`` are used.
+    :param count: most corners returned (each grid cell gets ceil(count / cells)).
+    :param avoid: (M, 2) pixels (e.g. the map points); corners within
+        ``vo.klt_min_distance`` of them are skipped.
+    :return: (K, 2) float64 pixel coordinates (x, y), K <= count: per cell the strongest
+        corners, then (``vo.klt_fill``) random textured pixels; the corners first.
+    """
+    return select_corners(corner_response(grey, cfg), cfg, count, avoid)
+
+
+def _disc(radius_px: float) -> np.ndarray:
+    """Return the elliptic structuring element of a radius (at least 1 pixel)."""
+    radius = max(int(round(radius_px)), 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def predict_pixels(u: torch.Tensor, depth: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
