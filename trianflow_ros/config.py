@@ -259,6 +259,10 @@ class VOConfig:
     num_matches: int = param(5000, 'correspondences per frame pair', range=(8, 10**6))
     top_ratio: float = param(0.3, 'share of best-scored pixels matches are drawn from (0 would '
                              'leave no candidate: every frame LOST)', range=(0.01, 1.0))
+    select_stride: int = param(2, 'with the KLT refinement of the matches (vo.klt_window > 0) '
+                               'only every n-th pixel (both axes) of the dense flow proposes '
+                               'matches; each is refined at full resolution (1 = every pixel)',
+                               range=(1, 8))
     min_flow_px: float = param(5.0, 'mean flow below this uses PnP instead of E (px)',
                                range=(0.0, 1000.0))
     device: str = param('auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N')
