@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from trianflow_ros.geometry.camera import pixel_grid
-from trianflow_ros.geometry.checks import check_shape
+from trianflow_ros.geometry.checks import all_finite, check_shape
 from trianflow_ros.geometry.warp import backward_warp
 
 
@@ -48,7 +48,7 @@ def occlusion_mask(flow_ba: torch.Tensor) -> torch.Tensor:
         flow = flow_ba.detach()
         target = pixel_grid(b, h, w, flow.device, flow.dtype) + flow          # (B, 2, H, W)
         u, v = target[:, 0], target[:, 1]                                    # (B, H, W)
-        if not bool(torch.isfinite(target).all()):
+        if not all_finite(flow):
             # non-finite targets: anywhere outside (the border of the canvas below)
             finite = torch.isfinite(u) & torch.isfinite(v)
             u = torch.where(finite, u, torch.full_like(u, -2.0))
@@ -64,10 +64,12 @@ def occlusion_mask(flow_ba: torch.Tensor) -> torch.Tensor:
         base = (torch.arange(b, device=flow.device) * (ch * cw)).view(b, 1, 1)
         index = base + (v0.long() + 2) * cw + (u0.long() + 2)                # (B, H, W)
         gu, gv = 1.0 - fu, 1.0 - fv
-        weights = torch.stack((gu * gv, fu * gv, gu * fv, fu * fv)).reshape(-1)
-        index = torch.stack((index, index + 1, index + cw, index + cw + 1)).reshape(-1)
+        index = index.reshape(-1)
         out = torch.zeros(b * ch * cw, device=flow.device, dtype=flow.dtype)
-        out.scatter_add_(0, index, weights)
+        # the four neighbours one after the other (the order of one scatter of all four
+        # stacked, without the stacked copies)
+        for offset, share in ((0, gu * gv), (1, fu * gv), (cw, gu * fv), (cw + 1, fu * fv)):
+            out.scatter_add_(0, index + offset if offset else index, share.reshape(-1))
         out = out.view(b, 1, ch, cw)[:, :, 2:h + 2, 2:w + 2]
         return out.clamp(0.0, 1.0).contiguous()
 

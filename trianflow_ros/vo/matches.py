@@ -25,7 +25,7 @@ stride 1-6), so the share of correlated matches tells a real match from none.
 
 from dataclasses import dataclass
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -34,10 +34,11 @@ import torch.nn.functional as F
 
 from trianflow_ros.config import Config
 from trianflow_ros.geometry.camera import pixel_grid
+from trianflow_ros.geometry.checks import all_finite
 from trianflow_ros.geometry.flow_masks import (fb_consistency_from_residual,
                                                occlusion_mask, sample_correspondences,
                                                score_map)
-from trianflow_ros.geometry.warp import backward_warp, normalize_pixels, sample_at
+from trianflow_ros.geometry.warp import normalize_pixels, sample_at
 
 #: Forward-backward difference (px) of a "consistent" match (the count behind LOST).
 GOOD_FB_PX = 0.5
@@ -106,7 +107,7 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     """
     if stride < 1:
         raise ValueError(f'stride must be >= 1, got {stride}')
-    finite = bool(torch.isfinite(flow_12).all()) and bool(torch.isfinite(flow_21).all())
+    finite = all_finite(flow_12) and all_finite(flow_21)
     f12, f21 = flow_12, flow_21
     if not finite:
         fin1 = torch.isfinite(flow_12).all(1, keepdim=True)[..., ::stride, ::stride]
@@ -116,15 +117,16 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     visible = occlusion_mask(f21)[..., ::stride, ::stride]
     f12 = f12[..., ::stride, ::stride]
     img1 = img1[..., ::stride, ::stride]
-    # everything read at x + flow_12(x) in one bilinear warp (the channels are independent:
+    # everything read at x + flow_12(x) on one sampling grid (the channels are independent:
     # the same values as one warp each): flow_21 for the F-B residual (fb_residual), the
     # finite mask of flow_21 (all ones when finite: then it is the share of the bilinear
     # footprint inside image 2, which removes matches at and beyond its border), image 2 for
     # the photometric check
     thr = cfg.vo.photometric_threshold
-    inside = torch.ones_like(f21[:, :1]) if finite else fin2.to(f21.dtype)
+    inside = (f21.new_ones(1, 1, 1, 1).expand(f21.shape[0], 1, *f21.shape[2:]) if finite
+              else fin2.to(f21.dtype))
     parts = [f21, inside] + ([img2.to(f21.dtype)] if thr > 0 else [])
-    warped = _warp_from_grid(torch.cat(parts, 1), f12, stride)
+    warped = _warp_from_grid(parts, f12, stride)
     residual = (warped[:, :2] + f12).abs()
     # flow_valid_mask and fb_difference, sharing the one F-B residual
     valid = (visible * fb_consistency_from_residual(
@@ -139,21 +141,24 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     return valid, torch.where(valid, score, torch.zeros_like(score))
 
 
-def _warp_from_grid(maps: torch.Tensor, flow: torch.Tensor, stride: int) -> torch.Tensor:
+def _warp_from_grid(maps: List[torch.Tensor], flow: torch.Tensor, stride: int
+                    ) -> torch.Tensor:
     """
-    Sample full-size ``maps`` (B, C, H, W) at ``x + flow(x)`` for the pixels x = (s i, s j).
+    Sample full-size maps at ``x + flow(x)`` for the pixels x = (s i, s j), channels joined.
 
+    One sampling grid for all maps, each sampled on its own (no joined full-size copy);
+    ``backward_warp`` of the joined maps for stride 1, bit for bit.
+
+    :param maps: tensors (B, C_k, H, W) (an expanded view is read in place).
     :param flow: (B, 2, H', W') the flow at those pixels (full-size pixels).
-    :return: (B, C, H', W'); ``backward_warp`` for stride 1.
+    :return: (B, sum C_k, H', W').
     """
-    if stride == 1:
-        return backward_warp(maps, flow, 'zeros')
-    b, _, h, w = maps.shape
+    b, _, h, w = maps[0].shape
     hs, ws = flow.shape[-2:]
     target = pixel_grid(b, hs, ws, flow.device, flow.dtype) * float(stride) + flow
     grid = normalize_pixels(target.permute(0, 2, 3, 1), h, w, True)
-    return F.grid_sample(maps, grid.to(maps.dtype), mode='bilinear', padding_mode='zeros',
-                         align_corners=True)
+    return torch.cat([F.grid_sample(m, grid.to(m.dtype), mode='bilinear', padding_mode='zeros',
+                                    align_corners=True) for m in maps], 1)
 
 
 def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,

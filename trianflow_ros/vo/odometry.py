@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from trianflow_ros.config import Config, validate
 from trianflow_ros.devices import resolve_device
 from trianflow_ros.geometry.camera import backproject_pixels, project, resize_intrinsics
+from trianflow_ros.geometry.checks import all_finite
 from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
 from trianflow_ros.geometry.depth_map import (fuse_log_depth, sample_known,
                                               transfer_flow_depth, triangulate_flow_depth)
@@ -344,7 +345,7 @@ class VisualOdometry:
             result.timings = timings
             return result
 
-        if not bool(torch.isfinite(img).all()):
+        if not all_finite(img):
             return finish(self._lost_result(stamp, index, Kw, 'image has non-finite pixels'))
         grey_std = float((img * img.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
                          .sum(1).std())
