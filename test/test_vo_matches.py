@@ -62,11 +62,11 @@ def test_selected_matches_start_on_the_stride_and_follow_the_shift():
     img1, img2 = shifted_pair(6, 3)
     f12, f21 = DISFlowProvider('medium')(img1, img2)
     cfg = Config()
-    cfg.vo.num_matches = 1000
+    cfg.vo.num_matches = 500             # 96x320 at stride 2: 2300 candidates, >= 3 per match
     assert cfg.vo.select_stride == 2 and cfg.vo.klt_window > 0
     m = select_matches(img1, img2, f12, f21, cfg, generator=torch.Generator().manual_seed(0))
     x1, x2 = m.x1[0], m.x2[0]
-    assert x1.shape[0] > 300
+    assert x1.shape[0] > 250
     assert torch.equal(x1, torch.round(x1)) and bool((x1 % 2 == 0).all())
     assert float(x1[:, 0].max()) > 0.8 * W and float(x1[:, 1].max()) > 0.8 * H   # full size
     err = (x2 - x1 - torch.tensor([6.0, 3.0], dtype=x1.dtype)).norm(dim=-1)
@@ -75,3 +75,17 @@ def test_selected_matches_start_on_the_stride_and_follow_the_shift():
     cfg.vo.klt_window = 0
     m0 = select_matches(img1, img2, f12, f21, cfg, generator=torch.Generator().manual_seed(0))
     assert bool((m0.x1[0] % 2 == 1).any())
+
+
+def test_the_stride_keeps_enough_candidates():
+    from trianflow_ros.vo.matches import CANDIDATES_PER_MATCH, proposal_stride
+    cfg = Config()
+    assert proposal_stride(cfg, (256, 832)) == 2            # 16 000 candidates for 5000
+    assert proposal_stride(cfg, (64, 192)) == 1             # a network's input: every pixel
+    cfg.vo.num_matches = 6000
+    assert proposal_stride(cfg, (256, 832)) == 1
+    cfg.vo.select_stride, cfg.vo.num_matches = 4, 1000
+    s = proposal_stride(cfg, (256, 832))
+    assert s == 4 and cfg.vo.top_ratio * (256 // s) * (832 // s) >= CANDIDATES_PER_MATCH * 1000
+    cfg.vo.select_stride = 1
+    assert proposal_stride(cfg, (2000, 2000)) == 1

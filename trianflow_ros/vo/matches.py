@@ -380,6 +380,32 @@ def track_points(x: torch.Tensor, flow_12: torch.Tensor, valid_1: Optional[torch
     return x2[None], ok
 
 
+#: Candidates (top-share pixels) per requested match below which a stride is not used.
+CANDIDATES_PER_MATCH = 3
+
+
+def proposal_stride(cfg: Config, hw: Tuple[int, int]) -> int:
+    """
+    Return the stride of the pixels that propose KLT-refined matches.
+
+    With the KLT refinement the dense maps only propose candidates, each refined at full
+    resolution, so every ``vo.select_stride``-th pixel (both axes) proposes, as long as the top
+    share of them still holds :data:`CANDIDATES_PER_MATCH` candidates per requested match
+    (832x256, 5000 matches, top 30 %: 16 000 candidates at stride 2); otherwise the largest
+    smaller stride that does, down to every pixel (a 64x192 network input: always 1; at
+    stride 2 there it kept ~870 of 5000 matches, most of them the weak ones of each cell).
+
+    :param cfg: ``vo.select_stride``, ``vo.top_ratio``, ``vo.num_matches``.
+    :param hw: (H, W) of the flow.
+    """
+    h, w = hw
+    for s in range(max(int(cfg.vo.select_stride), 1), 1, -1):
+        candidates = cfg.vo.top_ratio * math.ceil(h / s) * math.ceil(w / s)
+        if candidates >= CANDIDATES_PER_MATCH * cfg.vo.num_matches:
+            return s
+    return 1
+
+
 def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor,
                    flow_21: torch.Tensor, cfg: Config, undistort=None,
                    generator: Optional[torch.Generator] = None,
@@ -400,10 +426,7 @@ def select_matches(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     :return: :class:`Matches`; matches that cannot be refined or undistorted are dropped.
     """
     klt = cfg.vo.klt_window if klt_window is None else int(klt_window)
-    # with the KLT refinement the dense maps only propose candidates, each refined at full
-    # resolution: every vo.select_stride-th pixel proposes (5000 matches of 53000 candidates
-    # at 832x256 and stride 2); without it, every pixel
-    stride = cfg.vo.select_stride if klt > 0 else 1
+    stride = proposal_stride(cfg, tuple(flow_12.shape[-2:])) if klt > 0 else 1
     valid_1, score = match_validity(img1, img2, flow_12, flow_21, cfg, stride)
     draw_score = score
     if klt > 0 and cfg.vo.min_texture > 0:
