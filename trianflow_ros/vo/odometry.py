@@ -608,11 +608,10 @@ class VisualOdometry:
         window. The DIS start's time is added to ``timings['flow']``.
         """
         pending, self._next_corners = self._next_corners, None
-        cached = self._sparse_cache is not None and self._sparse_cache[0] is kf
-        if cached:
+        tracked = kf.points.x if kf.points is not None else None
+        if self._sparse_cache is not None and self._sparse_cache[0] is kf:
             grey1, corners = self._sparse_cache[2], self._sparse_cache[1]
         else:
-            tracked = kf.points.x if kf.points is not None else None
             avoid = None if tracked is None else tracked[0].detach().cpu().numpy()
             if pending is not None and pending[0] is kf.frame:
                 grey1, response = pending[1], pending[2].result()
@@ -628,7 +627,6 @@ class VisualOdometry:
             self._corner_worker = ThreadPoolExecutor(1, thread_name_prefix='trianflow-corners')
         self._next_corners = (cur, grey2,
                               self._corner_worker.submit(corner_response, grey2, self.cfg))
-        tracked = kf.points.x if kf.points is not None else None
         guess = prior = corner_guess = None
         predict = (self.cfg.vo.klt_prior == 'motion' and tracked is not None
                    and self._last_motion is not None and not self._lost)
