@@ -279,3 +279,28 @@ def test_choose_pose_mask_and_errors():
     assert not bool(res.positive.any())
     with pytest.raises(ValueError, match='x2 must have shape'):
         choose_pose(skew(t) @ R, x1, x2[:, :5], K, K)
+
+
+def test_choose_pose_needs_a_share_of_the_points_to_vote():
+    """A few dozen parallax points among thousands without: undecided at a 5 % share."""
+    from trianflow_ros.geometry.pose import choose_pose
+    R, t = _motions(3, seed=11)
+    # 40 near points (parallax) among 1960 at kilometres (none): 2 % of the points vote
+    x1, x2, K = _far_scene(R, t, 40, 1960, baseline=1.0, noise=0.3, seed=11)
+    E = skew(t) @ R
+    res = choose_pose(E, x1, x2, K, K, min_parallax_px=2.0)
+    assert bool(res.decided.all())                           # the count alone: decided
+    share = res.votes.max(dim=1).values.double() / x1.shape[1]
+    assert bool((share < 0.05).all()) and bool((res.votes.max(dim=1).values >= 30).all())
+    few = choose_pose(E, x1, x2, K, K, min_parallax_px=2.0, min_vote_share=0.05)
+    assert not bool(few.decided.any())
+    assert torch.equal(few.votes, res.votes) and torch.equal(few.R, res.R)
+    # the share counts the used points (mask), not all: the near points alone decide
+    near = torch.zeros(x1.shape[:2], dtype=torch.bool)
+    near[:, :40] = True
+    res = choose_pose(E, x1, x2, K, K, near, min_parallax_px=2.0, min_vote_share=0.05)
+    assert bool(res.decided.all())
+    # 150 near among 850 far (15 %, the far-field case above): decided at 5 %
+    x1, x2, K = _far_scene(R, t, 150, 850, baseline=1.0, noise=0.3, seed=5)
+    res = choose_pose(E, x1, x2, K, K, min_parallax_px=2.0, min_vote_share=0.05)
+    assert bool(res.decided.all())

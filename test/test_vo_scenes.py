@@ -55,8 +55,11 @@ def test_highway_far_field_tracks_every_frame(seed, depth):
     # measured 0.1 % / 2.3 % (classical, seeds 0 / 1), 1.6 % / 3.8 % (oracle depth)
     assert _relative_ate(res, est, seq, depth == 'none') < 0.06
     # t observed (by E, or by PnP on the map where the road's flow is too large for DIS at
-    # this size and only the far structure is matched), not a rotation or a hold
-    assert sum(r.method in ('essential', 'pnp') for r in res) >= 15
+    # this size and only the far structure is matched), not a rotation or a hold. Was >= 15;
+    # since vo.pose_min_vote_share (5 % of the E inliers must vote) two early pairs of seed 1,
+    # where 3 % of the inliers have parallax at this size (35 of 1099, 42 of 1304), keep
+    # their reference instead (measured 14 of 20 for both depth kinds; ATE 3.5 % vs 3.0 %)
+    assert sum(r.method in ('essential', 'pnp') for r in res) >= 14
 
 
 @pytest.mark.parametrize('seed', [0, 1])

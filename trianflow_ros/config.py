@@ -321,6 +321,10 @@ class VOConfig:
     pose_min_votes: int = param(30, 'fewer parallax votes for the winning E candidate: the '
                                 'translation is unobservable (rotation or PnP)',
                                 range=(1, 10**6))
+    pose_min_vote_share: float = param(0.05, 'fewer parallax votes for the winning E '
+                                       'candidate than this share of the E inliers: the '
+                                       'translation is unobservable (a rotation: only junk '
+                                       'matches get parallax)', range=(0.0, 1.0))
     planar_pnp: bool = param(True, 'when GRIC finds a dominant plane (a homography explains '
                              'the matches better than E) and the keyframe has structure, the '
                              'pose comes from PnP on it (E is ill-conditioned on a plane); '

@@ -187,7 +187,7 @@ class PoseChoice:
 def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
                 K2: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
                 min_parallax_px: float = 2.0, similar_ratio: float = 0.7,
-                min_votes: int = 30) -> PoseChoice:
+                min_votes: int = 30, min_vote_share: float = 0.0) -> PoseChoice:
     """
     Choose the (R, t) of E by a vote of the points whose parallax can fix the sign.
 
@@ -218,6 +218,12 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
     :param similar_ratio: a second candidate with more than this share of the winner's votes
         makes the choice undecided.
     :param min_votes: fewer votes for the winner: undecided.
+    :param min_vote_share: fewer votes for the winner than this share of the used points
+        (``mask``): undecided. Under a pure rotation E is degenerate and a few dozen matches
+        that slide along their epipolar lines (consistent with E, wrong) get parallax and vote
+        (measured: 0.8-3 % of the inliers on a synthetic pure rotation), while a translation
+        gives parallax to a large share (KITTI ~90 %, a highway's near road under far facades
+        39-78 %, a hand-held checkerboard mostly > 10 %); 0 turns the test off.
     :return: :class:`PoseChoice`. Not differentiable; one intra-op thread on CPU.
     """
     mask = _check_two_view(E, x1, x2, K1, K2, mask)
@@ -258,7 +264,8 @@ def choose_pose(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.T
         ar = torch.arange(b, device=E.device)
         top = votes[ar, best]
         similar = (votes > similar_ratio * top.unsqueeze(1)).sum(1)
-        decided = (top >= min_votes) & (similar <= 1)
+        used = mask.sum(-1)
+        decided = (top >= min_votes) & (similar <= 1) & (top >= min_vote_share * used)
         R_best, t_best = R[ar, best], t[ar, best]
         par_best = torch.where(mask, par[ar, best], torch.zeros_like(par[ar, best]))
         positive = mask & (front[ar, best] | (par_best < min_parallax_px))

@@ -528,7 +528,8 @@ class VisualOdometry:
             choice = choose_pose(ransac.model.double(), m.u1, m.u2, K1, K2, ransac.inliers,
                                  min_parallax_px=cfg.vo.sign_parallax_px,
                                  similar_ratio=cfg.vo.pose_similar_ratio,
-                                 min_votes=cfg.vo.pose_min_votes)
+                                 min_votes=cfg.vo.pose_min_votes,
+                                 min_vote_share=cfg.vo.pose_min_vote_share)
             observable = bool(choice.decided[0])
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
         if not observable and motion == MotionType.STANDSTILL:
