@@ -166,3 +166,23 @@ def test_gradcheck_float64():
     depth.requires_grad_()
     T.requires_grad_()
     assert torch.autograd.gradcheck(lambda d, t: rigid_flow(d, t, K), (depth, T))
+
+
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_strided_warp_is_backward_warp_at_the_strided_pixels(stride):
+    from trianflow_ros.geometry.warp import strided_warp
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(2, 3, 17, 23, generator=g, dtype=torch.float64)
+    b = torch.rand(2, 1, 17, 23, generator=g, dtype=torch.float64)
+    flow = 4.0 * torch.randn(2, 2, 17, 23, generator=g, dtype=torch.float64)
+    full = backward_warp(torch.cat((a, b), 1), flow)
+    out = strided_warp([a, b], flow[..., ::stride, ::stride].contiguous(), stride)
+    assert out.shape == (2, 4, -(-17 // stride), -(-23 // stride))
+    assert torch.equal(out, full[..., ::stride, ::stride])
+    # an expanded view is read in place, as its copy would be
+    ones = torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(2, 1, 17, 23)
+    assert torch.equal(strided_warp([ones], flow, 1), backward_warp(ones.contiguous(), flow))
+    with pytest.raises(ValueError, match='flow must have shape'):
+        strided_warp([a], flow, stride + 1)
+    with pytest.raises(ValueError, match='stride'):
+        strided_warp([a], flow, 0)

@@ -15,7 +15,7 @@ Zero flow is the identity up to the rounding of the normalised coordinate: exact
 float64; in float32 a sample position is off by up to about W * 3e-8 px (2.5e-5 px at W = 832).
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +62,39 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = '
     check_shape(image, 'image', ('B', None, 'H', 'W'))
     b, _, h, w = image.shape
     check_shape(flow, 'flow', (b, 2, h, w))
-    target = pixel_grid(b, h, w, flow.device, flow.dtype) + flow            # (B, 2, H, W)
-    grid = normalize_pixels(target.permute(0, 2, 3, 1), h, w, align_corners)  # (B, H, W, 2)
-    return F.grid_sample(image, grid.to(image.dtype), mode='bilinear',
-                         padding_mode=padding_mode, align_corners=align_corners)
+    return strided_warp([image], flow, 1, padding_mode, align_corners)
+
+
+def strided_warp(maps: List[torch.Tensor], flow: torch.Tensor, stride: int = 1,
+                 padding_mode: str = 'zeros', align_corners: bool = True) -> torch.Tensor:
+    """
+    Sample full-size maps at ``x + flow(x)`` for the pixels x = (s i, s j), channels joined.
+
+    :func:`backward_warp` on every ``stride``-th pixel of both axes, of several maps on one
+    sampling grid (each map sampled on its own: no joined full-size copy); stride 1 and one
+    map is :func:`backward_warp`, bit for bit.
+
+    :param maps: tensors (B, C_k, H, W) of one size (an expanded view is read in place).
+    :param flow: (B, 2, H', W') the flow at those pixels, in full-size pixels
+        (H' = ceil(H / s), W' = ceil(W / s)).
+    :param stride: s >= 1.
+    :param padding_mode: as :func:`backward_warp`.
+    :param align_corners: as :func:`backward_warp`.
+    :return: (B, sum C_k, H', W'). Differentiable w.r.t. the maps and the flow.
+    """
+    if stride < 1:
+        raise ValueError(f'stride must be >= 1, got {stride}')
+    b, _, h, w = maps[0].shape
+    hs, ws = flow.shape[-2:]
+    check_shape(flow, 'flow', (b, 2, -(-h // stride), -(-w // stride)))
+    target = pixel_grid(b, hs, ws, flow.device, flow.dtype)
+    if stride > 1:
+        target = target * float(stride)
+    target = target + flow                                                 # (B, 2, H', W')
+    grid = normalize_pixels(target.permute(0, 2, 3, 1), h, w, align_corners)  # (B, H', W', 2)
+    out = [F.grid_sample(m, grid.to(m.dtype), mode='bilinear', padding_mode=padding_mode,
+                         align_corners=align_corners) for m in maps]
+    return out[0] if len(out) == 1 else torch.cat(out, 1)
 
 
 def sample_at(image: torch.Tensor, x: torch.Tensor, padding_mode: str = 'zeros',

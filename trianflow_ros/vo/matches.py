@@ -25,7 +25,7 @@ stride 1-6), so the share of correlated matches tells a real match from none.
 
 from dataclasses import dataclass
 import math
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from trianflow_ros.config import Config
-from trianflow_ros.geometry.camera import pixel_grid
 from trianflow_ros.geometry.checks import all_finite
 from trianflow_ros.geometry.flow_masks import (fb_consistency_from_residual,
                                                occlusion_mask, sample_correspondences,
                                                score_map)
-from trianflow_ros.geometry.warp import normalize_pixels, sample_at
+from trianflow_ros.geometry.warp import sample_at, strided_warp
 
 #: Forward-backward difference (px) of a "consistent" match (the count behind LOST).
 GOOD_FB_PX = 0.5
@@ -126,7 +125,7 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
     inside = (f21.new_ones(1, 1, 1, 1).expand(f21.shape[0], 1, *f21.shape[2:]) if finite
               else fin2.to(f21.dtype))
     parts = [f21, inside] + ([img2.to(f21.dtype)] if thr > 0 else [])
-    warped = _warp_from_grid(parts, f12, stride)
+    warped = strided_warp(parts, f12, stride)
     residual = (warped[:, :2] + f12).abs()
     # flow_valid_mask and fb_difference, sharing the one F-B residual
     valid = (visible * fb_consistency_from_residual(
@@ -139,26 +138,6 @@ def match_validity(img1: torch.Tensor, img2: torch.Tensor, flow_12: torch.Tensor
         valid = valid & ((image_2 - img1).abs().mean(1, keepdim=True) < thr)
     score = score_map(valid.float(), residual.mean(dim=1, keepdim=True))
     return valid, torch.where(valid, score, torch.zeros_like(score))
-
-
-def _warp_from_grid(maps: List[torch.Tensor], flow: torch.Tensor, stride: int
-                    ) -> torch.Tensor:
-    """
-    Sample full-size maps at ``x + flow(x)`` for the pixels x = (s i, s j), channels joined.
-
-    One sampling grid for all maps, each sampled on its own (no joined full-size copy);
-    ``backward_warp`` of the joined maps for stride 1, bit for bit.
-
-    :param maps: tensors (B, C_k, H, W) (an expanded view is read in place).
-    :param flow: (B, 2, H', W') the flow at those pixels (full-size pixels).
-    :return: (B, sum C_k, H', W').
-    """
-    b, _, h, w = maps[0].shape
-    hs, ws = flow.shape[-2:]
-    target = pixel_grid(b, hs, ws, flow.device, flow.dtype) * float(stride) + flow
-    grid = normalize_pixels(target.permute(0, 2, 3, 1), h, w, True)
-    return torch.cat([F.grid_sample(m, grid.to(m.dtype), mode='bilinear', padding_mode='zeros',
-                                    align_corners=True) for m in maps], 1)
 
 
 def _draw(score: torch.Tensor, flow_12: torch.Tensor, cfg: Config,
