@@ -45,8 +45,9 @@ Sequences (``--only``; ``real`` / ``synthetic`` select groups):
   pair's figure is one draw, so both VO and baseline run with the seeds ``PAIR_SEEDS`` (0-7)
   and the medians are given (``*_by_seed``: every seed's figure);
 - ``syn_forward``, ``syn_handheld``, ``syn_pure_rotation``, ``syn_highway``,
-  ``syn_handheld30``: ``trianflow_ros.data.synthetic`` kinds, seed 2000 (held out from the
-  shipped weights' training seeds), 30 frames at 128x416 (10 Hz; handheld30 at 30 Hz).
+  ``syn_handheld30``, ``syn_turns``: ``trianflow_ros.data.synthetic`` kinds, seed 2000 (held
+  out from the shipped weights' training seeds), 30 frames at 128x416 (10 Hz; handheld30 at
+  30 Hz; turns: 115 frames, an urban drive through two 90-degree corners).
   Pure rotation has no translation: its ATE and RPE translation are None (no Sim(3) scale),
   its RPE rotation is computed without alignment (it does not depend on one).
 
@@ -118,7 +119,9 @@ CONFIGS: Dict[str, Optional[List[str]]] = {
 #: the order the configurations are computed in (``default`` last, so it can reuse a run).
 _RUN_ORDER = ('classical', 'classical_klt', 'classical_klt_motion', 'dis_depth', 'dis_depth_hr',
               'learned', 'default', 'baseline', 'baseline_raw')
-SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30')
+SYNTHETIC_KINDS = ('forward', 'handheld', 'pure_rotation', 'highway', 'handheld30', 'turns')
+#: frames of a synthetic kind when not 30: ``turns`` needs 115 for its first two corners.
+SYNTHETIC_FRAMES = {'turns': 115}
 SYNTHETIC_SEED = 2000
 
 
@@ -189,8 +192,9 @@ def sequences(data: Path, quick: bool) -> List[Sequence]:
         Sequence('tum_fr1_pair', 'TUM fr1 pair', tum_open(tum), 1, None, pair=True),
     ]
     for kind in SYNTHETIC_KINDS:
+        n = n_syn if quick else SYNTHETIC_FRAMES.get(kind, n_syn)
         out.append(Sequence(f'syn_{kind}', f'syn {kind}',
-                            (lambda k=kind: synthetic_source(k, n_syn, *hw)),
+                            (lambda k=kind, n=n: synthetic_source(k, n, *hw)),
                             1, None, group='synthetic'))
     return out
 

@@ -168,6 +168,26 @@ def test_handheld30_motion_is_small_and_smooth(seed):
     assert float(T[:, :3, 3].norm(dim=-1).max()) < 1.0
 
 
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_turns_drive_through_two_right_angle_corners(seed):
+    T = make_trajectory('turns', 115, torch.Generator().manual_seed(seed))
+    trans, rot = _steps(T)
+    # 0.8-1.1 m/frame straight, 0.45-1.2 m/frame in a corner (radius 13-20 m x 2-3.5 deg)
+    assert 0.44 < float(trans.min()) and float(trans.max()) < 1.25
+    assert float(rot.max()) < 3.6
+    yaw = torch.rad2deg(torch.atan2(T[:, 0, 2], T[:, 2, 2]))
+    steps = torch.remainder(yaw.diff() + 180.0, 360.0) - 180.0
+    heading = torch.cat((yaw[:1], yaw[0] + torch.cumsum(steps, 0)))      # unwrapped
+    turning = (steps.abs() > 1e-9).int()        # atan2 of the optical axis is the exact yaw
+    starts = (turning.diff() == 1).nonzero().flatten() + 1
+    ends = (turning.diff() == -1).nonzero().flatten() + 1
+    assert len(starts) >= 2 and len(ends) >= 2 and int(ends[1]) <= 114      # two whole corners
+    for a, b in zip(starts[:2].tolist(), ends[:2].tolist()):
+        # each corner turns by exactly 90 degrees, left or right
+        assert abs(abs(float(heading[b] - heading[a])) - 90.0) < 1e-6
+    assert float(T[:, 1, 3].abs().max()) < 0.04                  # constant height (bounce)
+
+
 def test_highway_scene_is_mostly_far():
     """
     Most pixels of the highway are far: their parallax cannot fix the sign of their depth.

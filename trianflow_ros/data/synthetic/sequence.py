@@ -23,7 +23,8 @@ from trianflow_ros.data.synthetic.trajectories import KINDS, make_trajectory
 from trianflow_ros.geometry.lie import se3_inverse
 
 DEFAULT_SCENE = {'forward': 'street', 'handheld': 'room', 'pure_rotation': 'room',
-                 'standstill': 'street', 'highway': 'highway', 'handheld30': 'room'}
+                 'standstill': 'street', 'highway': 'highway', 'handheld30': 'room',
+                 'turns': 'street'}
 
 
 def default_intrinsics(height: int = 256, width: int = 832) -> torch.Tensor:
@@ -189,7 +190,8 @@ def make_sequence(kind: str = 'forward', num_frames: int = 64, height: int = 256
 
     :param kind: trajectory kind: 'forward' (driving), 'handheld', 'pure_rotation',
         'standstill', 'highway' (fast driving among far structure), 'handheld30' (hand-held
-        at 30 Hz, small baseline); see ``trajectories``.
+        at 30 Hz, small baseline), 'turns' (an urban drive with 90-degree turns); see
+        ``trajectories``.
     :param num_frames: number of frames N.
     :param height: image height H.
     :param width: image width W.

@@ -18,6 +18,11 @@ Kinds:
   ``forward``; rendered in the ``highway`` scene, where most pixels are far away.
 - ``handheld30``: a camera held in the hand at 30 Hz: smooth sway (periods of 1.5-5 s),
   0.005-0.02 m and 0.1-0.5 deg per frame; rendered in the ``room`` scene.
+- ``turns``: an urban drive at 10 Hz with 90-degree turns at street corners, left or right at
+  random: 5-10 frames straight at 0.8-1.1 m/frame, then turns of 2-3.5 deg/frame (a curve
+  radius of 13-20 m, so 0.45-1.2 m/frame in the turn) with 6-frame ramps in and out, separated
+  by 8-20 straight frames; the first two turns end within 115 frames. Vibration as
+  ``forward``.
 """
 
 import math
@@ -27,7 +32,8 @@ import torch
 
 from trianflow_ros.geometry.se3 import so3_exp
 
-KINDS = ('forward', 'handheld', 'pure_rotation', 'standstill', 'highway', 'handheld30')
+KINDS = ('forward', 'handheld', 'pure_rotation', 'standstill', 'highway', 'handheld30',
+         'turns')
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float, size=()) -> torch.Tensor:
@@ -131,6 +137,74 @@ def highway_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
                   vibration_deg=(0.15, 0.1), bounce_m=0.01)
 
 
+#: frames of the ramps into and out of a turn of ``turns_trajectory``.
+TURN_RAMP = 6
+
+
+def _turn_profile(num: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Return the yaw rate (rad/frame) and speed (m/frame) of an urban drive with corners.
+
+    Segments are drawn in order (straight, turn, straight, turn, ...) until ``num`` frames are
+    covered, so the first frames do not depend on ``num``. A turn's yaw rate rises along a
+    half cosine over ``TURN_RAMP`` frames, holds, and falls back; its hold length makes the
+    integral exactly +-90 deg. The speed follows the same profile between the straight speed
+    and the turn's (curve radius x yaw rate).
+
+    :return: (yaw_rate, speed), each shape (num,), float64.
+    """
+    yaw_rate = torch.zeros(num, dtype=torch.float64)
+    speed = torch.zeros(num, dtype=torch.float64)
+    v_straight = float(_uniform(gen, 0.8, 1.1))
+    k = 0
+    gap = int(_uniform(gen, 5.0, 11.0))
+    ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(TURN_RAMP, dtype=torch.float64) + 0.5)
+                                 / TURN_RAMP)                   # (0, 1), half cosine
+    while k < num:
+        speed[k:k + gap] = v_straight
+        k += gap
+        if k >= num:
+            break
+        rate = math.radians(float(_uniform(gen, 2.0, 3.5)))
+        radius = float(_uniform(gen, 13.0, 20.0))
+        sign = 1.0 if float(_uniform(gen, 0.0, 1.0)) < 0.5 else -1.0
+        # ramps contribute rate * TURN_RAMP / 2 each: the hold covers the rest of 90 deg
+        hold_angle = math.pi / 2 - rate * TURN_RAMP
+        hold = int(math.floor(hold_angle / rate))
+        last = hold_angle - hold * rate                    # < rate: one shorter frame
+        profile = torch.cat((ramp, torch.ones(hold, dtype=torch.float64),
+                             torch.tensor([last / rate], dtype=torch.float64), ramp.flip(0)))
+        n = min(len(profile), num - k)
+        yaw_rate[k:k + n] = sign * rate * profile[:n]
+        speed[k:k + n] = v_straight + (radius * rate - v_straight) * profile[:n]
+        k += len(profile)
+        gap = int(_uniform(gen, 8.0, 21.0))
+    return yaw_rate, speed
+
+
+def turns_trajectory(num: int, gen: torch.Generator) -> torch.Tensor:
+    """
+    Drive through a street with 90-degree corners (see the module docstring), at constant height.
+
+    :param num: number of frames.
+    :param gen: seeded generator.
+    :return: T_wc, shape (num, 4, 4), float64; the first pose has zero yaw at the origin.
+    """
+    k = torch.arange(num, dtype=torch.float64)
+    vib = _sinusoids(gen, k, 3, 3, (4, 20))              # fixed draws before the schedule's
+    yaw_rate, v = _turn_profile(num, gen)
+    yaw = torch.cumsum(yaw_rate, 0) - yaw_rate[0]
+    pitch = math.radians(0.3) * vib[:, 0]
+    roll = math.radians(0.2) * vib[:, 1]
+    bounce = 0.015 * vib[:, 2]
+    # the step from frame i to i + 1 goes along the heading of frame i (the yaw before the
+    # step), as ``_drive``
+    heading = torch.stack((torch.sin(yaw), torch.cos(yaw)), -1) * v[:, None]
+    xz = torch.cumsum(heading, 0) - heading[0]
+    t = torch.stack((xz[:, 0], bounce - bounce[0], xz[:, 1]), -1)
+    return _pose(_rot_y(yaw) @ _rot_x(pitch) @ _rot_z(roll), t)
+
+
 def _rotation_path(num: int, gen: torch.Generator, lo_deg: float, hi_deg: float,
                    period: Tuple[float, float] = (25.0, 90.0), rate_deg: float = 2.0
                    ) -> torch.Tensor:
@@ -212,6 +286,7 @@ GENERATORS = {
     'standstill': standstill_trajectory,
     'highway': highway_trajectory,
     'handheld30': handheld30_trajectory,
+    'turns': turns_trajectory,
 }
 
 
