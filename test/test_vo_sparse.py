@@ -292,6 +292,29 @@ def test_keyframe_corners_from_the_worker_equal_a_direct_detection(monkeypatch):
     assert vo._next_corners is not None and vo._next_corners[0] is vo._kf.frame
 
 
+def test_close_stops_the_worker_threads_and_a_later_step_restarts_them():
+    import threading
+
+    def workers():
+        return sorted(t.name.split('_')[0] for t in threading.enumerate()
+                      if t.name.startswith(('trianflow-corners', 'dis_backward')))
+
+    seq = sequence('forward', 3)
+    images, K = seq.images_uint8(), seq.K.numpy()
+    before = workers()
+    with VisualOdometry(config(), device='cpu') as vo:        # output_depth: dense DIS too
+        for i in range(2):
+            vo.step(float(i), images[i], K)
+        assert len(workers()) == len(before) + 2              # corners and backward flow
+    assert workers() == before
+    r = vo.step(2.0, images[2], K)                            # usable after close
+    assert r.state != TrackingState.LOST and len(workers()) == len(before) + 2
+    vo.reset()                                                # reset drops the corners' worker
+    assert len(workers()) == len(before) + 1
+    vo.close()
+    assert workers() == before
+
+
 def test_select_corners_of_a_response_equals_detect_corners():
     from trianflow_ros.vo.sparse_matches import corner_response, select_corners
     grey = to_grey_uint8(sequence('forward').images[0][None])

@@ -124,12 +124,13 @@ class FrameQueue:
                 with self.lock:
                     self.busy = False
 
-    def shutdown(self) -> None:
-        """Stop the worker thread."""
+    def shutdown(self) -> bool:
+        """Stop the worker thread; return True when it has ended (False: still in a frame)."""
         with self.cond:
             self._stop = True
             self.cond.notify_all()
         self._worker.join(timeout=5.0)
+        return not self._worker.is_alive()
 
 
 def create_services(node, queue: FrameQueue, group) -> None:

@@ -272,8 +272,9 @@ class VONode(Node):
                                                      self.image_topic))
 
     def shutdown(self) -> None:
-        """Stop the worker thread."""
-        self._queue.shutdown()
+        """Stop the worker thread, then (when it has ended) the odometry's own workers."""
+        if self._queue.shutdown():
+            self.vo.close()
 
 
 def usage() -> str:

@@ -375,13 +375,14 @@ def run(args) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     (out / 'config.yaml').write_text(dump_yaml(cfg))
     results: List[FrameResult] = []
     t0 = time.perf_counter()
-    for i in tqdm(indices, desc=PROG, unit='frame', disable=args.quiet or None,
-                  file=sys.stderr):
-        stamp, image, K = source.frame(i)
-        r = vo.step(stamp, image, K, distortion=source.distortion)
-        results.append(r)
-        if not args.no_depth_output and r.depth is not None:
-            save_depth(out / 'depth', int(source.numbers[i]), r.depth)
+    with vo:
+        for i in tqdm(indices, desc=PROG, unit='frame', disable=args.quiet or None,
+                      file=sys.stderr):
+            stamp, image, K = source.frame(i)
+            r = vo.step(stamp, image, K, distortion=source.distortion)
+            results.append(r)
+            if not args.no_depth_output and r.depth is not None:
+                save_depth(out / 'depth', int(source.numbers[i]), r.depth)
     elapsed = time.perf_counter() - t0
 
     table = stage_table(results)

@@ -195,8 +195,38 @@ class VisualOdometry:
         self.reset()
 
     # ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """
+        Stop the worker threads and wait for them.
+
+        The workers: the next keyframe's corners, the flow provider's backward flow. A later
+        :meth:`step` starts them again; a node calls this when it shuts down.
+        ``with VisualOdometry(...) as vo:`` closes on leaving.
+        """
+        self._stop_corner_worker()
+        close = getattr(self.flow, 'close', None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> 'VisualOdometry':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _stop_corner_worker(self) -> None:
+        """Stop the corner worker; forget the corners it computes (``_next_corners``)."""
+        worker: Optional[ThreadPoolExecutor] = getattr(self, '_corner_worker', None)
+        self._corner_worker = None
+        # (frame, its grey, its CornerResponse being computed on the other core): the last
+        # current frame of the sparse front end, the likely next keyframe
+        self._next_corners = None
+        if worker is not None:
+            worker.shutdown(wait=True)
+
     def reset(self) -> None:
         """Forget everything: the next frame starts a new odometry frame (INITIALIZING)."""
+        self._stop_corner_worker()
         self._kf: Optional[Keyframe] = None
         self._kf_inliers: Optional[int] = None   # inliers of the keyframe's first pair
         self._next_id = 0                          # next map point id
@@ -209,10 +239,6 @@ class VisualOdometry:
         self._last_speed = 0.0
         self._scale_defined = False
         self._sparse_cache = None   # (keyframe, its corners, its grey): the sparse front end
-        # (frame, its grey, its CornerResponse being computed on the other core): the last
-        # current frame of the sparse front end, the likely next keyframe
-        self._next_corners = None
-        self._corner_worker: Optional[ThreadPoolExecutor] = None
         self._last_motion: Optional[np.ndarray] = None   # T_prev_cur of the last frame
 
     @property

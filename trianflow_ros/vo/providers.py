@@ -120,6 +120,9 @@ class FlowProvider:
         """
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release worker threads (none here); the provider may be used again afterwards."""
+
 
 class DepthProvider:
     """Base class: ``__call__(image) -> depth (1, 1, H, W) or None`` (see the module)."""
@@ -217,6 +220,12 @@ class DISFlowProvider(FlowProvider):
                 img_prev.device, torch.float32)
 
         return tensor(f12), tensor(f21)
+
+    def close(self) -> None:
+        """Stop the backward-flow worker thread (a later call starts a new one)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 class KLTFlowProvider(DISFlowProvider):
