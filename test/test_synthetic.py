@@ -186,6 +186,13 @@ def test_turns_drive_through_two_right_angle_corners(seed):
         # each corner turns by exactly 90 degrees, left or right
         assert abs(abs(float(heading[b] - heading[a])) - 90.0) < 1e-6
     assert float(T[:, 1, 3].abs().max()) < 0.04                  # constant height (bounce)
+    # the corners alternate: over 400 frames the heading stays within 90 deg of one side of
+    # the start, so the path never runs back into a street it has passed
+    T = make_trajectory('turns', 400, torch.Generator().manual_seed(seed))
+    yaw = torch.rad2deg(torch.atan2(T[:, 0, 2], T[:, 2, 2]))
+    heading = torch.cumsum(torch.remainder(yaw.diff() + 180.0, 360.0) - 180.0, 0)
+    assert float(heading.max() - heading.min()) < 90.0 + 1e-6
+    assert float(heading.abs().max()) > 89.0
 
 
 def test_highway_scene_is_mostly_far():

@@ -18,11 +18,12 @@ Kinds:
   ``forward``; rendered in the ``highway`` scene, where most pixels are far away.
 - ``handheld30``: a camera held in the hand at 30 Hz: smooth sway (periods of 1.5-5 s),
   0.005-0.02 m and 0.1-0.5 deg per frame; rendered in the ``room`` scene.
-- ``turns``: an urban drive at 10 Hz with 90-degree turns at street corners, left or right at
-  random: 5-10 frames straight at 0.8-1.1 m/frame, then turns of 2-3.5 deg/frame (a curve
-  radius of 13-20 m, so 0.45-1.2 m/frame in the turn) with 6-frame ramps in and out, separated
-  by 8-20 straight frames; the first two turns end within 115 frames. Vibration as
-  ``forward``.
+- ``turns``: an urban drive at 10 Hz through 90-degree street corners, the first left or
+  right at random, then alternating (the path zig-zags and never crosses a street it has
+  passed): 5-10 frames straight at 0.8-1.1 m/frame, then corners of 2-3.5 deg/frame (a curve
+  radius of 13-20 m, so 0.45-1.2 m/frame in the corner) with 6-frame ramps in and out,
+  separated by 8-20 straight frames; the first two corners end within 115 frames. Vibration
+  as ``forward``.
 """
 
 import math
@@ -157,6 +158,7 @@ def _turn_profile(num: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.T
     speed = torch.zeros(num, dtype=torch.float64)
     v_straight = float(_uniform(gen, 0.8, 1.1))
     k = 0
+    sign = 0.0
     gap = int(_uniform(gen, 5.0, 11.0))
     ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(TURN_RAMP, dtype=torch.float64) + 0.5)
                                  / TURN_RAMP)                   # (0, 1), half cosine
@@ -167,7 +169,12 @@ def _turn_profile(num: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.T
             break
         rate = math.radians(float(_uniform(gen, 2.0, 3.5)))
         radius = float(_uniform(gen, 13.0, 20.0))
-        sign = 1.0 if float(_uniform(gen, 0.0, 1.0)) < 0.5 else -1.0
+        # the first corner left or right at random, then alternating: the path zig-zags
+        # and never crosses a street it has passed (4 corners the same way close a block)
+        if sign == 0.0:
+            sign = 1.0 if float(_uniform(gen, 0.0, 1.0)) < 0.5 else -1.0
+        else:
+            sign = -sign
         # ramps contribute rate * TURN_RAMP / 2 each: the hold covers the rest of 90 deg
         hold_angle = math.pi / 2 - rate * TURN_RAMP
         hold = int(math.floor(hold_angle / rate))
