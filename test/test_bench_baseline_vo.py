@@ -1,10 +1,10 @@
 """The 30-line VO baseline of issue 12 (bench/baseline_vo.py): synthetic, real KITTI, CLI."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
+from bench_loader import load_bench
 import numpy as np
 import pytest
 import torch
@@ -17,18 +17,10 @@ DATA = REPO_ROOT.parent / 'shared' / 'data'
 KITTI = DATA / 'kitti_odometry_seq06'
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'bench_{name}',
-                                                  REPO_ROOT / 'bench' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def bench():
     """Import the bench script as a module (bench/ is not a package)."""
-    return _load('baseline_vo')
+    return load_bench('baseline_vo')
 
 
 def _require_kitti():

@@ -1,18 +1,13 @@
 """Smoke test of bench/depth_signal.py on the shipped weights (a few held-out pairs)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_loader import load_bench
 
 
 def test_depth_signal_bench_prints_one_json_line(capsys):
-    spec = importlib.util.spec_from_file_location('depth_signal_bench',
-                                                  REPO / 'bench' / 'depth_signal.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench('depth_signal')
     assert bench.main(['--frames', '3', '--parallax', '0,1', '--threads', '1']) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures['pairs'] == 8                        # 2 seeds x 2 kinds x 2 pairs

@@ -1,10 +1,10 @@
 """Smoke test of bench/fps_832.py: a few KITTI frames, every runner, one JSON line last."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
+from bench_loader import load_bench
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +17,7 @@ def test_fps_832_reports_every_runner(capsys):
         if os.environ.get('CI'):
             pytest.fail(message)
         pytest.skip(message)
-    spec = importlib.util.spec_from_file_location('bench_fps_832',
-                                                  REPO_ROOT / 'bench' / 'fps_832.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench('fps_832')
     assert bench.main(['--frames', '5', '--repeats', '2']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['meta']['size'] == '832x256' and result['meta']['frames'] == 5

@@ -1,21 +1,15 @@
 """Smoke test of bench/learning.py (``--quick``: a few steps of every stage)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
+from bench_loader import load_bench
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_learning_bench_quick_prints_one_json_line(shared_data, capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location('learning_bench', REPO / 'bench' /
-                                                  'learning.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench('learning')
     kitti = shared_data / 'kitti_odometry_seq06'
     assert bench.main(['--quick', '--kitti', str(kitti), '--out', str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

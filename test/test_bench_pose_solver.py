@@ -1,11 +1,11 @@
 """Smoke test of bench/pose_solver.py on the first three frame pairs of KITTI seq 06."""
 
-import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 
+from bench_loader import load_bench
 import numpy as np
 import pytest
 
@@ -23,11 +23,7 @@ def bench():
         if os.environ.get('CI'):
             pytest.fail(message)
         pytest.skip(message)
-    spec = importlib.util.spec_from_file_location(
-        'bench_pose_solver', REPO_ROOT / 'bench' / 'pose_solver.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('pose_solver')
 
 
 @pytest.fixture(scope='module')

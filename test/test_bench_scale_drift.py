@@ -1,21 +1,14 @@
 """bench/scale_drift.py: exact on a known drift; a short run reports both kinds."""
 
-import importlib.util
 import json
-from pathlib import Path
 
+from bench_loader import load_bench
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location('bench_scale_drift',
-                                                  REPO_ROOT / 'bench' / 'scale_drift.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_bench('scale_drift')
 
 
 def _path(steps: np.ndarray) -> np.ndarray:

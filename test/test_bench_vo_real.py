@@ -1,10 +1,10 @@
 """Smoke test of bench/vo_real.py: --quick runs on one synthetic sequence and the TUM pair."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
+from bench_loader import load_bench
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +15,7 @@ RUN_KEYS = {'frames', 'lost', 'ate', 'rpe_trans', 'rpe_rot', 'fps', 'res'}
 @pytest.fixture(scope='module')
 def bench():
     """Import the bench script as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location('bench_vo_real',
-                                                  REPO_ROOT / 'bench' / 'vo_real.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('vo_real')
 
 
 def last_json(capsys) -> dict:

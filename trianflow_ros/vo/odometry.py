@@ -192,6 +192,10 @@ class VisualOdometry:
         #: same (tested). The node sets it from publish_depth / publish_points, trianflow-vo
         #: from --no-depth-output.
         self.output_depth = True
+        self._corner_worker: Optional[ThreadPoolExecutor] = None   # started by the first
+        # sparse step; (frame, its grey, its CornerResponse being computed on the other
+        # core): the last current frame of the sparse front end, the likely next keyframe
+        self._next_corners = None
         self.reset()
 
     # ----------------------------------------------------------------------------------------
@@ -216,11 +220,7 @@ class VisualOdometry:
 
     def _stop_corner_worker(self) -> None:
         """Stop the corner worker; forget the corners it computes (``_next_corners``)."""
-        worker: Optional[ThreadPoolExecutor] = getattr(self, '_corner_worker', None)
-        self._corner_worker = None
-        # (frame, its grey, its CornerResponse being computed on the other core): the last
-        # current frame of the sparse front end, the likely next keyframe
-        self._next_corners = None
+        worker, self._corner_worker, self._next_corners = self._corner_worker, None, None
         if worker is not None:
             worker.shutdown(wait=True)
 
