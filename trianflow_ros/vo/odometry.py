@@ -192,6 +192,9 @@ class VisualOdometry:
         #: same (tested). The node sets it from publish_depth / publish_points, trianflow-vo
         #: from --no-depth-output.
         self.output_depth = True
+        #: A list to record every pair's scale fit in (``strategies.ScaleFitRecord``; the
+        #: diagnostic ``bench/scale_bias.py``), or None (the default: nothing is kept).
+        self.scale_fits: Optional[list] = None
         self._corner_worker: Optional[ThreadPoolExecutor] = None   # started by the first
         # sparse step; (frame, its grey, its CornerResponse being computed on the other
         # core): the last current frame of the sparse front end, the likely next keyframe
@@ -543,7 +546,7 @@ class VisualOdometry:
                                      residuals=residuals, cls=cls, generator=generator,
                                      noise_px=noise, last_speed=self._last_speed,
                                      scale_defined=self._scale_defined, subset=sub,
-                                     max_depth=self.max_depth)
+                                     max_depth=self.max_depth, scale_fits=self.scale_fits)
         motion = ctx.motion
         # the parallax vote decides whether t is observable, not the share of far points: in
         # a far-field scene (a highway: sky and facades far away) most matches barely move and

@@ -89,6 +89,8 @@ class PairContext:
     :ivar scale_defined: whether the odometry unit is already fixed (not the first pair).
     :ivar subset: (k,) indices of the matches the classification ran on.
     :ivar max_depth: the depth provider's depths beyond this are not used (0: no limit).
+    :ivar scale_fits: where :func:`essential` appends a :class:`ScaleFitRecord` of every
+        scale it fits to the keyframe's structure (None: nothing is recorded).
     """
 
     cfg: Config
@@ -105,11 +107,59 @@ class PairContext:
     scale_defined: bool
     subset: torch.Tensor
     max_depth: float = 0.0
+    scale_fits: Optional[list] = None
 
     @property
     def motion(self) -> MotionType:
         """Return the GRIC class of the pair."""
         return self.cls.types()[0]
+
+
+@dataclass(frozen=True)
+class ScaleFitRecord:
+    """
+    What one pair's scale was fitted to (a diagnostic: ``bench/scale_bias.py``).
+
+    The scale solves ``scale * depth ~ target`` over ``used`` (the fit's inliers), weighted by
+    ``weights``: ``log scale`` is their weighted mean log ratio (``geometry.scale.method``
+    ``log``).
+
+    :ivar keyframe: index of the keyframe's frame.
+    :ivar frame: index of the current frame.
+    :ivar u1: (N, 2) float64 pinhole pixels of the matches in the keyframe.
+    :ivar depth: (N,) float64 their depth triangulated with the unit translation (after the log
+        bias correction), keyframe camera.
+    :ivar target: (N,) float64 the keyframe structure's depth (0 = unknown).
+    :ivar weights: (N,) float64 the fit's weights.
+    :ivar used: (N,) bool the points the final fit averaged.
+    :ivar age: (N,) int64 keyframes a tracked map point has been fused over (-1: not a map
+        point).
+    :ivar scale: the fitted scale.
+    """
+
+    keyframe: int
+    frame: int
+    u1: torch.Tensor
+    depth: torch.Tensor
+    target: torch.Tensor
+    weights: torch.Tensor
+    used: torch.Tensor
+    age: torch.Tensor
+    scale: float
+
+
+def _record_fit(ctx: PairContext, depth: torch.Tensor, target: torch.Tensor,
+                weights: torch.Tensor, used: torch.Tensor, scale: float) -> None:
+    """Append the final scale fit of the pair to ``ctx.scale_fits`` (see the class)."""
+    m, kf = ctx.m, ctx.kf
+    age = torch.full((m.count,), -1, dtype=torch.int64)
+    if m.num_tracked > 0 and kf.points is not None:
+        age[:m.num_tracked] = kf.points.age[0, m.track_index].cpu()
+    ctx.scale_fits.append(ScaleFitRecord(
+        keyframe=kf.frame.index, frame=ctx.cur.index, u1=m.u1[0].detach().cpu().double(),
+        depth=depth[0].detach().cpu().double(), target=target[0].detach().cpu().double(),
+        weights=weights[0].detach().cpu().double(), used=used[0].detach().cpu(), age=age,
+        scale=scale))
 
 
 def robust_sigma(values: torch.Tensor) -> float:
@@ -293,6 +343,8 @@ def essential(ctx: PairContext, choice: PoseChoice, motion_scale: bool = False
                     max(min(n_eff, cov.MAX_EFFECTIVE_POINTS), 1.0))
                 source = 'depth' if kf.kind == 'depth' else 'propagated'
                 scene_depth = float(target[0, inl_s].median())
+                if ctx.scale_fits is not None:
+                    _record_fit(ctx, z1c, target, weights, fit.inliers, scale)
         if scale is None and not (motion_scale and ctx.scale_defined):
             return None
     if scale is None:
