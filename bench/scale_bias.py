@@ -19,8 +19,9 @@ unit over the pair splits into two biases:
 - ``delta = M - P`` exactly (``Z`` cancels): ``identity_error`` checks it.
 
 ``M`` is also given per age of the map points (keyframes they have been fused over; same
-unit: as if every pair's points were of that age). The VO runs at the rendered size (``vo.resolution native``), no depth output, with the oracle flow plus
-Gaussian noise (``--noise`` px on each direction's flow; 0 = exact) or DIS (``--flow dis``).
+unit: as if every pair's points were of that age). The VO runs at the rendered size
+(``vo.resolution native``), no depth output, with the oracle flow plus Gaussian noise
+(``--noise`` px on each direction's flow; 0 = exact) or DIS (``--flow dis``).
 
     scripts/with_env.sh python bench/scale_bias.py [--kind forward] [--frames 120]
         [--flow oracle|dis] [--noise 0.3] [--set KEY=VALUE]
@@ -43,7 +44,7 @@ from bench.scale_drift import drift_per_100, SEED, SIZE  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from trianflow_ros.config import Config, parse_override, set_value  # noqa: E402
-from trianflow_ros.data.synthetic import make_sequence, SyntheticSequence  # noqa: E402
+from trianflow_ros.data.synthetic import KINDS, make_sequence, SyntheticSequence  # noqa: E402
 from trianflow_ros.vo import OracleFlowProvider, VisualOdometry  # noqa: E402
 
 #: (lowest, highest) ages of the map points of each row of the age table.
@@ -166,6 +167,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 4:
         print('scale_bias: --frames must be at least 4', file=sys.stderr)
+        return 2
+    if args.kind not in KINDS:
+        print(f'scale_bias: unknown kind {args.kind!r}; choose from {", ".join(KINDS)}',
+              file=sys.stderr)
         return 2
     if args.noise < 0:
         print('scale_bias: --noise must be >= 0 (px)', file=sys.stderr)

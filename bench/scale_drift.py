@@ -37,7 +37,7 @@ from bench.baseline_vo import baseline_vo, evaluate  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from trianflow_ros.config import Config, parse_override, set_value  # noqa: E402
-from trianflow_ros.data.synthetic import make_sequence  # noqa: E402
+from trianflow_ros.data.synthetic import KINDS, make_sequence  # noqa: E402
 from trianflow_ros.vo import TrackingState, VisualOdometry  # noqa: E402
 
 SEED = 2000
@@ -99,6 +99,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 4:
         print('scale_drift: --frames must be at least 4', file=sys.stderr)
+        return 2
+    unknown = [k for k in args.kinds.split(',') if k and k not in KINDS]
+    if unknown:
+        print(f'scale_drift: unknown kind {unknown[0]!r}; choose from {", ".join(KINDS)}',
+              file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     out = {'meta': {'frames': args.frames, 'seed': SEED, 'size': f'{SIZE[1]}x{SIZE[0]}',

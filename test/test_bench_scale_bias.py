@@ -74,6 +74,8 @@ def test_usage_errors_exit_2(capsys):
     assert 'at least 4' in capsys.readouterr().err
     assert bench.main(['--noise', '-1']) == 2
     assert '--noise' in capsys.readouterr().err
+    assert bench.main(['--kind', 'bogus']) == 2
+    assert 'unknown kind' in capsys.readouterr().err
 
 
 def test_recording_the_fits_does_not_change_the_odometry():

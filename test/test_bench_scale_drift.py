@@ -44,3 +44,8 @@ def test_short_run_reports_both_kinds(capsys):
 def test_too_few_frames_is_a_usage_error(capsys):
     assert _bench().main(['--frames', '2']) == 2
     assert 'at least 4' in capsys.readouterr().err
+
+
+def test_unknown_kind_is_a_usage_error(capsys):
+    assert _bench().main(['--kinds', 'forward,bogus']) == 2
+    assert "unknown kind 'bogus'" in capsys.readouterr().err
