@@ -304,3 +304,25 @@ def test_choose_pose_needs_a_share_of_the_points_to_vote():
     x1, x2, K = _far_scene(R, t, 150, 850, baseline=1.0, noise=0.3, seed=5)
     res = choose_pose(E, x1, x2, K, K, min_parallax_px=2.0, min_vote_share=0.05)
     assert bool(res.decided.all())
+
+
+def test_rotation_parallax_is_the_translation_s_share_of_the_displacement():
+    from trianflow_ros.geometry.pose import rotation_parallax_px
+    R, t = _motions(4, seed=3)
+    x1, x2, K, keep = _scene(R, t, 200, seed=3)
+    E = skew(t) @ R
+    par = rotation_parallax_px(E, x1, x2, K, K)
+    assert par.shape == (4, 200) and par.dtype == torch.float64
+    # exact: the match minus x1 moved by the true rotation alone (the infinite homography)
+    H = K @ R @ torch.linalg.inv(K)
+    h = torch.cat((x1, torch.ones_like(x1[..., :1])), -1) @ H.transpose(1, 2)
+    expected = (h[..., :2] / h[..., 2:] - x2).norm(dim=-1)
+    assert torch.allclose(par[keep], expected[keep], atol=1e-8)
+    assert bool((par[keep] > 0).all())
+    # a pure rotation (E of the same R with a tiny t: points at infinity) leaves no parallax
+    X1 = torch.cat((x1, torch.ones_like(x1[..., :1])), -1) @ torch.linalg.inv(K).transpose(1, 2)
+    x2r, _ = project(X1 @ R.transpose(1, 2), K)
+    par_r = rotation_parallax_px(E, x1, x2r, K, K)
+    assert float(par_r.abs().max()) < 1e-8
+    # the sign of E and the choice among its decompositions do not matter
+    assert torch.allclose(rotation_parallax_px(-3.0 * E, x1, x2, K, K), par, atol=1e-8)

@@ -401,3 +401,23 @@ def test_arguments_default_to_the_params_fields():
         # an argument given wins over the field
         d = fn(*args, generator=torch.Generator().manual_seed(0), threshold_px=3.0, params=p)
         assert int(d.num_inliers[0]) > int(a.num_inliers[0])
+
+
+def test_essential_quality_is_the_score_ransac_reports():
+    from trianflow_ros.geometry.ransac import essential_quality
+    x1, x2, K, R, t, is_out = _scene(3, 400, seed=5)
+    res = ransac_essential(x1, x2, K, K, generator=_gen(5), threshold_px=0.5)
+    q = essential_quality(res.model, x1, x2, K, K, 0.5)
+    # the same sum, computed along another path (RANSAC reads its refinement's distances)
+    assert q.shape == (3,) and torch.allclose(q, res.score.double(), rtol=1e-5)
+    # the true model scores at least as well as a wrong one, and weights select the points
+    E_true = skew(t) @ R
+    wrong = skew(t) @ so3_exp(torch.tensor([[0.0, 0.02, 0.0]], dtype=R.dtype)).expand(3, 3, 3) @ R
+    assert bool((essential_quality(E_true, x1, x2, K, K, 0.5)
+                 > essential_quality(wrong, x1, x2, K, K, 0.5)).all())
+    half = torch.zeros(3, 400, dtype=torch.float64)
+    half[:, :200] = 1.0
+    assert torch.allclose(essential_quality(res.model, x1[:, :200], x2[:, :200], K, K, 0.5),
+                          essential_quality(res.model, x1, x2, K, K, 0.5, half))
+    with pytest.raises(ValueError, match='threshold_px'):
+        essential_quality(res.model, x1, x2, K, K, 0.0)

@@ -27,7 +27,8 @@ import torch
 from trianflow_ros.config import RansacConfig
 from trianflow_ros.geometry.checks import check_shape
 from trianflow_ros.geometry.epipolar import (_design_matrix, _fix_sign, enforce_rank2,
-                                             five_point, normalize_points)
+                                             five_point, fundamental_from_essential,
+                                             normalize_points, sampson_distance)
 # refine_essential and the refinement helpers are part of this module's interface (tests)
 from trianflow_ros.geometry.essential_refine import (  # noqa: F401
     _cayley, _refine, _sampson_rt, _STEP_MAP, _tangent_frame, refine_essential)
@@ -291,6 +292,33 @@ def _finish(model: torch.Tensor, r2: torch.Tensor, w: torch.Tensor, threshold_px
     model = torch.where(ok[:, None, None], _fix_sign(model), torch.zeros_like(model))
     return RansacResult(model=model.to(dtype), inliers=inliers,
                         num_inliers=inliers.sum(1).to(torch.int64), score=score.to(dtype))
+
+
+def essential_quality(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
+                      K2: torch.Tensor, threshold_px: float,
+                      weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """
+    MSAC quality of given essential matrices: the ``score`` of :func:`ransac_essential`.
+
+    ``sum_i w_i (1 - min(d_i^2, thr^2) / thr^2)`` with ``d_i`` the pixel Sampson distance of
+    ``F = K2^-T E K1^-1``; two models can be compared on any subset of the points (weight 0
+    leaves a point out).
+
+    :param E: (B, 3, 3) essential matrices.
+    :param x1: (B, N, 2) pixels in image 1.
+    :param x2: (B, N, 2) pixels in image 2.
+    :param K1: (B, 3, 3) intrinsics of camera 1.
+    :param K2: (B, 3, 3) intrinsics of camera 2.
+    :param threshold_px: the inlier threshold (px).
+    :param weights: (B, N) non-negative weights, None: all ones.
+    :return: (B,) float64 quality (higher is better). Not differentiable.
+    """
+    check_shape(E, 'E', ('B', 3, 3))
+    w = _prepare(x1, x2, weights, threshold_px, 1, 0)
+    d = sampson_distance(fundamental_from_essential(E.detach().double(), K1.double(),
+                                                    K2.double()), x1.double(), x2.double())
+    d2 = torch.nan_to_num(d.square(), nan=float('inf'), posinf=float('inf'))
+    return msac_score(d2, float(threshold_px) ** 2, w)
 
 
 def _or_params(params: RansacConfig, **given) -> tuple:
