@@ -43,7 +43,7 @@ from bench.baseline_vo import evaluate  # noqa: E402
 from bench.scale_drift import drift_per_100, SEED, SIZE  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from trianflow_ros.config import Config, parse_override, set_value  # noqa: E402
+from trianflow_ros.config import load_config  # noqa: E402
 from trianflow_ros.data.synthetic import KINDS, make_sequence, SyntheticSequence  # noqa: E402
 from trianflow_ros.vo import OracleFlowProvider, VisualOdometry  # noqa: E402
 
@@ -114,13 +114,8 @@ def run(kind: str, frames: int, flow: str, noise: float, overrides: List[str]) -
     seq = make_sequence(kind, frames, *SIZE, seed=SEED)
     poses = seq.poses.double().numpy()
     gt = np.linalg.inv(poses[0]) @ poses
-    cfg = Config()
-    cfg.vo.device = 'cpu'
-    cfg.vo.resolution = 'native'
-    cfg.vo.flow_provider = 'dis'
-    for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
+    cfg = load_config(None, ['vo.device=cpu', 'vo.resolution=native', 'vo.flow_provider=dis',
+                             *overrides])
     provider = NoisyOracleFlow(seq, noise) if flow == 'oracle' else None
     with VisualOdometry(cfg, provider, None) if provider is not None \
             else VisualOdometry(cfg) as vo:

@@ -36,7 +36,7 @@ if str(REPO_ROOT) not in sys.path:
 from bench.baseline_vo import baseline_vo, evaluate  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from trianflow_ros.config import Config, parse_override, set_value  # noqa: E402
+from trianflow_ros.config import load_config  # noqa: E402
 from trianflow_ros.data.synthetic import KINDS, make_sequence  # noqa: E402
 from trianflow_ros.vo import TrackingState, VisualOdometry  # noqa: E402
 
@@ -68,12 +68,7 @@ def run_kind(kind: str, frames: int, overrides: List[str]) -> dict:
     seq = make_sequence(kind, frames, *SIZE, seed=SEED)
     images, K = seq.images_uint8(), seq.K.double().numpy()
     gt = np.linalg.inv(seq.poses[0].double().numpy()) @ seq.poses.double().numpy()
-    cfg = Config()
-    cfg.vo.device = 'cpu'
-    cfg.vo.flow_provider = 'dis'
-    for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
+    cfg = load_config(None, ['vo.device=cpu', 'vo.flow_provider=dis', *overrides])
     with VisualOdometry(cfg) as vo:
         vo.output_depth = False
         results = [vo.step(i / 10.0, im, K) for i, im in enumerate(images)]

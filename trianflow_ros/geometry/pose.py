@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from trianflow_ros.geometry.checks import check_shape
+from trianflow_ros.geometry.homography import rotation_homography, transfer_error
 from trianflow_ros.geometry.se3 import make_pose
 from trianflow_ros.geometry.threads import one_cpu_thread
 
@@ -72,32 +73,25 @@ def rotation_parallax_px(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1
     Pixel distance of every match from its position under the rotation of E alone.
 
     Of E's two rotations (:func:`decompose_essential`) the one of the smaller angle is taken
-    (consecutive frames turn by less than 90 deg; the other differs by 180 deg about t), and
-    ``x1`` is mapped by the infinite homography ``K2 R K1^-1``: what is left is the parallax
-    the translation caused, 0 for a point at infinity or a pure rotation.
+    (consecutive frames turn by less than 90 deg; the other differs by 180 deg about t): the
+    transfer error of its infinite homography ``K2 R K1^-1``
+    (:func:`~trianflow_ros.geometry.homography.transfer_error`) is the parallax the
+    translation caused, 0 for a point at infinity or a pure rotation.
 
     :param E: essential matrices (B, 3, 3).
     :param x1: pixels in image 1 (B, N, 2).
     :param x2: their matches in image 2 (B, N, 2).
     :param K1: intrinsics of camera 1 (B, 3, 3).
     :param K2: intrinsics of camera 2 (B, 3, 3).
-    :return: parallax (B, N) in pixels of image 2, in E's dtype (inf where a point maps to
-        infinity). Not meant for gradients.
+    :return: parallax (B, N) in pixels of image 2, in E's dtype. Not meant for gradients.
     """
     check_shape(E, 'E', ('B', 3, 3))
-    check_shape(x1, 'x1', (E.shape[0], 'N', 2))
-    check_shape(x2, 'x2', x1.shape)
     R, _ = decompose_essential(E)
     pair = R[:, ::2]                                                     # (B, 2, 3, 3)
     trace = pair.diagonal(dim1=-2, dim2=-1).sum(-1)                      # larger = smaller angle
     R = pair[torch.arange(E.shape[0]), trace.argmax(1)]                  # (B, 3, 3)
     dt = E.dtype
-    H = K2.to(dt) @ R @ torch.linalg.inv(K1.to(dt))
-    h1 = torch.cat((x1.to(dt), torch.ones_like(x1[..., :1], dtype=dt)), -1) @ H.transpose(1, 2)
-    z = h1[..., 2:]
-    moved = h1[..., :2] / torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
-    return torch.where(z[..., 0] > 0, (moved - x2.to(dt)).norm(dim=-1),
-                       torch.full_like(z[..., 0], float('inf')))
+    return transfer_error(rotation_homography(R, K1.to(dt), K2.to(dt)), x1.to(dt), x2.to(dt))
 
 
 def _check_two_view(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
