@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trianflow_ros.geometry.camera import from_homogeneous, project, to_homogeneous, unproject
-from trianflow_ros.geometry.homography import (homography_dlt, ransac_homography,
-                                               ransac_rotation, RansacFit,
+from trianflow_ros.geometry.homography import (homography_4pt, homography_dlt,
+                                               ransac_homography, ransac_rotation, RansacFit,
                                                rotation_from_bearings, rotation_homography,
                                                sampson_homography, transfer_error)
 from trianflow_ros.geometry.se3 import rotation_error_deg, so3_exp
@@ -167,6 +167,40 @@ def test_dlt_gradcheck_float64():
     w = torch.rand(1, 6, generator=g, dtype=x1.dtype) + 0.5
     x1, x2, w = (t.clone().requires_grad_(True) for t in (x1, x2, w))
     assert torch.autograd.gradcheck(homography_dlt, (x1, x2, w), eps=1e-6, atol=1e-6)
+
+
+def test_4pt_exact_and_equal_to_dlt():
+    g = torch.Generator().manual_seed(6)
+    x1, x2, H_true, _ = plane_scene(64, 4, g)
+    H = homography_4pt(x1, x2)
+    assert H.shape == (64, 3, 3) and H.dtype == torch.float64
+    assert torch.allclose(normalise(H), normalise(H_true), rtol=1e-7, atol=1e-8)
+    assert float(transfer_error(H, x1, x2).max()) < 1e-7
+    # with noise the minimal set still has one exact solution: the DLT's
+    xn = x2 + 0.5 * torch.randn(x2.shape, generator=g, dtype=x2.dtype)
+    H, Hd = homography_4pt(x1, xn), homography_dlt(x1, xn)
+    assert torch.allclose(H, Hd, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(H.flatten(1).norm(dim=-1), torch.ones(64, dtype=H.dtype))
+    assert bool((torch.linalg.det(H) > 0).all())
+    # float32, as the motion classification runs it
+    H32 = homography_4pt(x1.float(), x2.float())
+    assert H32.dtype == torch.float32
+    assert float(transfer_error(H32.double(), x1, x2).max()) < 0.05
+
+
+def test_4pt_degenerate_set_is_zero_not_nan():
+    x1 = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]], dtype=torch.float64)
+    H = homography_4pt(x1, x1 + 1.0)                  # all 4 points on one line
+    assert bool(torch.isfinite(H).all())
+    assert float(H.abs().max()) == 0.0
+
+
+def test_4pt_gradcheck_float64():
+    g = torch.Generator().manual_seed(7)
+    x1, x2, _, _ = plane_scene(2, 4, g)
+    x2 = x2 + 0.5 * torch.randn(x2.shape, generator=g, dtype=x2.dtype)
+    x1, x2 = (t.clone().requires_grad_(True) for t in (x1, x2))
+    assert torch.autograd.gradcheck(homography_4pt, (x1, x2), eps=1e-6, atol=1e-6)
 
 
 def test_transfer_error_values():

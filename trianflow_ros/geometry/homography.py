@@ -103,18 +103,55 @@ def homography_dlt(x1: torch.Tensor, x2: torch.Tensor,
     w = weights.to(x1.dtype)
     p1, s1, c1 = _normalising_transform(x1, w)
     p2, s2, c2 = _normalising_transform(x2, w)
-    u, v = p1[..., 0], p1[..., 1]                                             # (B, N)
-    u2, v2 = p2[..., 0], p2[..., 1]
-    one, zero = torch.ones_like(u), torch.zeros_like(u)
-    # H&Z eq. (4.3): [0^T, -x^T, v' x^T] and [x^T, 0^T, -u' x^T] with x = (u, v, 1)
-    row1 = torch.stack((zero, zero, zero, -u, -v, -one, v2 * u, v2 * v, v2), dim=-1)
-    row2 = torch.stack((u, v, one, zero, zero, zero, -u2 * u, -u2 * v, -u2), dim=-1)
-    A = torch.stack((row1, row2), dim=2)                                      # (B, N, 2, 9)
+    A = _dlt_rows(p1, p2)                                                     # (B, N, 2, 9)
     Aw = A * w[..., None, None]
     M = torch.einsum('bnri,bnrj->bij', Aw, A)                                 # (B, 9, 9)
     _, vecs = torch.linalg.eigh(M)
-    Hn = vecs[..., 0].reshape(-1, 3, 3)                                       # (B, 3, 3)
-    # de-normalise: H = T2^-1 Hn T1, T = [[s, 0, -s c], [0, s, -s c], [0, 0, 1]]
+    return _denormalise(vecs[..., 0].reshape(-1, 3, 3), s1, c1, s2, c2)
+
+
+def homography_4pt(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """
+    Return the homographies ``x2 ~ H x1`` through 4 correspondences each (the minimal case).
+
+    The same normalised DLT as :func:`homography_dlt` (equal to it up to rounding), but the
+    8 equations of 4 points are solved directly with ``H~[2, 2] = 1`` (an 8 x 8 linear solve
+    instead of the eigen-decomposition of a 9 x 9 matrix: ~6x faster for a RANSAC's batch of
+    sets). In Hartley-normalised coordinates ``H~[2, 2] = 0`` would send the points' centroid
+    to infinity; for such a set (and for a degenerate one: 3 collinear points) the returned H
+    is zero, which RANSAC scores away. Differentiable (through the solve).
+
+    :param x1: pixel coordinates in image 1, shape (B, 4, 2).
+    :param x2: matching pixel coordinates in image 2, shape (B, 4, 2).
+    :return: H, shape (B, 3, 3), unit Frobenius norm, ``det(H) > 0``.
+    """
+    check_shape(x1, 'x1', ('B', 4, 2))
+    check_shape(x2, 'x2', (x1.shape[0], 4, 2))
+    w = torch.ones_like(x1[..., 0])
+    p1, s1, c1 = _normalising_transform(x1, w)
+    p2, s2, c2 = _normalising_transform(x2, w)
+    A = _dlt_rows(p1, p2).reshape(-1, 8, 9)
+    h, info = torch.linalg.solve_ex(A[..., :8], -A[..., 8:])                 # (B, 8, 1)
+    Hn = torch.cat((h[..., 0], torch.ones_like(h[:, :1, 0])), dim=-1).reshape(-1, 3, 3)
+    H = _denormalise(Hn, s1, c1, s2, c2)
+    ok = (info == 0) & torch.isfinite(H).flatten(1).all(-1)
+    return torch.where(ok[:, None, None], H, torch.zeros_like(H))
+
+
+def _dlt_rows(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Return the two DLT rows of every correspondence (H&Z eq. 4.3, w' = 1): (B, N, 2, 9)."""
+    u, v = p1[..., 0], p1[..., 1]                                             # (B, N)
+    u2, v2 = p2[..., 0], p2[..., 1]
+    one, zero = torch.ones_like(u), torch.zeros_like(u)
+    # [0^T, -x^T, v' x^T] and [x^T, 0^T, -u' x^T] with x = (u, v, 1)
+    row1 = torch.stack((zero, zero, zero, -u, -v, -one, v2 * u, v2 * v, v2), dim=-1)
+    row2 = torch.stack((u, v, one, zero, zero, zero, -u2 * u, -u2 * v, -u2), dim=-1)
+    return torch.stack((row1, row2), dim=2)
+
+
+def _denormalise(Hn: torch.Tensor, s1: torch.Tensor, c1: torch.Tensor, s2: torch.Tensor,
+                 c2: torch.Tensor) -> torch.Tensor:
+    """``H = T2^-1 Hn T1`` (T = [[s, 0, -s c], [0, s, -s c], [0, 0, 1]]), unit norm, det > 0."""
     T1 = _similarity(s1, -s1[:, None] * c1)
     T2inv = _similarity(1.0 / s2, c2)
     H = T2inv @ Hn @ T1
@@ -144,8 +181,15 @@ def _apply_homographies(H: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _transfer_errors(H: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """One-sided transfer error of hypotheses H (B, M, 3, 3) -> (B, M, N); non-finite -> inf."""
-    e = (x2.unsqueeze(1) - _apply_homographies(H, x1)).norm(dim=-1)
-    return torch.where(torch.isfinite(e), e, torch.full_like(e, float('inf')))
+    # :func:`_apply_homographies` with the coordinates as planes (B, M, 3, N) and ``hypot``:
+    # 1.0 instead of 1.8 ms for 256 hypotheses x 300 points (a norm over a last axis of 2
+    # and strided (.., 2) slices were most of it)
+    y = torch.einsum('bnj,bmij->bmin', to_homogeneous(x1), H)                # (B, M, 3, N)
+    z = y[:, :, 2]
+    r = 1.0 / torch.where(z.abs() < _EPS, torch.where(z < 0, -_EPS, _EPS), z)
+    e = torch.hypot(x2[..., 0].unsqueeze(1) - y[:, :, 0] * r,
+                    x2[..., 1].unsqueeze(1) - y[:, :, 1] * r)
+    return e.nan_to_num(nan=float('inf'), posinf=float('inf'))
 
 
 def transfer_error(H: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
@@ -351,7 +395,7 @@ def ransac_homography(x1: torch.Tensor, x2: torch.Tensor,
     Robustly fit homographies ``x2 ~ H x1``: batched MSAC on 4-point DLT minimal sets.
 
     All ``num_hypotheses`` 4-point sets of all batch elements are drawn (in proportion to the
-    weights) and solved at once with :func:`homography_dlt`, scored with MSAC on the one-sided
+    weights) and solved at once with :func:`homography_4pt`, scored with MSAC on the one-sided
     transfer error, and the best one is refined ``lo_iters`` times by a weighted DLT on its
     inliers (kept only where the score improves). With an inlier ratio p, a set is clean with
     probability p^4 (0.13 at 40 % outliers: about 33 clean sets among 256).
@@ -373,7 +417,7 @@ def ransac_homography(x1: torch.Tensor, x2: torch.Tensor,
     w = _check_pairs(x1, x2, weights)
     x1, x2 = x1.detach(), x2.detach()
 
-    return _ransac(_set_solver(homography_dlt, x1, x2),
+    return _ransac(_set_solver(homography_4pt, x1, x2),
                    lambda ww: homography_dlt(*_per_model(ww, x1, x2), ww),
                    lambda H: _transfer_errors(H, x1, x2), w, 4, threshold_px,
                    num_hypotheses, lo_iters, generator)

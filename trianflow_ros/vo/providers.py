@@ -157,8 +157,9 @@ def to_grey_uint8(image: torch.Tensor) -> np.ndarray:
 
     The grey images of the last few tensors are kept (by identity and version, the tensor
     held so that its memory is not reused): a frame is read by the flow, the match selection,
-    Lucas-Kanade and the patch check, which converted it 6 times per frame. The result is
-    shared: do not modify it in place.
+    Lucas-Kanade and the patch check, which converted it 6 times per frame. The odometry
+    registers the grey image it converts from a uint8 input (:func:`remember_grey`), so that
+    such a frame is never converted here. The result is shared: do not modify it in place.
 
     :param image: (1, 3, H, W) float tensor.
     :return: (H, W) uint8 numpy array.
@@ -168,14 +169,26 @@ def to_grey_uint8(image: torch.Tensor) -> np.ndarray:
         for tensor, version, grey in _GREY_CACHE:
             if tensor is image and version == image._version:
                 return grey
-    w = image.new_tensor(_LUMA).view(1, 3, 1, 1)
-    grey = (image * w).sum(1)[0].clamp(0.0, 1.0).mul(255.0).round()
-    grey = grey.to(torch.uint8).cpu().numpy()
+    # one (1, 3) x (3, H W) product: the channel sum of a (1, 3, H, W) product was a strided
+    # reduction, 1.9 ms at 256x832 on one CPU thread (this: 0.9 ms)
+    luma = image.new_tensor(_LUMA).view(1, 3)
+    grey = (luma @ image[0].reshape(3, -1)).reshape(image.shape[-2:])
+    grey = grey.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+    remember_grey(image, grey)
+    return grey
+
+
+def remember_grey(image: torch.Tensor, grey: np.ndarray) -> None:
+    """
+    Register ``grey`` as the grey image of ``image`` for :func:`to_grey_uint8` (made read-only).
+
+    :param image: (1, 3, H, W) float tensor (held by the cache while it is kept).
+    :param grey: (H, W) uint8 grey image of it.
+    """
     grey.setflags(write=False)
     with _GREY_LOCK:
         _GREY_CACHE.insert(0, (image, image._version, grey))
         del _GREY_CACHE[_GREY_CACHE_SIZE:]
-    return grey
 
 
 class DISFlowProvider(FlowProvider):
