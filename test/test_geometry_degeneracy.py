@@ -17,7 +17,8 @@ import torch
 from trianflow_ros.geometry.camera import project, unproject
 from trianflow_ros.geometry.degeneracy import (classify_motion, DEFAULT_SIGMA_PX,
                                                estimate_sigma, gric, GRIC_LAMBDA3,
-                                               MotionClassification, MotionType)
+                                               MotionClassification, MotionType,
+                                               off_plane_share)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
 from trianflow_ros.geometry.se3 import rotation_error_deg, so3_exp
 
@@ -294,6 +295,29 @@ def test_off_plane_share_tells_one_plane_from_a_plane_with_structure():
     x1g, x2g, _ = make_scene(g, rot_deg=2.0, forward_m=1.0)
     general = classify(x1g, x2g, detect_planar=True)
     assert float(general.off_plane_share[0]) > 0.3
+
+
+def test_quick_off_plane_share_agrees_with_the_classification():
+    """The quick plane test: the share of classify_motion, from a shorter homography search."""
+    g = torch.Generator().manual_seed(5)
+    scenes = [make_scene(g, rot_deg=2.0, forward_m=1.0, wall=((0.3, 0.0, 1.0), 12.0)),
+              make_scene(g, rot_deg=2.0, forward_m=1.0)]
+    for x1, x2, _ in scenes:
+        e = essential_residuals(x1, x2)
+        full = classify(x1, x2, e=e, detect_planar=True).off_plane_share
+        quick = off_plane_share(x1, x2, e, generator=torch.Generator().manual_seed(1))
+        assert quick.shape == (1,) and quick.dtype == x1.dtype
+        assert float(quick[0]) == pytest.approx(float(full[0]), abs=0.05)
+    # noise-free wall: every E inlier is on the homography, exactly
+    x1, x2, _ = make_scene(g, rot_deg=2.0, forward_m=1.0, wall=((0.3, 0.0, 1.0), 12.0),
+                           noise_px=0.0, outliers=0.0)
+    e = essential_residuals(x1, x2)
+    assert float(off_plane_share(x1, x2, e, sigma_px=0.5)[0]) == 0.0
+    # no epipolar inlier (a failed E): share 0, no division by zero
+    inf = torch.full_like(e, float('inf'))
+    assert float(off_plane_share(x1, x2, inf)[0]) == 0.0
+    with pytest.raises(ValueError, match='x2'):
+        off_plane_share(x1, x2[:, :10], e)
 
 
 def test_weights_exclude_points():

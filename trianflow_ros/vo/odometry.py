@@ -19,10 +19,15 @@ Per frame (image i) against the keyframe k:
    output, a depth provider, the refinement). Fewer than ``vo.min_matches`` consistent
    matches, or fewer than ``vo.min_zncc_ratio`` of the textured matches with correlated
    patches: LOST (no texture in common, an unrelated or corrupted image).
-4. Geometry: one E-RANSAC, the GRIC motion classification, and the parallax vote of
+4. Geometry: one E-RANSAC, the parallax vote of
    :func:`~trianflow_ros.geometry.pose.choose_pose` (only matches with at least
-   ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed), then
-   the first strategy of :mod:`~trianflow_ros.vo.strategies` that gives a pose:
+   ``vo.sign_parallax_px`` of parallax vote on the sign of t; a clear winner is needed) and,
+   where it can change the pose, the GRIC motion classification (t not observable, or a
+   plane possible: with ``vo.planar_pnp`` and keyframe structure, an observable pair first
+   gets the quick plane test :func:`~trianflow_ros.geometry.degeneracy.off_plane_share`, and
+   GRIC only when at most ``vo.planar_max_off_plane`` + :data:`PLANE_TEST_MARGIN` of its E
+   inliers lie off the plane found; ``FrameResult.motion`` is GENERAL where GRIC did not
+   run), then the first strategy of :mod:`~trianflow_ros.vo.strategies` that gives a pose:
 
    - STANDSTILL (GRIC) and t not observable: hold (T = I; the keyframe is kept, so slow
      motion accumulates);
@@ -78,7 +83,7 @@ from trianflow_ros.config import Config, validate
 from trianflow_ros.devices import resolve_device
 from trianflow_ros.geometry.camera import backproject_pixels, project, resize_intrinsics
 from trianflow_ros.geometry.checks import all_finite
-from trianflow_ros.geometry.degeneracy import classify_motion, MotionType
+from trianflow_ros.geometry.degeneracy import classify_motion, MotionType, off_plane_share
 from trianflow_ros.geometry.depth_map import (fuse_log_depth, sample_known,
                                               transfer_flow_depth, triangulate_flow_depth)
 from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Distortion,
@@ -102,6 +107,12 @@ from trianflow_ros.vo.state import Frame, Keyframe, MapPoints, PairEstimate, Pai
 from trianflow_ros.vo.types import FrameResult, TrackingState
 
 STAGES = ('flow', 'depth', 'select', 'solver', 'scale', 'refine', 'window', 'total')
+#: An observable pair skips GRIC when the quick plane test (``degeneracy.off_plane_share``)
+#: leaves more than ``vo.planar_max_off_plane`` + this share of its E inliers off the plane:
+#: the shorter search can only find a worse plane than GRIC's, and a margin this wide keeps
+#: a plane that GRIC would fit within the bound (one plane: 0.01-0.09, a road under facades
+#: 0.16-0.28, KITTI 06 0.47-0.68).
+PLANE_TEST_MARGIN = 0.15
 _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
 
 
@@ -550,16 +561,19 @@ class VisualOdometry:
             residuals = torch.full_like(residuals, float('inf'))
         k = min(n, cfg.vo.classify_points)
         sub = torch.randperm(n, generator=generator, device=m.u1.device)[:k]
-        cls = classify_motion(m.u1[:, sub], m.u2[:, sub], K1, K2, residuals[:, sub],
-                              standstill_px=g.degeneracy.standstill_px,
-                              num_hypotheses=128, lo_iters=2, generator=generator,
-                              detect_planar=cfg.vo.planar_pnp and self.depth is None)
+        detect_planar = cfg.vo.planar_pnp and self.depth is None
+
+        def classify():
+            return classify_motion(m.u1[:, sub], m.u2[:, sub], K1, K2, residuals[:, sub],
+                                   standstill_px=g.degeneracy.standstill_px,
+                                   num_hypotheses=128, lo_iters=2, generator=generator,
+                                   detect_planar=detect_planar)
         ctx = strategies.PairContext(cfg=cfg, kf=kf, cur=cur, m=m, ransac=ransac, e_ok=e_ok,
-                                     residuals=residuals, cls=cls, generator=generator,
-                                     noise_px=noise, last_speed=self._last_speed,
+                                     residuals=residuals, classify=classify,
+                                     generator=generator, noise_px=noise,
+                                     last_speed=self._last_speed,
                                      scale_defined=self._scale_defined, subset=sub,
                                      max_depth=self.max_depth, scale_fits=self.scale_fits)
-        motion = ctx.motion
         # the parallax vote decides whether t is observable, not the share of far points: in
         # a far-field scene (a highway: sky and facades far away) most matches barely move and
         # GRIC calls the pair a standstill or a rotation, although the near road fixes t
@@ -572,11 +586,19 @@ class VisualOdometry:
                                  min_votes=cfg.vo.pose_min_votes,
                                  min_vote_share=cfg.vo.pose_min_vote_share)
             observable = bool(choice.decided[0])
+        # GRIC (ctx.cls, ~12 ms a pair) only where it can change the pose: for the standstill
+        # and the rotation of a pair without an observable t, and for a dominant plane (PnP);
+        # an observable pair whose quick plane test leaves far more than
+        # vo.planar_max_off_plane of its E inliers off the plane goes to E without it
+        may_be_planar = detect_planar and kf.has_structure and (
+            not observable or float(off_plane_share(
+                m.u1[:, sub], m.u2[:, sub], residuals[:, sub], generator=generator)[0])
+            <= cfg.vo.planar_max_off_plane + PLANE_TEST_MARGIN)
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
-        if not observable and motion == MotionType.STANDSTILL:
+        if not observable and ctx.cls.types()[0] == MotionType.STANDSTILL:
             return strategies.hold(ctx)
-        planar = (motion == MotionType.PLANAR and kf.has_structure and self.depth is None
-                  and float(cls.off_plane_share[0]) <= cfg.vo.planar_max_off_plane)
+        planar = (may_be_planar and ctx.cls.types()[0] == MotionType.PLANAR
+                  and float(ctx.cls.off_plane_share[0]) <= cfg.vo.planar_max_off_plane)
         if planar:
             # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
             # ambiguity), while PnP on the map points is exact (planar PnP); measured on the
@@ -617,7 +639,7 @@ class VisualOdometry:
             return PairFailure(
                 f'no model: E {"ok" if e_ok else "failed"} ({num_e} inliers of {n} matches), '
                 f'{"; ".join(notes) + "; " if notes else ""}no rotation model', n, num_e)
-        if notes and motion not in (MotionType.PURE_ROTATION, MotionType.STANDSTILL):
+        if notes and ctx.motion not in (MotionType.PURE_ROTATION, MotionType.STANDSTILL):
             note = '; '.join(notes) + f': {est.method}'
             est = dataclasses.replace(est, message=(est.message + '; ' if est.message else '')
                                       + note)

@@ -19,6 +19,7 @@ Each function takes a :class:`PairContext` and returns a frozen
 """
 
 from dataclasses import dataclass
+import functools
 import math
 from typing import Callable, Optional
 
@@ -82,7 +83,8 @@ class PairContext:
     :ivar ransac: the E-RANSAC of the pinhole matches.
     :ivar e_ok: whether that E has enough inliers to be used.
     :ivar residuals: (1, N) Sampson distances of the matches to E (+inf when not e_ok).
-    :ivar cls: the GRIC motion classification.
+    :ivar classify: computes the GRIC motion classification (:attr:`cls`) when first read: a
+        pair whose translation is observable and that has no dominant plane never needs it.
     :ivar generator: torch.Generator of the pair.
     :ivar noise_px: robust spread of the E inliers' residuals (px).
     :ivar last_speed: translation norm per frame of the last translated motion.
@@ -100,7 +102,7 @@ class PairContext:
     ransac: RansacResult
     e_ok: bool
     residuals: torch.Tensor
-    cls: MotionClassification
+    classify: Callable[[], MotionClassification]
     generator: torch.Generator
     noise_px: float
     last_speed: float
@@ -109,10 +111,25 @@ class PairContext:
     max_depth: float = 0.0
     scale_fits: Optional[list] = None
 
+    @functools.cached_property
+    def cls(self) -> MotionClassification:
+        """Return the GRIC motion classification (computed on the first read)."""
+        return self.classify()
+
+    @property
+    def classified(self) -> bool:
+        """Return whether :attr:`cls` has been computed."""
+        return 'cls' in self.__dict__
+
     @property
     def motion(self) -> MotionType:
-        """Return the GRIC class of the pair."""
-        return self.cls.types()[0]
+        """
+        Return the GRIC class of the pair; GENERAL where the classification was not needed.
+
+        The odometry skips it only where the parallax vote found the translation observable
+        and the quick plane test found no dominant plane (``VisualOdometry._solve``).
+        """
+        return self.cls.types()[0] if self.classified else MotionType.GENERAL
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,9 @@ class FrameResult:
         T_world_cam``; the identity for the first frame and for LOST frames).
     :ivar state: :class:`TrackingState`.
     :ivar motion: :class:`~trianflow_ros.geometry.degeneracy.MotionType` of the pair from
-        the classification (None for the first frame, LOST frames and PnP-only decisions).
+        the classification (None for the first frame, LOST frames and PnP-only decisions);
+        GENERAL where the translation was observable and no plane possible, so that the
+        classification did not run.
     :ivar method: how the pose was obtained: 'init', 'essential' (E + triangulation + scale),
         'pnp' (PnP on the reference depth), 'rotation' (pure rotation, t = 0), 'hold'
         (standstill, T = I) or 'lost'.
