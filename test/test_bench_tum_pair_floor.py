@@ -1,4 +1,4 @@
-"""bench/tum_pair_floor.py: the metric-depth floor of the TUM fr1 pair, and its bad-input answer."""
+"""bench/tum_pair_floor.py: the metric-depth floor of the TUM fr1 pair; its bad-input answer."""
 
 import json
 
