@@ -341,3 +341,17 @@ def test_klt_provider_carries_the_prior_preset():
     assert np.allclose(np.median(mid, axis=0), [3.0, 1.0], atol=0.25)
     with pytest.raises(ValueError, match='klt_prior_preset'):
         KLTFlowProvider('medium', 'slowest')
+
+
+def test_first_free_equals_the_full_lookup():
+    from trianflow_ros.vo.sparse_matches import _first_free
+    rng = np.random.default_rng(0)
+    free = rng.random((64, 200)) < 0.3
+    fy, fx = rng.integers(0, 64, 5000), rng.integers(0, 200, 5000)
+    full = free[fy, fx]
+    for need in (0, 1, 7, 400, 1400, 10_000):
+        y, x = _first_free(fy, fx, free, need)
+        np.testing.assert_array_equal(y, fy[full][:need])
+        np.testing.assert_array_equal(x, fx[full][:need])
+    y, x = _first_free(fy[:0], fx[:0], free, 10)
+    assert y.size == 0 and x.size == 0

@@ -251,13 +251,14 @@ def patch_zncc(img1: torch.Tensor, img2: torch.Tensor, x1: torch.Tensor, x2: tor
     if n == 0:
         return np.zeros(0, np.float32), np.zeros(0, bool)
     r = np.arange(-radius, radius + 1, dtype=np.float32)
-    off = np.stack(np.meshgrid(r, r), -1).reshape(1, -1, 2)                  # (1, P, 2)
+    off_u, off_v = (o.reshape(1, -1) for o in np.meshgrid(r, r))              # (1, P) each
 
     def patches(image: torch.Tensor, x: torch.Tensor) -> np.ndarray:
         grey = to_grey_uint8(image).astype(np.float32) / 255.0
-        p = x[0].detach().cpu().numpy().astype(np.float32)[:, None, :] + off  # (N, P, 2)
-        return cv2.remap(grey, np.ascontiguousarray(p[..., 0]), np.ascontiguousarray(p[..., 1]),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        xy = x[0].detach().cpu().numpy().astype(np.float32)                   # (N, 2)
+        # the sample maps built contiguous (N, P), not sliced out of an (N, P, 2) array
+        return cv2.remap(grey, xy[:, :1] + off_u, xy[:, 1:] + off_v, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
     a, b = patches(img1, x1), patches(img2, x2)
     a = a - a.mean(1, keepdims=True)
     b = b - b.mean(1, keepdims=True)
