@@ -258,9 +258,14 @@ def off_plane_share(x1: torch.Tensor, x2: torch.Tensor, epipolar_residuals: torc
                                 lo_iters=lo_iters, generator=generator)
         e2_h = sampson_homography(hom.model.to(x1.dtype), x1, x2).square()
         gate = ((gate_sigmas * sigma) ** 2).unsqueeze(-1)                   # (B, 1)
-        e_inliers = valid & (e_epi.square() < gate)
-        off = e_inliers & ~(e2_h < gate)                # a non-finite distance is off the plane
-        return off.sum(-1).to(x1.dtype) / e_inliers.sum(-1).clamp(min=1).to(x1.dtype)
+        return _share_off_plane(valid & (e_epi.square() < gate), e2_h, gate)
+
+
+def _share_off_plane(e_inliers: torch.Tensor, e2_plane: torch.Tensor, gate: torch.Tensor
+                     ) -> torch.Tensor:
+    """Share (B,) of the E inliers whose squared homography distance is not below the gate."""
+    off = e_inliers & ~(e2_plane < gate)                # a non-finite distance is off the plane
+    return off.sum(-1).to(e2_plane.dtype) / e_inliers.sum(-1).clamp(min=1).to(e2_plane.dtype)
 
 
 def classify_motion(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor,
@@ -459,9 +464,7 @@ def classify_motion(x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor, K2: to
         motion = torch.where(rotation, int(MotionType.PURE_ROTATION), motion)
         motion = torch.where(standstill, int(MotionType.STANDSTILL), motion)
         R_21 = torch.where(standstill[:, None, None], eye, R_21)
-        e_inliers = m & (e2_epi < gate)
-        off_plane = ((e_inliers & (e2[:, 2] >= gate)).sum(-1).to(x1.dtype)
-                     / e_inliers.sum(-1).clamp(min=1).to(x1.dtype))
+        off_plane = _share_off_plane(m & (e2_epi < gate), e2[:, 2], gate)
     return MotionClassification(motion=motion, R_21=R_21, flow_px=flow_px, gric_identity=g_id,
                                 gric_rotation=g_rot, gric_homography=g_hom, gric_epipolar=g_epi,
                                 num_points=m.sum(-1), sigma_px=sigma,
