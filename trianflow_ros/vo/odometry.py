@@ -594,10 +594,13 @@ class VisualOdometry:
             not observable or float(off_plane_share(
                 m.u1[:, sub], m.u2[:, sub], residuals[:, sub], generator=generator)[0])
             <= cfg.vo.planar_max_off_plane + PLANE_TEST_MARGIN)
+        # GRIC runs here (the solver's time) where its class is read, else not at all
+        motion = (ctx.cls.types()[0] if may_be_planar or not observable
+                  else MotionType.GENERAL)
         timings['solver'] = 1000.0 * (time.perf_counter() - t0)
-        if not observable and ctx.cls.types()[0] == MotionType.STANDSTILL:
+        if not observable and motion == MotionType.STANDSTILL:
             return strategies.hold(ctx)
-        planar = (may_be_planar and ctx.cls.types()[0] == MotionType.PLANAR
+        planar = (may_be_planar and motion == MotionType.PLANAR
                   and float(ctx.cls.off_plane_share[0]) <= cfg.vo.planar_max_off_plane)
         if planar:
             # a dominant plane: E is ill-conditioned there (its LO refits and the twofold
@@ -639,7 +642,7 @@ class VisualOdometry:
             return PairFailure(
                 f'no model: E {"ok" if e_ok else "failed"} ({num_e} inliers of {n} matches), '
                 f'{"; ".join(notes) + "; " if notes else ""}no rotation model', n, num_e)
-        if notes and ctx.motion not in (MotionType.PURE_ROTATION, MotionType.STANDSTILL):
+        if notes and motion not in (MotionType.PURE_ROTATION, MotionType.STANDSTILL):
             note = '; '.join(notes) + f': {est.method}'
             est = dataclasses.replace(est, message=(est.message + '; ' if est.message else '')
                                       + note)
