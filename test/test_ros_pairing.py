@@ -254,3 +254,35 @@ def test_startup_images_wait_longer_for_the_first_info():
     assert not lonely.dropped
     lonely.advance(1.01)
     assert lonely.dropped == [(SEC, 'no camera_info has been received')]
+
+
+def test_an_image_being_handed_on_is_still_pending():
+    """
+    An image being handed on counts as pending.
+
+    Between its decision (under the pairer's lock) and the callback that hands it on, the
+    node's accounting (received = processed + skipped + rejected + pending) once saw such an
+    image nowhere, and a test read "handled" too early.
+    """
+    seen = []
+    pairer = None
+
+    def emit(image, info, source):
+        seen.append(('emit', pairer.pending()))
+
+    def drop(image, text):
+        seen.append(('drop', pairer.pending()))
+        raise RuntimeError('a failing callback must not leave the count behind')
+
+    clock = Clock()
+    pairer = FramePairer(emit, drop, wait=0.1, max_age=1.0, clock=clock,
+                         matrix_available=lambda: False)
+    pairer.add_info(msg(SEC), SEC)
+    pairer.add_image(msg(SEC), SEC)                                  # exact: emitted at once
+    assert seen == [('emit', 1)] and pairer.pending() == 0
+    pairer.add_image(msg(5 * SEC), 5 * SEC)                          # waits for its info
+    assert pairer.pending() == 1
+    clock.t = 1.0
+    with pytest.raises(RuntimeError):
+        pairer.poll()                                                # too old: dropped
+    assert seen[-1] == ('drop', 1) and pairer.pending() == 0

@@ -200,6 +200,9 @@ class FramePairer:
         self.latest_info: Optional[int] = None
         self.counts = dict.fromkeys(SOURCES, 0)
         self._held: List[_Held] = []
+        # decided under the lock but not yet handed on (emit / drop run outside it): still
+        # pending, so that the node's accounting never sees such an image nowhere
+        self._in_flight = 0
         self._lock = threading.Lock()
 
     def configure(self, wait: float, first_wait: float, max_age: float) -> None:
@@ -209,9 +212,9 @@ class FramePairer:
             self.max_age_ns = int(round(float(max_age) * 1e9))
 
     def pending(self) -> int:
-        """Return how many images wait for their camera_info."""
+        """Return how many images wait for their camera_info or are being handed on."""
         with self._lock:
-            return len(self._held)
+            return len(self._held) + self._in_flight
 
     def add_info(self, msg: Any, stamp_ns: Optional[int] = None) -> None:
         """Offer a camera_info; decide the images it completes or makes hopeless."""
@@ -223,6 +226,7 @@ class FramePairer:
                 self.latest_info = stamp
             while self._held and self._held[0].stamp <= stamp:
                 out.append(self._decide(self._held.pop(0)))
+            self._in_flight += len(out)
         self._report(out)
 
     def add_image(self, image: Any, stamp_ns: int) -> None:
@@ -239,6 +243,7 @@ class FramePairer:
                 self._held.append(_Held(stamp, image, self.clock() + wait))
                 while len(self._held) > self.max_held:
                     out.append(self._decide(self._held.pop(0)))
+            self._in_flight += len(out)
         self._report(out)
 
     def poll(self) -> None:
@@ -248,6 +253,7 @@ class FramePairer:
         with self._lock:
             while self._held and self._held[0].deadline <= now:
                 out.append(self._decide(self._held.pop(0)))
+            self._in_flight += len(out)
         self._report(out)
 
     def flush(self) -> None:
@@ -255,6 +261,7 @@ class FramePairer:
         with self._lock:
             out = [self._decide(h) for h in self._held]
             self._held.clear()
+            self._in_flight += len(out)
         self._report(out)
 
     # ----------------------------------------------------------------------------------------
@@ -289,7 +296,11 @@ class FramePairer:
 
     def _report(self, out: List[Tuple[str, Any, Any, str]]) -> None:
         for kind, image, info, extra in out:
-            if kind == 'emit':
-                self.emit(image, info, extra)
-            else:
-                self.drop(image, extra)
+            try:
+                if kind == 'emit':
+                    self.emit(image, info, extra)
+                else:
+                    self.drop(image, extra)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
