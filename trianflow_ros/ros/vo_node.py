@@ -125,6 +125,7 @@ class VONode(Node):
         p.adopt(cfg)            # later parameter changes start from the sizes actually used
         p.declare_deferred(cfg)  # data.img_height / img_width read back the size in use
         self._stats = FrameStats()
+        self._arriving = 0                  # images between their count and the pairer
         self._warn = ThrottledLog(log, WARN_PERIOD)
         self._queue = FrameQueue(self._stats, self._warn, self._run)
         self._lock = self._queue.lock
@@ -172,9 +173,14 @@ class VONode(Node):
         self._guard(self._pairer.add_info, msg)
 
     def _handle_image(self, msg) -> None:
-        with self._lock:
+        with self._lock:            # pending from here until the pairer has it (accounting)
             self._stats.received += 1
-        self._pairer.add_image(msg, stamp_to_ns(msg.header.stamp))
+            self._arriving += 1
+        try:
+            self._pairer.add_image(msg, stamp_to_ns(msg.header.stamp))
+        finally:
+            with self._lock:
+                self._arriving -= 1
 
     def _on_unpaired(self, image, text: str) -> None:
         stamp = stamp_to_ns(image.header.stamp) * 1e-9
@@ -254,9 +260,9 @@ class VONode(Node):
     # diagnostics ---------------------------------------------------------------------------
     def accounting(self) -> Dict[str, object]:
         """Return the frame accounting and timing values (see :mod:`.node_stats`)."""
-        waiting = self._pairer.pending()
-        with self._lock:
-            return self._stats.values(self._queue.pending() + waiting)
+        with self._lock:            # one snapshot: every image is counted in exactly one place
+            return self._stats.values(self._queue.pending() + self._pairer.pending()
+                                      + self._arriving)
 
     def _publish_diagnostics(self) -> None:
         values = self.accounting()
