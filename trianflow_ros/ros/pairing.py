@@ -226,7 +226,6 @@ class FramePairer:
                 self.latest_info = stamp
             while self._held and self._held[0].stamp <= stamp:
                 out.append(self._decide(self._held.pop(0)))
-            self._in_flight += len(out)
         self._report(out)
 
     def add_image(self, image: Any, stamp_ns: int) -> None:
@@ -243,7 +242,6 @@ class FramePairer:
                 self._held.append(_Held(stamp, image, self.clock() + wait))
                 while len(self._held) > self.max_held:
                     out.append(self._decide(self._held.pop(0)))
-            self._in_flight += len(out)
         self._report(out)
 
     def poll(self) -> None:
@@ -253,7 +251,6 @@ class FramePairer:
         with self._lock:
             while self._held and self._held[0].deadline <= now:
                 out.append(self._decide(self._held.pop(0)))
-            self._in_flight += len(out)
         self._report(out)
 
     def flush(self) -> None:
@@ -261,7 +258,6 @@ class FramePairer:
         with self._lock:
             out = [self._decide(h) for h in self._held]
             self._held.clear()
-            self._in_flight += len(out)
         self._report(out)
 
     # ----------------------------------------------------------------------------------------
@@ -276,7 +272,12 @@ class FramePairer:
         return self._fresh(stamp) is not None or not self.matrix_available()
 
     def _decide(self, held: _Held) -> Tuple[str, Any, Any, str]:
-        """Return ('emit', image, info, source) or ('drop', image, None, text)."""
+        """
+        Return ('emit', image, info, source) or ('drop', image, None, text); hold the lock.
+
+        The image is in flight (still pending) until :meth:`_report` has handed it on.
+        """
+        self._in_flight += 1
         info = self.infos.exact(held.stamp)
         source = 'exact'
         if info is None:
