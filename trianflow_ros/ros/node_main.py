@@ -87,6 +87,10 @@ def run(make_node: Callable, doc: str, args: Optional[Sequence[str]] = None) -> 
     if '-h' in own or '--help' in own:
         print(usage(doc))
         return 0
+    # a crash in native code (rclpy / DDS teardown, OpenCV, torch) prints every thread's
+    # Python stack to stderr (the node's log) before the process dies: once in CI the node
+    # ended with SIGSEGV at its stop, after all its work, and left no trace of where
+    faulthandler.enable(all_threads=True)
     rclpy.init(args=args)
     node = None
     executor = None
