@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trianflow_ros.geometry.camera import project
-from trianflow_ros.geometry.pose import decompose_essential, PoseResult, recover_pose
+from trianflow_ros.geometry.pose import (decompose_essential, PoseResult, recover_pose,
+                                         translation_axis_angle_deg)
 from trianflow_ros.geometry.se3 import (direction_error_deg, make_pose, rotation_error_deg,
                                         skew, so3_exp)
 from trianflow_ros.geometry.threads import all_cpu_threads, one_cpu_thread
@@ -64,6 +65,24 @@ def test_decompose_essential_candidates():
     rot = torch.stack([rotation_error_deg(Rc[:, k], R) for k in range(4)], 1)
     tdir = torch.stack([direction_error_deg(tc[:, k], t) for k in range(4)], 1)
     assert bool(((rot < 1e-6) & (tdir < 1e-6)).any(dim=1).all())
+
+
+def test_translation_axis_angle_is_exact_and_ignores_sign_and_scale():
+    R, t = _motions(8, seed=2)
+    E = skew(t) @ R
+    angle = translation_axis_angle_deg(E)
+    assert angle.shape == (8,) and angle.dtype == E.dtype
+    expected = torch.rad2deg(torch.acos(t[:, 2].abs() / t.norm(dim=-1)))
+    assert torch.allclose(angle, expected, atol=1e-9)
+    # -E and 3 E are the same epipolar geometry; -t the same axis
+    assert torch.allclose(translation_axis_angle_deg(-3.0 * E), expected, atol=1e-9)
+    assert torch.allclose(translation_axis_angle_deg(skew(-t) @ R), expected, atol=1e-9)
+    # along the axis: 0; sideways: 90; at 45 deg: 45
+    axes = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], dtype=E.dtype)
+    got = translation_axis_angle_deg(skew(axes) @ R[:3])
+    assert torch.allclose(got, torch.tensor([0.0, 90.0, 45.0], dtype=E.dtype), atol=1e-6)
+    with pytest.raises(ValueError):
+        translation_axis_angle_deg(E[0])
 
 
 def test_recover_pose_exact_on_noise_free_scene():

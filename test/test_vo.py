@@ -457,8 +457,46 @@ def test_aspect_resolution_with_a_network_warns_and_uses_the_network_size():
     cfg.vo.resolution, cfg.vo.flow_provider = 'aspect', 'net'
     from trianflow_ros.vo.odometry import working_size
     assert working_size(cfg, (370, 1226)) == (cfg.data.img_height, cfg.data.img_width)
+    # the providers decide: a flow that is not DIS / KLT (a network, an oracle) needs its size
+    cfg.vo.flow_provider = 'dis'
     with pytest.warns(UserWarning, match="vo.resolution 'aspect'.*Fix: vo.resolution"):
-        VisualOdometry(cfg, DISFlowProvider('fast'))
+        vo = VisualOdometry(cfg, OracleFlowProvider(sequence('forward', 1, 2)))
+    assert not vo.classical
+    assert vo.working_size((370, 1226)) == (cfg.data.img_height, cfg.data.img_width)
+
+
+def test_auto_resolution_keeps_the_aspect_only_for_the_classical_pipeline():
+    """
+    The default, 'auto', keeps the camera's aspect ratio for the classical pipeline.
+
+    DIS / KLT without a depth network; the network size where the ratios differ by at most
+    5 % (KITTI) or with a network.
+    """
+    from trianflow_ros.vo.odometry import working_size
+    cfg = small_config()
+    cfg.data.img_height, cfg.data.img_width = 256, 832
+    assert Config().vo.resolution == 'auto'
+    cfg.vo.resolution = 'auto'
+    assert working_size(cfg, (370, 1226)) == (256, 832)                 # KITTI: 3.31 vs 3.25
+    assert working_size(cfg, (480, 640)) == (400, 533)                  # 4:3: aspect kept
+    assert working_size(cfg, (360, 540)) == (377, 565)                  # 3:2
+    assert working_size(cfg, (720, 1280)) == (346, 615)                 # 16:9
+    assert working_size(cfg, (480, 640), classical=False) == (256, 832)
+    for flow in ('dis', 'klt'):
+        cfg.vo.flow_provider = flow
+        assert working_size(cfg, (480, 640)) == (400, 533)
+        cfg.vo.depth_provider = 'net'
+        assert working_size(cfg, (480, 640)) == (256, 832)
+        cfg.vo.depth_provider = 'none'
+    cfg.vo.flow_provider = 'net'
+    assert working_size(cfg, (480, 640)) == (256, 832)
+    cfg.vo.flow_provider = 'dis'
+    assert VisualOdometry(cfg, DISFlowProvider('fast')).working_size((480, 640)) == (400, 533)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                                   # 'auto' never warns
+        vo = VisualOdometry(cfg, OracleFlowProvider(sequence('forward', 1, 2)))
+    assert vo.working_size((480, 640)) == (256, 832)
 
 
 def test_dis_provider_backward_thread_gives_the_sequential_flows():

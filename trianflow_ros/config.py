@@ -270,11 +270,13 @@ class VOConfig:
                                       'working size: area (cv2.INTER_AREA) or linear '
                                       '(cv2.INTER_LINEAR, what the original TrianFlow and its '
                                       'released checkpoints used)', choices=('area', 'linear'))
-    resolution: str = param('network', 'working resolution: network (data.img_height x '
-                            'data.img_width, K rescaled), native (input size) or aspect (the '
+    resolution: str = param('auto', 'working resolution: network (data.img_height x '
+                            'data.img_width, K rescaled), native (input size), aspect (the '
                             'input scaled to about data.img_height x data.img_width pixels, '
-                            'its aspect ratio kept; not with networks)',
-                            choices=('network', 'native', 'aspect'))
+                            'its aspect ratio kept; not with networks) or auto (aspect for the '
+                            'classical pipeline, but the network size where the aspect ratios '
+                            'differ by at most 5 % (KITTI); network with a network)',
+                            choices=('auto', 'network', 'native', 'aspect'))
     flow_provider: str = param('dis', 'flow: dis (OpenCV DIS dense flow, no weights), klt '
                                '(sparse: Shi-Tomasi corners of the keyframe tracked by '
                                'Lucas-Kanade, vo.klt_*, no weights; dense DIS runs only where '
@@ -313,12 +315,21 @@ class VOConfig:
     keyframe_inlier_ratio: float = param(0.7, 'a new keyframe when the inliers fall below this '
                                          "share of the keyframe's first pair (tracking "
                                          'quality)', range=(0.0, 1.0))
-    pose_recheck: bool = param(False, 'a second E-RANSAC draws every hypothesis set (no '
-                               'early stop); its E replaces the first where it fits the '
-                               'matches with parallax (>= vo.sign_parallax_px under the '
-                               'rotation of the first) better: at a short baseline the early '
-                               'stop can return the rotation-translation ambiguity. Off: it '
-                               'costs ~40 ms per frame at 832x256 on 2 CPU cores')
+    pose_recheck: bool = param(True, 'a second E-RANSAC with its own draws and no early stop '
+                               'before vo.pose_recheck_sets five-point sets, where the first '
+                               "E's translation is sideways (vo.pose_recheck_min_angle_deg); "
+                               'its E replaces the first where it fits the matches with '
+                               'parallax (>= vo.sign_parallax_px under the rotation of the '
+                               'first) better: at a short baseline the early stop can return '
+                               'the rotation-translation ambiguity (~7 ms a checked pair at '
+                               '832x256)')
+    pose_recheck_sets: int = param(16, 'five-point sets the second E-RANSAC of '
+                                   'vo.pose_recheck draws (at most geometry.ransac.'
+                                   'num_hypotheses / 4)', range=(1, 10**5))
+    pose_recheck_min_angle_deg: float = param(
+        30.0, 'vo.pose_recheck runs only where the first E translates at least this far from '
+        'the optical axis (deg): the rotation-translation ambiguity confuses a sideways '
+        'translation with a rotation, not a forward one (0: every pair)', range=(0.0, 90.0))
     sign_parallax_px: float = param(2.0, 'parallax (focal x ray angle, px) a match needs to '
                                     "vote on the sign of E's translation", range=(0.0, 1e4))
     pose_similar_ratio: float = param(0.7, 'E candidates with more than this share of the '

@@ -67,6 +67,24 @@ def decompose_essential(E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return R, t
 
 
+def translation_axis_angle_deg(E: torch.Tensor) -> torch.Tensor:
+    """
+    Return the angle between the translation of E and the optical axis, in degrees.
+
+    E = [t]x R has E^T t = 0, so t is the left singular vector of E's smallest singular value
+    (up to sign, which the angle ignores: 0 = along the axis, forwards or backwards; 90 =
+    sideways).
+
+    :param E: essential matrices, shape (B, 3, 3).
+    :return: (B,) angles in [0, 90].
+    """
+    check_shape(E, 'E', ('B', 3, 3))
+    U, _, _ = torch.linalg.svd(E)
+    t = U[:, :, 2]
+    cos = (t[:, 2].abs() / t.norm(dim=-1).clamp_min(1e-300)).clamp(0.0, 1.0)
+    return torch.rad2deg(torch.acos(cos))
+
+
 def rotation_parallax_px(E: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, K1: torch.Tensor,
                          K2: torch.Tensor) -> torch.Tensor:
     """

@@ -39,11 +39,13 @@ def usage(doc: str) -> str:
     return '\n'.join(lines)
 
 
-def ready_message(p, info: Dict[str, str], cfg: Config) -> str:
+def ready_message(p, info: Dict[str, str], cfg: Config, classical: bool = False) -> str:
     """Return the line logged when the node is ready: pipeline, weights, sizes, QoS, TF."""
     h, w = cfg.data.img_height, cfg.data.img_width
+    mode = cfg.vo.resolution if classical or cfg.vo.resolution == 'native' else 'network'
     size = {'native': 'input size', 'aspect': f'input size scaled to ~{w}x{h} pixels, '
-            'aspect kept'}.get(cfg.vo.resolution, f'{w}x{h}')
+            'aspect kept', 'auto': f"{w}x{h} or the input's aspect ratio at about as many "
+            'pixels (auto)'}.get(mode, f'{w}x{h}')
     tf_out = ('none' if not p['publish_tf'] else
               f"{p['base_frame']} -> {p['odom_frame']} (inverted)" if p['invert_tf'] else
               f"{p['odom_frame']} -> {p['base_frame']}")

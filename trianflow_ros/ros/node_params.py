@@ -90,8 +90,8 @@ def _outputs() -> List[ParamSpec]:
           'depth/camera_info when a depth exists'),
         P('depth_resolution', 'camera', "size of the published depth: camera (the image's "
           'size and K, upsampled from the working resolution without blending known and '
-          'unknown pixels) or network (the working resolution: data.img_height x '
-          'data.img_width, cheaper)', choices=('camera', 'network')),
+          'unknown pixels) or network (the working resolution, vo.resolution: about '
+          'data.img_height x data.img_width pixels; cheaper)', choices=('camera', 'network')),
         P('publish_points', False, 'publish the depth (working resolution) as a PointCloud2 '
           'on points'),
         P('points_stride', 4, 'use every Nth depth pixel (both directions) for points',

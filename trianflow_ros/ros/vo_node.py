@@ -151,7 +151,7 @@ class VONode(Node):
         self.create_timer(PAIRING_POLL, self._pairer.poll, callback_group=self._sub_group)
         self.create_timer(0.25, self._out.flush_path, callback_group=self._srv_group)
         self._queue.start()
-        log.info(node_main.ready_message(p, self.info, cfg))
+        log.info(node_main.ready_message(p, self.info, cfg, self.vo.classical))
 
     # subscriptions (callback group _sub_group) ------------------------------------------------
     def _on_incompatible_qos(self, event) -> None:

@@ -8,8 +8,10 @@ Per frame (image i) against the keyframe k:
    resolution is ``vo.resolution`` (:func:`working_size`): 'network' resizes to
    ``data.img_height x data.img_width`` (K rescaled with ``resize_intrinsics``;
    ``vo.resize_interpolation``), 'native' keeps the input size, 'aspect' scales it to about
-   that many pixels keeping its aspect ratio. A frame without texture (grey std <
-   ``vo.min_image_std``) or with non-finite pixels is LOST at once.
+   that many pixels keeping its aspect ratio, 'auto' (default) is 'aspect' for the classical
+   pipeline (the network size at KITTI's aspect ratio) and 'network' with a network. A frame
+   without texture (grey std < ``vo.min_image_std``) or with non-finite pixels is LOST at
+   once.
 2. Depth of frame i from the depth provider, if any.
 3. Flow k -> i and i -> k from the flow provider; matches (:mod:`~trianflow_ros.vo.matches`):
    forward-backward and photometrically consistent, spread over a grid, undistorted into
@@ -89,7 +91,8 @@ from trianflow_ros.geometry.depth_map import (fuse_log_depth, sample_known,
 from trianflow_ros.geometry.distortion import (as_distortion, distort_pixels, Distortion,
                                                PixelUndistorter)
 from trianflow_ros.geometry.epipolar import fundamental_from_essential, sampson_distance
-from trianflow_ros.geometry.pose import choose_pose, rotation_parallax_px
+from trianflow_ros.geometry.pose import (choose_pose, rotation_parallax_px,
+                                         translation_axis_angle_deg)
 from trianflow_ros.geometry.ransac import essential_quality, ransac_essential, RansacResult
 from trianflow_ros.geometry.se3 import transform_points
 from trianflow_ros.geometry.threads import one_cpu_thread
@@ -99,7 +102,7 @@ from trianflow_ros.vo import covariance as cov
 from trianflow_ros.vo import strategies
 from trianflow_ros.vo.dense_inputs import DenseInputs
 from trianflow_ros.vo.matches import match_validity, Matches, select_matches
-from trianflow_ros.vo.providers import (DepthProvider, FlowProvider,
+from trianflow_ros.vo.providers import (DepthProvider, DISFlowProvider, FlowProvider,
                                         make_providers, remember_grey, to_grey_uint8)
 from trianflow_ros.vo.sparse_matches import (corner_response, predict_corners, predict_pixels,
                                              select_corners, track_matches)
@@ -122,33 +125,56 @@ _INTERPOLATION = {'area': cv2.INTER_AREA, 'linear': cv2.INTER_LINEAR}
 TRIANGULATED = ('essential', 'pnp')
 
 
-def _aspect_overridden(cfg: Config) -> bool:
+#: 'auto' keeps the network size where the input's aspect ratio is within this factor of it.
+AUTO_ASPECT_TOLERANCE = 1.05
+
+
+def _classical(cfg: Config) -> bool:
+    """Whether the configuration runs the classical pipeline (no flow or depth network)."""
+    return 'net' not in (cfg.vo.flow_provider, cfg.vo.depth_provider)
+
+
+def _aspect_overridden(cfg: Config, classical: Optional[bool] = None) -> bool:
     """Whether 'aspect' is asked for with a network (which needs its own input size)."""
-    return cfg.vo.resolution == 'aspect' and 'net' in (cfg.vo.flow_provider,
-                                                       cfg.vo.depth_provider)
+    classical = _classical(cfg) if classical is None else classical
+    return cfg.vo.resolution == 'aspect' and not classical
 
 
-def working_size(cfg: Config, input_hw: Tuple[int, int]) -> Tuple[int, int]:
+def working_size(cfg: Config, input_hw: Tuple[int, int], classical: Optional[bool] = None
+                 ) -> Tuple[int, int]:
     """
     Return the working (height, width) of ``vo.resolution`` for an input of size ``input_hw``.
 
-    'network' (default): ``data.img_height x data.img_width`` (what the networks need).
-    'native': the input. 'aspect' (classical pipeline only): the input scaled to about that
-    many pixels with its aspect ratio kept (the pixel thresholds ``vo.keyframe_parallax_px``,
-    ``vo.sign_parallax_px``, ... are tuned at that pixel count). Measured, it did not beat
-    'network' on KITTI, VAMR or the TUM pair (docs/BENCHMARKS.md), so it is not the default.
+    'network': ``data.img_height x data.img_width`` (what the networks need). 'native': the
+    input. 'aspect' (classical pipeline only): the input scaled to about that many pixels with
+    its aspect ratio kept (the pixel thresholds ``vo.keyframe_parallax_px``,
+    ``vo.sign_parallax_px``, ... are tuned at that pixel count). 'auto' (default): 'aspect'
+    for the classical pipeline, except that an input whose aspect ratio lies within
+    :data:`AUTO_ASPECT_TOLERANCE` of the network size's gets the network size itself (KITTI's
+    1226x370: 832x256, not 840x254); 'network' with a network. A 4:3 camera squeezed to
+    832x256 loses half of its vertical resolution: on the hand-held checkerboard (752x480)
+    'aspect' gave 0.004-0.006 m against 0.004-0.025 m over seeds (docs/BENCHMARKS.md).
+
+    :param classical: whether the pipeline has no network (None: from ``vo.flow_provider``
+        and ``vo.depth_provider``; :class:`VisualOdometry` passes what its providers are).
     """
     mode = cfg.vo.resolution
-    if _aspect_overridden(cfg):
-        mode = 'network'                            # the networks need their input size
+    classical = _classical(cfg) if classical is None else classical
     h, w = int(input_hw[0]), int(input_hw[1])
+    net_h, net_w = cfg.data.img_height, cfg.data.img_width
+    if mode == 'auto':
+        ratio = (w / max(h, 1)) / (net_w / max(net_h, 1))
+        near = 1.0 / AUTO_ASPECT_TOLERANCE <= ratio <= AUTO_ASPECT_TOLERANCE
+        mode = 'aspect' if classical and not near else 'network'
+    if _aspect_overridden(cfg, classical):
+        mode = 'network'                            # the networks need their input size
     if mode == 'native':
         return h, w
     if mode == 'aspect':
-        budget = cfg.data.img_height * cfg.data.img_width
+        budget = net_h * net_w
         s = math.sqrt(budget / max(h * w, 1))
         return max(1, int(round(h * s))), max(1, int(round(w * s)))
-    return cfg.data.img_height, cfg.data.img_width
+    return net_h, net_w
 
 
 def _rotation_deg(R: np.ndarray) -> float:
@@ -189,7 +215,7 @@ class VisualOdometry:
         validate(self.cfg)
         self.device = resolve_device(device if device is not None else self.cfg.vo.device)
         self.flow, self.depth = make_providers(flow, depth, self.cfg, self.device)
-        if _aspect_overridden(self.cfg):
+        if _aspect_overridden(self.cfg, self.classical):
             warnings.warn("vo.resolution 'aspect' is for the classical pipeline: with a network "
                           '(vo.flow_provider / vo.depth_provider net) the working size is the '
                           "network's, data.img_height x data.img_width. Fix: vo.resolution: "
@@ -273,7 +299,12 @@ class VisualOdometry:
     # ----------------------------------------------------------------------------------------
     def working_size(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
         """Return the working (height, width) for an input of size ``input_hw``."""
-        return working_size(self.cfg, input_hw)
+        return working_size(self.cfg, input_hw, self.classical)
+
+    @property
+    def classical(self) -> bool:
+        """Whether the flow is DIS or KLT and there is no depth provider (no network)."""
+        return isinstance(self.flow, DISFlowProvider) and self.depth is None
 
     def _prepare(self, image, K) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validate and convert the input to (1, 3, h, w) RGB [0, 1] and K (1, 3, 3)."""
@@ -550,7 +581,9 @@ class VisualOdometry:
         t0 = time.perf_counter()
         K1, K2 = kf.frame.K.double(), cur.K.double()
         ransac = ransac_essential(m.u1, m.u2, K1, K2, generator=generator, params=g.ransac)
-        if cfg.vo.pose_recheck and float(ransac.score[0]) > 0:
+        if (cfg.vo.pose_recheck and float(ransac.score[0]) > 0 and float(
+                translation_axis_angle_deg(ransac.model.double())[0])
+                >= cfg.vo.pose_recheck_min_angle_deg):
             ransac = self._recheck_essential(ransac, m, K1, K2, cur)
         num_e = int(ransac.num_inliers[0])
         e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
@@ -651,14 +684,19 @@ class VisualOdometry:
     def _recheck_essential(self, first: RansacResult, m: Matches, K1: torch.Tensor,
                            K2: torch.Tensor, cur: Frame) -> RansacResult:
         """
-        Return the better of ``first`` and a second E-RANSAC that draws every hypothesis set.
+        Return the better of ``first`` and a second, longer E-RANSAC (its own draws).
+
+        ``_solve`` calls it where the first E's translation lies at least
+        ``vo.pose_recheck_min_angle_deg`` from the optical axis (the ambiguity confuses a
+        sideways translation with a rotation; a forward drive never pays for it).
 
         The adaptive stop of the RANSAC assumes that any all-inlier minimal set gives the right
         model; at a short baseline the minimal solutions scatter between the pose and the
         rotation-translation ambiguity, and an early stop returned the ambiguity (TUM fr1 pair
         at 400x533: 2 of 8 seeds, rotation 1.9 deg and direction 39 deg off, ~4 % fewer
         inliers; docs/BENCHMARKS.md). The second run (its own generator, so that the pair's
-        other draws stay as they were) draws all ``geometry.ransac.num_hypotheses``; the two
+        other draws stay as they were) draws at least ``vo.pose_recheck_sets`` five-point sets
+        (16: enough on that pair, ~7 ms at 832x256; all 64 cost ~15 ms); the two
         are compared by their MSAC quality over the matches with parallax under the first
         model's rotation (``vo.sign_parallax_px``): matches without parallax fit any model
         with the right rotation and would favour a model fitted to their noise (a far field).
@@ -667,7 +705,7 @@ class VisualOdometry:
         gen = torch.Generator(device=m.u1.device).manual_seed(
             g.ransac.seed * 7919 + cur.index + 1)
         alt = ransac_essential(m.u1, m.u2, K1, K2, generator=gen, params=g.ransac,
-                               min_hypotheses=g.ransac.num_hypotheses)
+                               min_hypotheses=4 * self.cfg.vo.pose_recheck_sets)
         if not float(alt.score[0]) > 0:
             return first
         par = rotation_parallax_px(first.model.double(), m.u1, m.u2, K1, K2)
