@@ -252,6 +252,42 @@ def test_loss_is_reported_and_recovered(bad, depth):
     assert ate(est, gt) < 0.03 * path_length(gt)
 
 
+def test_a_change_of_the_input_size_reanchors_at_the_held_pose():
+    """
+    A camera that switches resolution mid-stream keeps going.
+
+    With the working size following the input ('auto' at another aspect ratio, 'aspect',
+    'native') nothing matches across the change: the first frame of the new size is LOST and
+    the new keyframe at the held pose; the frames after it are tracked from there.
+    """
+    import cv2
+    seq = sequence('forward', 1, 8)
+    frames = list(seq.images_uint8())
+    K = seq.K.numpy()
+    cfg = small_config()
+    cfg.vo.resolution = 'native'
+    vo = VisualOdometry(cfg, DISFlowProvider('medium'))
+    results = [vo.step(float(i), im, K) for i, im in enumerate(frames[:4])]
+    h, w = frames[0].shape[:2]
+    K2 = K.copy()
+    K2[:2] *= 1.5                                            # the same camera, 1.5x the pixels
+    for i, im in enumerate(frames[4:], start=4):
+        big = cv2.resize(im, (int(w * 1.5), int(h * 1.5)), interpolation=cv2.INTER_LINEAR)
+        results.append(vo.step(float(i), big, K2))
+    states = [r.state for r in results]
+    assert states[1:4] == [TrackingState.TRACKING] * 3
+    assert states[4] == TrackingState.LOST
+    assert 'working size changed from (96, 320) to (144, 480)' in results[4].message
+    assert 're-anchored because the working size changed: frame 4' in results[4].message
+    assert np.array_equal(results[4].T_world_cam, results[3].T_world_cam)  # held pose
+    assert states[5] == TrackingState.RECOVERED and results[5].reference_index == 4
+    assert all(s == TrackingState.TRACKING for s in states[6:])
+    assert all(np.all(np.isfinite(r.T_world_cam)) for r in results)
+    # forward again after the change: the camera keeps moving along +z
+    step = np.linalg.inv(results[5].T_world_cam) @ results[7].T_world_cam
+    assert step[2, 3] > 0.9 * np.linalg.norm(step[:3, 3])
+
+
 @pytest.mark.parametrize('limit', [0, 3])
 def test_a_new_view_after_a_run_of_lost_frames_becomes_the_keyframe(limit):
     """

@@ -131,7 +131,6 @@ class VONode(Node):
         self._lock = self._queue.lock
         self._last: Optional[FrameResult] = None
         self._state_name = 'WAITING'
-        self._work_hw = None
         self._converter = FrameConverter(log.info, self._warn)
         self._out = FramePublisher(self, self._warn)
         self._sub_group = MutuallyExclusiveCallbackGroup()
@@ -204,7 +203,6 @@ class VONode(Node):
         if reset:
             self.vo.reset()
             self._out.reset()
-            self._work_hw = None
         if pending:
             self.vo.cfg = self.params.config(pending, base=self.vo.cfg)
             self.get_logger().info(f'odometry settings changed: {pending}')
@@ -222,12 +220,6 @@ class VONode(Node):
         except FrameRejected as e:
             return self._reject(e.reason, e.key, e.text)
         hw = rgb.shape[:2]
-        work_hw = self.vo.working_size(hw)
-        if self._work_hw is not None and work_hw != self._work_hw:
-            return self._reject('size', 'work_size', f'frame dropped: its working size '
-                                f"{work_hw} differs from the previous frames' {self._work_hw} "
-                                '(vo.resolution native/aspect); call ~/reset after changing the '
-                                'image size')
         camera_frame = self._out.camera_frame(image)
         T_bc = self._out.base_to_camera(camera_frame)
         t0 = time.perf_counter()
@@ -235,7 +227,6 @@ class VONode(Node):
         self.vo.output_depth = bool(self.params['publish_depth'] or self.params['publish_points'])
         stamp_ns = stamp_to_ns(image.header.stamp)
         r = self.vo.step(stamp_ns * 1e-9, rgb, K, distortion=distortion)
-        self._work_hw = work_hw
         processing_ms = 1000.0 * (time.perf_counter() - t0)
         node_ms = 1000.0 * (time.monotonic() - arrival)
         sample = self._out.publish(r, types.SimpleNamespace(

@@ -457,6 +457,16 @@ class VisualOdometry:
                                        np.zeros((6, 6)), ''))
 
         kf = self._kf
+        if tuple(kf.frame.image.shape[-2:]) != tuple(img.shape[-2:]):
+            # the input changed size (a camera switched its resolution) and with it the working
+            # size ('auto', 'aspect', 'native'): nothing matches across two sizes, so this
+            # frame starts a new map at the held pose, as after a run of LOST frames
+            result = self._lost_result(
+                stamp, index, Kw, f'the working size changed from '
+                f'{tuple(kf.frame.image.shape[-2:])} to {tuple(img.shape[-2:])} (the input '
+                'size changed)')
+            result.message += self._reanchor(frame, depth, 'because the working size changed')
+            return finish(result)
         generator = torch.Generator(device=self.device).manual_seed(
             self.cfg.geometry.ransac.seed + index)
         t0 = time.perf_counter()
@@ -800,7 +810,8 @@ class VisualOdometry:
             return True, ''
         return False, ''
 
-    def _reanchor(self, frame: Frame, depth: Optional[torch.Tensor]) -> str:
+    def _reanchor(self, frame: Frame, depth: Optional[torch.Tensor],
+                  why: Optional[str] = None) -> str:
         """
         Make a frame the keyframe at the held pose after a run of LOST frames; say so.
 
@@ -808,7 +819,7 @@ class VisualOdometry:
         occlusion): every later frame would fail against it. The new keyframe starts a new
         map at the last known pose; its absolute pose is unknown by the motion during the
         LOST run (covariance grown by the LOST covariance), the scale continues from the
-        last speed until the new map holds it.
+        last speed until the new map holds it. ``why``: another reason than the LOST run.
         """
         run = self._lost_run
         self._cov_left = cov.propagate(self._cov_left, self._T_world, cov.lost_covariance())
@@ -816,8 +827,8 @@ class VisualOdometry:
         self._kf = Keyframe(frame, self._T_world.copy(), self._cov_left, d, s, kind)
         self._kf_inliers = None
         self._lost_run = 0
-        return (f'; re-anchored after {run} LOST frames (vo.reanchor_lost_frames): frame '
-                f'{frame.index} is the new keyframe at the last pose')
+        reason = why or f'after {run} LOST frames (vo.reanchor_lost_frames)'
+        return f'; re-anchored {reason}: frame {frame.index} is the new keyframe at the last pose'
 
     def _dense_inputs(self, kf: Keyframe, cur: Frame, flow_12: torch.Tensor,
                       flow_21: torch.Tensor, undistort, grid) -> DenseInputs:
