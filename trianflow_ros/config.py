@@ -323,9 +323,10 @@ class VOConfig:
                                'first) better: at a short baseline the early stop can return '
                                'the rotation-translation ambiguity (~7 ms a checked pair at '
                                '832x256)')
-    pose_recheck_sets: int = param(16, 'five-point sets the second E-RANSAC of '
-                                   'vo.pose_recheck draws (at most geometry.ransac.'
-                                   'num_hypotheses / 4)', range=(1, 10**5))
+    pose_recheck_sets: int = param(16, 'the second E-RANSAC of vo.pose_recheck draws at '
+                                   'least this many five-point sets before its adaptive stop '
+                                   '(at most geometry.ransac.num_hypotheses / 4)',
+                                   range=(1, 10**5))
     pose_recheck_min_angle_deg: float = param(
         30.0, 'vo.pose_recheck runs only where the first E translates at least this far from '
         'the optical axis (deg): the rotation-translation ambiguity confuses a sideways '
