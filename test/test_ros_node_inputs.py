@@ -109,12 +109,29 @@ def test_pairing_gaps_camera_matrix_distortion_and_depth_size(ros_env, tmp_path,
         vals = cam.wait_for(lambda: cam.accounting(n), 60.0, 'unsupported distortion', proc)
         assert int(vals['processed']) == 13 and 'unsupported' in vals['distortion'], vals
         assert int(vals['paired_exact']) == 6, vals
+        # the camera switches to a 4:3 crop: another working size ('auto'), so the first such
+        # frame is LOST and re-anchors at the held pose, and the next ones are tracked
+        x0, w43 = (2 * WIDTH - 2 * HEIGHT * 4 // 3) // 2, 2 * HEIGHT * 4 // 3
+        crop = [np.ascontiguousarray(im[:, x0:x0 + w43]) for im in big]
+        K43 = K.copy()
+        K43[0, 2] -= x0
+        for k, t in enumerate((3.4, 3.5, 3.6), start=2):
+            cam.publish(t, crop[k], K43)
+            n += 1
+            vals = cam.wait_for(lambda: cam.accounting(n), 60.0, f'4:3 frame {t}', proc)
+        assert int(vals['processed']) == 16 and int(vals['rejected']) == 1, vals
+        odom = cam.wait_for(lambda: [m for m in cam.received['odom']
+                                     if (m.header.stamp.sec, m.header.stamp.nanosec) ==
+                                     (3, 600000000)], 10.0, 'odometry after the switch', proc)
+        p = odom[-1].pose.pose.position
+        assert np.all(np.isfinite([p.x, p.y, p.z])), p
     finally:
         cam.close()
         rc, log = stop_node(proc)
     assert rc == 0, log[-3000:]
     for text in ('camera_info distortion: plumb_bob', "'double_sphere'",
-                 'processed as pinhole', 'camera_info_max_age=1 s', 'using the camera_matrix'):
+                 'processed as pinhole', 'camera_info_max_age=1 s', 'using the camera_matrix',
+                 're-anchored because the working size changed'):
         assert text in log, f'{text!r} not in the log:\n{log[-3000:]}'
 
 
