@@ -42,7 +42,8 @@ def usage(doc: str) -> str:
 def ready_message(p, info: Dict[str, str], cfg: Config, classical: bool = False) -> str:
     """Return the line logged when the node is ready: pipeline, weights, sizes, QoS, TF."""
     h, w = cfg.data.img_height, cfg.data.img_width
-    mode = cfg.vo.resolution if classical or cfg.vo.resolution == 'native' else 'network'
+    from trianflow_ros.vo.odometry import resolution_mode   # torch: not for --help
+    mode = resolution_mode(cfg, classical)
     size = {'native': 'input size', 'aspect': f'input size scaled to ~{w}x{h} pixels, '
             'aspect kept', 'auto': f"{w}x{h} or the input's aspect ratio at about as many "
             'pixels (auto)'}.get(mode, f'{w}x{h}')

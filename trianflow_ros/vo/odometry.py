@@ -140,6 +140,17 @@ def _aspect_overridden(cfg: Config, classical: Optional[bool] = None) -> bool:
     return cfg.vo.resolution == 'aspect' and not classical
 
 
+def resolution_mode(cfg: Config, classical: Optional[bool] = None) -> str:
+    """
+    Return ``vo.resolution`` as it applies: 'aspect' and 'auto' are 'network' with a network.
+
+    :param classical: whether the pipeline has no network (None: from the config's names).
+    """
+    classical = _classical(cfg) if classical is None else classical
+    mode = cfg.vo.resolution
+    return 'network' if mode in ('aspect', 'auto') and not classical else mode
+
+
 def working_size(cfg: Config, input_hw: Tuple[int, int], classical: Optional[bool] = None
                  ) -> Tuple[int, int]:
     """
@@ -158,16 +169,13 @@ def working_size(cfg: Config, input_hw: Tuple[int, int], classical: Optional[boo
     :param classical: whether the pipeline has no network (None: from ``vo.flow_provider``
         and ``vo.depth_provider``; :class:`VisualOdometry` passes what its providers are).
     """
-    mode = cfg.vo.resolution
-    classical = _classical(cfg) if classical is None else classical
+    mode = resolution_mode(cfg, classical)          # the networks need their input size
     h, w = int(input_hw[0]), int(input_hw[1])
     net_h, net_w = cfg.data.img_height, cfg.data.img_width
     if mode == 'auto':
         ratio = (w / max(h, 1)) / (net_w / max(net_h, 1))
         near = 1.0 / AUTO_ASPECT_TOLERANCE <= ratio <= AUTO_ASPECT_TOLERANCE
-        mode = 'aspect' if classical and not near else 'network'
-    if _aspect_overridden(cfg, classical):
-        mode = 'network'                            # the networks need their input size
+        mode = 'network' if near else 'aspect'
     if mode == 'native':
         return h, w
     if mode == 'aspect':
@@ -591,9 +599,7 @@ class VisualOdometry:
         t0 = time.perf_counter()
         K1, K2 = kf.frame.K.double(), cur.K.double()
         ransac = ransac_essential(m.u1, m.u2, K1, K2, generator=generator, params=g.ransac)
-        if (cfg.vo.pose_recheck and float(ransac.score[0]) > 0 and float(
-                translation_axis_angle_deg(ransac.model.double())[0])
-                >= cfg.vo.pose_recheck_min_angle_deg):
+        if cfg.vo.pose_recheck and float(ransac.score[0]) > 0:
             ransac = self._recheck_essential(ransac, m, K1, K2, cur)
         num_e = int(ransac.num_inliers[0])
         e_ok = float(ransac.score[0]) > 0 and num_e >= max(8, cfg.vo.min_inlier_ratio * n)
@@ -696,21 +702,24 @@ class VisualOdometry:
         """
         Return the better of ``first`` and a second, longer E-RANSAC (its own draws).
 
-        ``_solve`` calls it where the first E's translation lies at least
-        ``vo.pose_recheck_min_angle_deg`` from the optical axis (the ambiguity confuses a
-        sideways translation with a rotation; a forward drive never pays for it).
+        Only where the first E's translation lies at least ``vo.pose_recheck_min_angle_deg``
+        from the optical axis (the ambiguity confuses a sideways translation with a rotation;
+        a forward drive never pays for it); elsewhere ``first``.
 
         The adaptive stop of the RANSAC assumes that any all-inlier minimal set gives the right
         model; at a short baseline the minimal solutions scatter between the pose and the
         rotation-translation ambiguity, and an early stop returned the ambiguity (TUM fr1 pair
-        at 400x533: 2 of 8 seeds, rotation 1.9 deg and direction 39 deg off, ~4 % fewer
-        inliers; docs/BENCHMARKS.md). The second run (its own generator, so that the pair's
+        at 400x533: RANSAC seed 4 of 0-23, rotation 2.0 deg and direction 41 deg off;
+        docs/BENCHMARKS.md). The second run (its own generator, so that the pair's
         other draws stay as they were) draws at least ``vo.pose_recheck_sets`` five-point sets
         (16: enough on that pair, ~7 ms at 832x256; all 64 cost ~15 ms); the two
         are compared by their MSAC quality over the matches with parallax under the first
         model's rotation (``vo.sign_parallax_px``): matches without parallax fit any model
         with the right rotation and would favour a model fitted to their noise (a far field).
         """
+        if float(translation_axis_angle_deg(first.model.double())[0]) < \
+                self.cfg.vo.pose_recheck_min_angle_deg:
+            return first
         g = self.cfg.geometry
         gen = torch.Generator(device=m.u1.device).manual_seed(
             g.ransac.seed * 7919 + cur.index + 1)
